@@ -1,0 +1,68 @@
+"""Pure: per-GPU counter deltas, with counter resets and gaps.
+
+A sample at `ts` closes the interval [previous ts, ts) of its GPU. The energy of
+that interval is the difference of NVML's cumulative counter; across a counter reset
+(driver reload, counter going backwards, or a missing counter) it falls back to the
+trapezoid of the two power readings over the interval. Busy time is the sample's
+utilization (NVML averages it over the last period) times the interval. An interval
+longer than `max_gap_ms` is not filled in: it is returned as unmetered time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.samples import GpuReading
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """What a GPU's next sample is measured against."""
+
+    ts_ms: int
+    energy_mj: int | None
+    power_mw: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    start_ms: int
+    end_ms: int
+    energy_mj: int
+    busy_ms: int
+    power_mw: int  # the closing sample's reading, for peak power
+    metered: bool  # False: a gap longer than the limit, time only
+    from_counter: bool  # False when energy came from power x time
+
+
+def _fallback_energy(prev: Cursor, reading: GpuReading, duration_ms: int) -> int:
+    prev_power = prev.power_mw if prev.power_mw is not None else reading.power_mw or 0
+    cur_power = reading.power_mw if reading.power_mw is not None else prev_power
+    return (prev_power + cur_power) * duration_ms // 2000  # mean mW x ms / 1000
+
+
+def step(prev: Cursor | None, ts_ms: int, reading: GpuReading, max_gap_ms: int) -> tuple[Cursor | None, Interval | None]:
+    """Advance a GPU's cursor by one reading; returns (new cursor, interval or None).
+
+    A reading with an error leaves the cursor where it was, so the next good reading
+    covers the failed period with an exact counter delta (the counter kept counting).
+    A reading at or before the cursor is stale and changes nothing.
+    """
+    if reading.error is not None:
+        return prev, None
+    cursor = Cursor(ts_ms, reading.energy_mj, reading.power_mw)
+    if prev is None:
+        return cursor, None
+    duration = ts_ms - prev.ts_ms
+    if duration <= 0:
+        return prev, None
+    if duration > max_gap_ms:
+        return cursor, Interval(prev.ts_ms, ts_ms, 0, 0, reading.power_mw or 0, metered=False, from_counter=False)
+    counter_ok = (
+        not reading.counter_reset
+        and reading.energy_mj is not None
+        and prev.energy_mj is not None
+        and reading.energy_mj >= prev.energy_mj
+    )
+    energy = reading.energy_mj - prev.energy_mj if counter_ok else _fallback_energy(prev, reading, duration)
+    busy = duration * reading.util_gpu_pct // 100 if reading.util_gpu_pct is not None else 0
+    return cursor, Interval(prev.ts_ms, ts_ms, energy, busy, reading.power_mw or 0, True, counter_ok)

@@ -1,0 +1,157 @@
+"""Pure: one node's rollup state, from deduplicated samples to closed window records.
+
+The state is a plain JSON-able dict so that the Faust table can hold it and its
+changelog can restore it. Per GPU it keeps:
+
+- `pending`: samples not yet processed, keyed by ts. A sample waits there until the
+  GPU's newest ts is `lateness_ms` past it, so any arrival order within the lateness
+  is processed in ts order and gives the same totals.
+- `cursor`: the last processed reading (see deltas.step).
+- `windows`: open windows -> accumulators per (kind, tenant, lease, plan).
+
+A window closes once the cursor has reached its end; its accumulators become
+UsageRecords. A sample that arrives at or before the cursor is too late to be placed:
+it is returned as late (the worker sends it to the DLQ with that reason), never
+dropped silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.samples import GpuReading, NodeSample
+from schemas.units import avg_power_mw
+from schemas.usage import KIND_IDLE, KIND_USAGE, UsageRecord
+from streams import deltas
+from streams.dedupe import seen_before
+from streams.leases import LeaseIndex
+from streams.windows import TouCalendar, cut_points, share, window_start
+
+# accumulator slots
+ALLOC, BUSY, ENERGY, PEAK, SAMPLES, UNMETERED, OFF_MIN, OFF_MAX = range(8)
+
+
+@dataclass(frozen=True)
+class RollupConfig:
+    window_ms: int = 60_000
+    lateness_ms: int = 5_000
+    max_gap_ms: int = 30_000
+    calendar: TouCalendar = field(default_factory=TouCalendar)
+
+
+@dataclass
+class Outcome:
+    """What one sample did: records closed by it, and whether it was a duplicate or late."""
+
+    records: list[UsageRecord] = field(default_factory=list)
+    duplicate: bool = False
+    late_gpus: list[str] = field(default_factory=list)
+
+
+def new_state(node_id: str) -> dict:
+    return {"node_id": node_id, "dedupe": {}, "gpus": {}}
+
+
+def _pending_entry(reading: GpuReading, ts_ms: int, offset: int) -> list:
+    return [ts_ms, reading.energy_mj, reading.power_mw, reading.util_gpu_pct,
+            reading.counter_reset, reading.error, offset]
+
+
+def _reading_from_entry(entry: list) -> GpuReading:
+    _, energy, power, util, reset, error, _ = entry
+    return GpuReading("", "", power_mw=power, energy_mj=energy, util_gpu_pct=util,
+                      counter_reset=reset, error=error)
+
+
+class NodeRollup:
+    """Applies samples to a node's state dict (mutated in place)."""
+
+    def __init__(self, config: RollupConfig, leases: LeaseIndex, partition: int = 0) -> None:
+        self.config = config
+        self.leases = leases
+        self.partition = partition
+
+    def apply(self, state: dict, sample: NodeSample, offset: int) -> Outcome:
+        """Dedupe, buffer, process what the lateness allows, and close windows."""
+        outcome = Outcome()
+        if seen_before(state["dedupe"], sample.boot_id, sample.seq):
+            outcome.duplicate = True
+            return outcome
+        for reading in sample.gpus:
+            gpu = state["gpus"].setdefault(
+                reading.gpu_uuid, {"cursor": None, "model": reading.model, "pending": {}, "max_ts": 0, "windows": {}}
+            )
+            if reading.model:
+                gpu["model"] = reading.model
+            cursor = gpu["cursor"]
+            if cursor is not None and sample.ts_ms <= cursor[0]:
+                outcome.late_gpus.append(reading.gpu_uuid)
+                continue
+            gpu["pending"].setdefault(str(sample.ts_ms), _pending_entry(reading, sample.ts_ms, offset))
+            gpu["max_ts"] = max(gpu["max_ts"], sample.ts_ms)
+            outcome.records.extend(self._advance(state["node_id"], reading.gpu_uuid, gpu,
+                                                 gpu["max_ts"] - self.config.lateness_ms))
+        return outcome
+
+    def flush(self, state: dict) -> list[UsageRecord]:
+        """Process every pending sample and close every window (end of input, tests, demo)."""
+        records: list[UsageRecord] = []
+        for uuid, gpu in state["gpus"].items():
+            records.extend(self._advance(state["node_id"], uuid, gpu, gpu["max_ts"], close_all=True))
+        return records
+
+    def _advance(self, node_id: str, uuid: str, gpu: dict, up_to_ms: int, close_all: bool = False) -> list[UsageRecord]:
+        ready = sorted(int(ts) for ts in gpu["pending"] if int(ts) <= up_to_ms)
+        for ts in ready:
+            entry = gpu["pending"].pop(str(ts))
+            prev = deltas.Cursor(*gpu["cursor"]) if gpu["cursor"] is not None else None
+            cursor, interval = deltas.step(prev, ts, _reading_from_entry(entry), self.config.max_gap_ms)
+            if cursor is not None:
+                gpu["cursor"] = [cursor.ts_ms, cursor.energy_mj, cursor.power_mw]
+            if interval is not None:
+                self._accumulate(uuid, gpu, interval, entry[6])
+        frontier = gpu["cursor"][0] if gpu["cursor"] is not None else None
+        closed = [ws for ws in gpu["windows"]
+                  if close_all or (frontier is not None and int(ws) + self.config.window_ms <= frontier)]
+        records: list[UsageRecord] = []
+        for ws in sorted(closed, key=int):
+            records.extend(self._records(node_id, uuid, gpu["model"], int(ws), gpu["windows"].pop(ws)))
+        return records
+
+    def _accumulate(self, uuid: str, gpu: dict, interval: deltas.Interval, offset: int) -> None:
+        start, end = interval.start_ms, interval.end_ms
+        points = cut_points(start, end, self.config.window_ms, self.leases.boundaries(uuid, start, end))
+        for a, b in zip(points, points[1:]):
+            lease = self.leases.lease_at(uuid, a)
+            key = (f"{KIND_USAGE}|{lease.tenant_id}|{lease.lease_id}|{lease.plan}" if lease
+                   else f"{KIND_IDLE}|||")
+            window = gpu["windows"].setdefault(str(window_start(a, self.config.window_ms)), {})
+            acc = window.get(key)
+            if acc is None:
+                acc = window[key] = [0, 0, 0, 0, 0, 0, offset, offset]
+            if interval.metered:
+                acc[ALLOC] += b - a
+                acc[BUSY] += share(interval.busy_ms, a, b, start, end)
+                acc[ENERGY] += share(interval.energy_mj, a, b, start, end)
+                acc[PEAK] = max(acc[PEAK], interval.power_mw)
+            else:
+                acc[UNMETERED] += b - a
+            if b == end:
+                acc[SAMPLES] += 1
+            acc[OFF_MIN] = min(acc[OFF_MIN], offset)
+            acc[OFF_MAX] = max(acc[OFF_MAX], offset)
+
+    def _records(self, node_id: str, uuid: str, model: str, ws: int, window: dict) -> list[UsageRecord]:
+        records = []
+        for key, acc in sorted(window.items()):
+            kind, tenant, lease_id, plan = key.split("|")
+            records.append(UsageRecord(
+                record_id=f"{uuid}/{ws}/{kind}/{tenant}/{lease_id}",
+                kind=kind, tenant_id=tenant, lease_id=lease_id, plan=plan, node_id=node_id,
+                gpu_uuid=uuid, model=model, window_start_ms=ws, window_end_ms=ws + self.config.window_ms,
+                tou_period=self.config.calendar.period(ws),
+                allocated_gpu_ms=acc[ALLOC], busy_gpu_ms=acc[BUSY], energy_mj=acc[ENERGY],
+                avg_power_mw=avg_power_mw(acc[ENERGY], acc[ALLOC]), peak_power_mw=acc[PEAK],
+                sample_count=acc[SAMPLES], observed_ms=acc[ALLOC], unmetered_ms=acc[UNMETERED],
+                source_partition=self.partition, source_offset_min=acc[OFF_MIN], source_offset_max=acc[OFF_MAX],
+            ))
+        return records
