@@ -1,0 +1,83 @@
+"""Wiring: the Faust app that turns gpu.samples into usage.records.
+
+validate -> DLQ | dedupe + per-GPU deltas + lease split + windows (streams.rollup)
+-> closed windows to `usage.records`. The rollup state of each node lives in the
+Faust table `node-rollup`, keyed like `gpu.samples` (by node), so each worker owns
+the state of the partitions it consumes and the changelog restores it on rebalance.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import faust
+
+from schemas.topics import GPU_SAMPLES, GPU_SAMPLES_DLQ, TOPIC_SPECS, USAGE_RECORDS
+from schemas.validate import InvalidMessage, parse_sample
+from streams.leases import LeaseIndex
+from streams.rollup import NodeRollup, new_state
+from streams.settings import StreamsSettings
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PARTITIONS = {spec.name: spec.partitions for spec in TOPIC_SPECS}[GPU_SAMPLES]
+
+
+def dlq_headers(reason: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [
+        ("wattmeter-reason", reason.encode()[:4000]),
+        ("wattmeter-source-topic", GPU_SAMPLES.encode()),
+        ("wattmeter-source-partition", str(partition).encode()),
+        ("wattmeter-source-offset", str(offset).encode()),
+    ]
+
+
+def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
+    """Build the Faust app; `leases` is kept current by a LeaseView."""
+    config = settings.rollup_config()
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store="memory://",
+        datadir=str(settings.data_dir),
+        topic_partitions=SAMPLE_PARTITIONS,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        stream_wait_empty=True,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+    )
+    samples = app.topic(GPU_SAMPLES, key_serializer="raw", value_serializer="raw", partitions=SAMPLE_PARTITIONS)
+    usage = app.topic(USAGE_RECORDS, key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(GPU_SAMPLES_DLQ, key_serializer="raw", value_serializer="raw")
+    table = app.Table("node-rollup", default=None, partitions=SAMPLE_PARTITIONS,
+                      key_serializer="raw", value_serializer="json")
+    rollups = {p: NodeRollup(config, leases, partition=p) for p in range(SAMPLE_PARTITIONS)}
+
+    @app.agent(samples)
+    async def roll_up(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            message = event.message
+            now_ms = time.time_ns() // 1_000_000 if settings.check_future else None
+            try:
+                sample = parse_sample(event.value, now_ms)
+            except InvalidMessage as exc:
+                await dlq.send(key=event.key, value=event.value,
+                               headers=dlq_headers(exc.reason, message.partition, message.offset))
+                continue
+            state = table[sample.node_id.encode()] or new_state(sample.node_id)
+            outcome = rollups[message.partition].apply(state, sample, message.offset)
+            table[sample.node_id.encode()] = state
+            if outcome.late_gpus:
+                reason = f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}"
+                await dlq.send(key=event.key, value=event.value,
+                               headers=dlq_headers(reason, message.partition, message.offset))
+            for record in outcome.records:
+                await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
+
+    app.roll_up = roll_up  # type: ignore[attr-defined]
+    return app

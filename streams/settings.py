@@ -1,0 +1,31 @@
+"""Worker settings, from the environment (WATTMETER_*) with command-line overrides."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.rollup import RollupConfig
+from streams.windows import TouCalendar, check_window
+
+
+@dataclass
+class StreamsSettings:
+    bootstrap: str = field(default_factory=lambda: os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    app_id: str = field(default_factory=lambda: os.environ.get("WATTMETER_STREAMS_APP_ID", "wattmeter-streams"))
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("WATTMETER_STREAMS_DATA", ".wattmeter/streams")))
+    usage_dir: Path = field(default_factory=lambda: Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")))
+    window_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_WINDOW_MS", "60000")))
+    lateness_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_LATENESS_MS", "5000")))
+    max_gap_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_MAX_GAP_MS", "30000")))
+    valley_hours: str = field(default_factory=lambda: os.environ.get("WATTMETER_VALLEY_HOURS", "0-6"))
+    web_port: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_STREAMS_WEB_PORT", "6066")))
+    # far-future check against the wall clock; off for simulated-clock demos
+    check_future: bool = field(default_factory=lambda: os.environ.get("WATTMETER_CHECK_FUTURE", "1") == "1")
+    sink_batch_records: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_SINK_BATCH", "50000")))
+    sink_batch_seconds: float = field(default_factory=lambda: float(os.environ.get("WATTMETER_SINK_SECONDS", "5")))
+
+    def rollup_config(self) -> RollupConfig:
+        check_window(self.window_ms)
+        return RollupConfig(window_ms=self.window_ms, lateness_ms=self.lateness_ms, max_gap_ms=self.max_gap_ms,
+                            calendar=TouCalendar.parse(self.valley_hours))

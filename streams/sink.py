@@ -1,0 +1,104 @@
+"""Adapter: usage records to hive-partitioned Parquet, exactly once per offset.
+
+Files are `usage/date=YYYY-MM-DD/<topic>-p<partition>-<first>-<last>.parquet`, named by
+the source offsets they hold, written to a temp name, fsynced and renamed. After all
+files of a batch are in place, the partition's manifest (`_manifests/<topic>-<p>.json`)
+is replaced atomically with the next offset to read. The manifest, not the consumer
+group, is the truth: on start the sink deletes temp files and any file that starts
+at or after its partition's manifest offset (a batch cut short by a crash), then
+reads from the manifest offset. A batch is therefore either wholly visible and
+recorded, or wholly redone with the same offsets and file names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.parquet import usage_arrow_schema
+from schemas.units import ms_to_datetime
+from schemas.usage import USAGE_FIELD_NAMES
+
+FILE_RE = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$")
+ROW_GROUP_ROWS = 128 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class ParquetSink:
+    def __init__(self, root: Path, topic: str) -> None:
+        self.root = Path(root)
+        self.topic = topic
+        self.manifests = self.root / "_manifests"
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        self.schema = usage_arrow_schema()
+
+    def _manifest_path(self, partition: int) -> Path:
+        return self.manifests / f"{self.topic}-{partition}.json"
+
+    def next_offset(self, partition: int) -> int:
+        """The first offset of `partition` not yet durably in Parquet."""
+        path = self._manifest_path(partition)
+        if not path.exists():
+            return 0
+        return int(json.loads(path.read_text())["next_offset"])
+
+    def data_files(self) -> list[Path]:
+        return sorted(self.root.glob("date=*/*.parquet"))
+
+    def recover(self, partition: int) -> int:
+        """Remove what a crash left half-done for `partition`; returns the offset to resume at."""
+        resume = self.next_offset(partition)
+        for tmp in self.root.glob(f"date=*/{self.topic}-p{partition}-*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for path in self.data_files():
+            match = FILE_RE.match(path.name)
+            if match and match["topic"] == self.topic and int(match["partition"]) == partition \
+                    and int(match["first"]) >= resume:
+                path.unlink()
+        return resume
+
+    def write_batch(self, partition: int, first_offset: int, last_offset: int, rows: list[dict]) -> list[Path]:
+        """Write rows read from offsets [first, last] of `partition`, then advance its manifest."""
+        by_date: dict[str, list[dict]] = defaultdict(list)
+        for row in rows:
+            by_date[ms_to_datetime(row["window_start_ms"]).strftime("%Y-%m-%d")].append(row)
+        name = f"{self.topic}-p{partition}-{first_offset:020d}-{last_offset:020d}.parquet"
+        staged: list[tuple[Path, Path]] = []
+        for date, date_rows in sorted(by_date.items()):
+            folder = self.root / f"date={date}"
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / name
+            tmp = folder / (name + ".tmp")
+            columns = {field: [row[field] for row in date_rows] for field in USAGE_FIELD_NAMES}
+            table = pa.table(columns, schema=self.schema)
+            pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            staged.append((tmp, final))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        _write_durably(self._manifest_path(partition), json.dumps({"next_offset": last_offset + 1}).encode())
+        return [final for _, final in staged]
