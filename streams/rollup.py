@@ -73,7 +73,8 @@ class NodeRollup:
     def apply(self, state: dict, sample: NodeSample, offset: int) -> Outcome:
         """Dedupe, buffer, process what the lateness allows, and close windows."""
         outcome = Outcome()
-        if seen_before(state["dedupe"], sample.boot_id, sample.seq):
+        horizon = max(16, self.config.lateness_ms // max(sample.interval_ms, 1) + 1)
+        if seen_before(state["dedupe"], sample.boot_id, sample.seq, horizon):
             outcome.duplicate = True
             return outcome
         for reading in sample.gpus:

@@ -1,0 +1,134 @@
+"""Unit tests of the pure core: units, deltas, windows, leases, dedupe, rollup."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from schemas.leases import GpuLeaseTimeline, Lease
+from schemas.samples import GpuReading
+from schemas.units import datetime_to_ms, energy_mj, gpu_hours, kwh, watts_to_mw
+from streams import deltas
+from streams.dedupe import seen_before
+from streams.errors import ConfigError
+from streams.leases import LeaseIndex
+from streams.rollup import NodeRollup, RollupConfig, new_state
+from streams.windows import TouCalendar, check_window, cut_points, share
+from tests.helpers import T0, simulated_samples
+
+
+def test_unit_conversions_are_exact():
+    assert energy_mj(385_000, 1000) == 385_000
+    assert gpu_hours(5_400_000) == Decimal("1.5")
+    assert kwh(3_600_000_000) == Decimal(1)
+    assert watts_to_mw("31.005") == 31_005
+    assert datetime_to_ms(datetime(2026, 11, 2, tzinfo=timezone.utc)) == T0
+    with pytest.raises(ValueError, match="naive"):
+        datetime_to_ms(datetime(2026, 11, 2))
+
+
+def reading(energy, power=100_000, util=50, reset=False, error=None):
+    return GpuReading("g", "m", power_mw=power, energy_mj=energy, util_gpu_pct=util, counter_reset=reset, error=error)
+
+
+def test_delta_uses_counter_then_falls_back_across_a_reset():
+    cursor, interval = deltas.step(None, 0, reading(1_000), 30_000)
+    assert interval is None
+    cursor, interval = deltas.step(cursor, 1000, reading(1_100), 30_000)
+    assert (interval.energy_mj, interval.busy_ms, interval.from_counter) == (100, 500, True)
+    # driver reload: counter back to 5, energy from the mean power x time
+    cursor, interval = deltas.step(cursor, 2000, reading(5, power=300_000, reset=True), 30_000)
+    assert (interval.energy_mj, interval.from_counter) == ((100_000 + 300_000) * 1000 // 2000, False)
+    # counter going backwards without the flag is treated as a reset too
+    cursor, interval = deltas.step(cursor, 3000, reading(1, power=300_000), 30_000)
+    assert interval.energy_mj == 300_000 and not interval.from_counter
+
+
+def test_error_keeps_cursor_so_the_counter_covers_the_failure():
+    cursor, _ = deltas.step(None, 0, reading(0), 30_000)
+    same, interval = deltas.step(cursor, 1000, reading(None, error="NVML_ERROR_GPU_IS_LOST"), 30_000)
+    assert same == cursor and interval is None
+    _, interval = deltas.step(same, 3000, reading(600), 30_000)
+    assert (interval.start_ms, interval.end_ms, interval.energy_mj) == (0, 3000, 600)
+
+
+def test_gap_over_limit_is_unmetered():
+    cursor, _ = deltas.step(None, 0, reading(0), 30_000)
+    _, interval = deltas.step(cursor, 40_000, reading(9_999), 30_000)
+    assert not interval.metered and interval.energy_mj == 0 and interval.end_ms - interval.start_ms == 40_000
+
+
+def test_shares_add_up_exactly_whatever_the_cuts():
+    points = cut_points(999, 130_001, 60_000, [61_234, 70_000])
+    assert points == [999, 60_000, 61_234, 70_000, 120_000, 130_001]
+    parts = [share(1_000_003, a, b, 999, 130_001) for a, b in zip(points, points[1:])]
+    assert sum(parts) == 1_000_003
+
+
+def test_windows_and_calendar_checks():
+    with pytest.raises(ConfigError):
+        check_window(7_000)
+    cal = TouCalendar.parse("0-6,22-24")
+    assert cal.period(T0) == "valley" and cal.period(T0 + 12 * 3_600_000) == "peak"
+    assert cal.period(T0 + 23 * 3_600_000) == "valley"
+    with pytest.raises(ConfigError):
+        TouCalendar.parse("5-30")
+
+
+def test_lease_index_lookup_and_boundaries():
+    index = LeaseIndex()
+    index.put(GpuLeaseTimeline("g", [Lease("b", "t2", "g", 200, None), Lease("a", "t1", "g", 100, 150)]))
+    assert index.lease_at("g", 99) is None
+    assert index.lease_at("g", 100).tenant_id == "t1"
+    assert index.lease_at("g", 150) is None
+    assert index.lease_at("g", 10_000).tenant_id == "t2"
+    assert index.boundaries("g", 0, 300) == [100, 150, 200]
+
+
+def test_dedupe_high_water_mark_and_missing():
+    state: dict = {}
+    assert not seen_before(state, "b1", 0)
+    assert not seen_before(state, "b1", 3)  # 1 and 2 skipped
+    assert seen_before(state, "b1", 3)
+    assert not seen_before(state, "b1", 1)
+    assert seen_before(state, "b1", 1)
+    assert not seen_before(state, "b2", 0)  # a new boot starts over
+
+
+def test_rollup_hand_computed_split_at_lease_and_windows():
+    """2 GPUs at 50 % (385 W) for 120 s; GPU 0 leased to acme from 30 s to 90 s."""
+    samples, backend = simulated_samples("n1", gpus=2, ticks=121)
+    index = LeaseIndex()
+    gpu0 = backend.uuids[0]
+    index.put(GpuLeaseTimeline(gpu0, [Lease("L1", "acme", gpu0, T0 + 30_000, T0 + 90_000)]))
+    rollup = NodeRollup(RollupConfig(lateness_ms=0), index)
+    state = new_state("n1")
+    records = [r for offset, s in enumerate(samples) for r in rollup.apply(state, s, offset).records]
+    records += rollup.flush(state)
+    acme = [r for r in records if r.tenant_id == "acme"]
+    assert [(r.window_start_ms - T0, r.allocated_gpu_ms, r.energy_mj, r.busy_gpu_ms) for r in acme] == [
+        (0, 30_000, 11_550_000, 15_000), (60_000, 30_000, 11_550_000, 15_000)]
+    assert all(r.avg_power_mw == 385_000 and r.peak_power_mw == 385_000 for r in acme)
+    assert sum(r.allocated_gpu_ms for r in records) == 2 * 120_000
+    assert sum(r.energy_mj for r in records) == 2 * 120 * 385_000
+    assert {r.tou_period for r in records} == {"valley"}
+
+
+def test_rollup_reorder_within_lateness_and_duplicates_give_same_totals():
+    samples, _ = simulated_samples("n1", gpus=1, ticks=200, util=None, seed=3)
+    def totals(order):
+        rollup = NodeRollup(RollupConfig(lateness_ms=10_000), LeaseIndex())
+        state = new_state("n1")
+        out = []
+        for offset, s in order:
+            out += rollup.apply(state, s, offset).records
+        out += rollup.flush(state)
+        return sum(r.energy_mj for r in out), sum(r.allocated_gpu_ms for r in out), sum(r.busy_gpu_ms for r in out)
+    in_order = list(enumerate(samples))
+    swapped = list(in_order)
+    for i in range(0, 190, 7):  # swap neighbours 3 s apart: within the 10 s lateness
+        swapped[i], swapped[i + 3] = swapped[i + 3], swapped[i]
+    duplicated = [p for pair in zip(in_order, in_order) for p in pair]
+    assert totals(in_order) == totals(swapped) == totals(duplicated)
+    assert totals(in_order)[1] == 199_000
