@@ -54,8 +54,8 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
     samples = app.topic(GPU_SAMPLES, key_serializer="raw", value_serializer="raw", partitions=SAMPLE_PARTITIONS)
     usage = app.topic(USAGE_RECORDS, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(GPU_SAMPLES_DLQ, key_serializer="raw", value_serializer="raw")
-    table = app.Table("node-rollup", default=None, partitions=SAMPLE_PARTITIONS,
-                      key_serializer="raw", value_serializer="json")
+    # keys: node id bytes (app default key serializer 'raw'); values: the JSON state dict
+    table = app.Table("node-rollup", default=None, partitions=SAMPLE_PARTITIONS)
     rollups = {p: NodeRollup(config, leases, partition=p) for p in range(SAMPLE_PARTITIONS)}
 
     @app.agent(samples)
@@ -69,7 +69,7 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
                 await dlq.send(key=event.key, value=event.value,
                                headers=dlq_headers(exc.reason, message.partition, message.offset))
                 continue
-            state = table[sample.node_id.encode()] or new_state(sample.node_id)
+            state = table.get(sample.node_id.encode()) or new_state(sample.node_id)
             outcome = rollups[message.partition].apply(state, sample, message.offset)
             table[sample.node_id.encode()] = state
             if outcome.late_gpus:
