@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     if not args.stdout and not args.bootstrap:
         print("wattmeter-agent: no Kafka to send to: pass --bootstrap HOST:PORT, set "
               "KAFKA_BOOTSTRAP_SERVERS, or use --stdout", file=sys.stderr)

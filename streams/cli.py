@@ -74,13 +74,14 @@ def run_sink(settings: StreamsSettings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     SinkRunner(settings.bootstrap, settings.usage_dir, settings.sink_batch_records,
-               settings.sink_batch_seconds).run(stop)
+               settings.sink_batch_seconds, group_id=settings.sink_group).run(stop)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = settings_from_args(args)
     try:
         settings.rollup_config()

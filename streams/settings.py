@@ -22,6 +22,7 @@ class StreamsSettings:
     web_port: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_STREAMS_WEB_PORT", "6066")))
     # far-future check against the wall clock; off for simulated-clock demos
     check_future: bool = field(default_factory=lambda: os.environ.get("WATTMETER_CHECK_FUTURE", "1") == "1")
+    sink_group: str = field(default_factory=lambda: os.environ.get("WATTMETER_SINK_GROUP", "wattmeter-parquet-sink"))
     sink_batch_records: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_SINK_BATCH", "50000")))
     sink_batch_seconds: float = field(default_factory=lambda: float(os.environ.get("WATTMETER_SINK_SECONDS", "5")))
 
