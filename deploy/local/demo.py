@@ -19,8 +19,8 @@ from deploy.local.pipeline import service_env, start_sink, start_worker, wait_fo
 DEMO_START_MS = 1_793_577_600_000  # 2026-11-02T00:00:00Z, a valley hour
 
 
-def windows_written(usage_dir: Path, start_ms: int, end_ms: int) -> int:
-    """Distinct (GPU, window) pairs in the Parquet with windows starting in [start, end)."""
+def windows_written(usage_dir: Path, start_ms: int, end_ms: int, gpus: list[str]) -> int:
+    """Distinct (GPU, window) pairs of `gpus` in the Parquet with windows starting in [start, end)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
@@ -29,7 +29,8 @@ def windows_written(usage_dir: Path, start_ms: int, end_ms: int) -> int:
         return 0
     table = ds.dataset(files, format="parquet").to_table(
         columns=["gpu_uuid", "window_start_ms"],
-        filter=(pc.field("window_start_ms") >= start_ms) & (pc.field("window_start_ms") < end_ms))
+        filter=(pc.field("window_start_ms") >= start_ms) & (pc.field("window_start_ms") < end_ms)
+        & pc.field("gpu_uuid").isin(gpus))
     return len(set(zip(table["gpu_uuid"].to_pylist(), table["window_start_ms"].to_pylist())))
 
 
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         services = [start_worker(env, out / "logs" / "worker.log"), start_sink(env, out / "logs" / "sink.log")]
         end_ms = DEMO_START_MS + args.minutes * 60_000
         expected = len(plan.gpu_uuids()) * args.minutes
-        wait_for(lambda: windows_written(usage_dir, DEMO_START_MS, end_ms) >= expected, 600,
+        gpus = plan.gpu_uuids()
+        wait_for(lambda: windows_written(usage_dir, DEMO_START_MS, end_ms, gpus) >= expected, 600,
                  f"{expected} GPU-windows in Parquet", tuple(services))
         print(f"    {expected} GPU-minutes rolled up and written", flush=True)
         for service in services:
