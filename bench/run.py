@@ -1,0 +1,29 @@
+"""`make bench`: run every benchmark against a real broker, write bench/results.json, print a table."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench import slice_throughput
+from bench.results import RESULTS_PATH, table, write_results
+from deploy.local.kafka_broker import BrokerUnavailable, start_broker
+
+
+def main() -> int:
+    try:
+        broker = start_broker(Path(".wattmeter/bench-kafka"))
+    except BrokerUnavailable as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        results = slice_throughput.run(broker.bootstrap)
+    finally:
+        broker.stop()
+    write_results(results)
+    print(table(results))
+    print(f"\nwritten to {RESULTS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
