@@ -4,25 +4,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
-import socket
 import sys
-import threading
+from pathlib import Path
 
-from agents.backends.simulated import MODELS, SimulatedBackend
-from agents.clock import SimulatedClock, SystemClock
-from agents.sampler import Sampler
+from agents.backends.simulated import MODELS
+from agents.config import AgentConfig, ConfigError, load_config
 from schemas.samples import NodeSample
 
 DESCRIPTION = """\
-The wattmeter node agent. Runs on every GPU host: samples each GPU (power, the
-cumulative energy counter, utilization, memory) once per interval and streams one
-message per tick to Kafka topic gpu.samples, keyed by node id.
+The wattmeter node agent. Runs on every GPU host: samples each GPU (power, NVML's
+cumulative energy counter, utilization, memory; MIG instances too) once per interval
+and streams one message per tick to the Kafka topic gpu.samples, keyed by node id.
+Samples are written to a local spool (SQLite, fsynced) before they are sent, so none
+is lost while Kafka is unreachable or if the agent is killed; they drain in order.
+
+Settings: built-in defaults < --config FILE (TOML) < WATTMETER_*/KAFKA_* environment
+< flags. Prometheus metrics on --metrics-port. SIGTERM stops sampling and drains.
 
 examples:
-  wattmeter-agent --backend simulated --gpus 8 --once --stdout   # print one sample and exit
-  wattmeter-agent --backend simulated --bootstrap 127.0.0.1:9092  # stream simulated samples
+  wattmeter-agent --backend simulated --gpus 8 --once --stdout    # one sample as JSON
+  wattmeter-agent --backend nvml --bootstrap kafka-1:9092          # the real GPUs
+  wattmeter-agent --backend replay --trace smi.csv --speed 60 --stdout
+  wattmeter-agent --config /etc/wattmeter/agent.toml
 """
 
 
@@ -31,6 +35,7 @@ class StdoutSink:
 
     def send(self, sample: NodeSample) -> None:
         sys.stdout.write(json.dumps(sample.to_dict()) + "\n")
+        sys.stdout.flush()
 
     def flush(self) -> None:
         sys.stdout.flush()
@@ -42,49 +47,66 @@ class StdoutSink:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wattmeter-agent", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["simulated"], default="simulated",
-                        help="where readings come from (default: simulated)")
-    parser.add_argument("--gpus", type=int, default=8, help="simulated: number of GPUs (default 8)")
-    parser.add_argument("--model", choices=sorted(MODELS), default="H100", help="simulated: GPU model")
-    parser.add_argument("--seed", type=int, default=0, help="simulated: seed for the load pattern")
-    parser.add_argument("--node-id", default=os.environ.get("WATTMETER_NODE_ID", socket.gethostname()),
-                        help="this host's id, the message key (default: hostname)")
-    parser.add_argument("--interval-ms", type=int, default=1000, help="sampling interval (default 1000)")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--config", type=Path, help="TOML config file (see deploy/systemd/agent.toml.example)")
+    parser.add_argument("--backend", choices=["nvml", "simulated", "replay"], help="where readings come from")
+    parser.add_argument("--node-id", help="this host's id, the message key (default: hostname)")
+    parser.add_argument("--interval-ms", type=int, help="sampling interval (default 1000)")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--spool-dir", type=Path, help="where unsent samples wait (default .wattmeter/agent-spool)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    parser.add_argument("--gpus", type=int, help="simulated: number of GPUs (default 8)")
+    parser.add_argument("--model", choices=sorted(MODELS), help="simulated: GPU model (default H100)")
+    parser.add_argument("--seed", type=int, help="simulated: seed of the load pattern")
+    parser.add_argument("--mig-per-gpu", type=int, help="simulated: MIG instances per GPU (default 0)")
+    parser.add_argument("--trace", type=Path, help="replay: CSV trace (nvidia-smi --format=csv or simple)")
+    parser.add_argument("--speed", type=float, help="replay: speed-up over recorded time (0: as fast as possible)")
     parser.add_argument("--once", action="store_true", help="take one sample and exit")
     parser.add_argument("--ticks", type=int, help="stop after this many samples")
-    parser.add_argument("--stdout", action="store_true", help="print samples as JSON lines instead of sending")
-    parser.add_argument("--simulate-clock-from-ms", type=int,
-                        help="simulated clock starting at this epoch ms: ticks jump instead of sleeping")
+    parser.add_argument("--stdout", action="store_true", help="print samples as JSON lines; no Kafka, no spool")
     return parser
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    overrides = {name: getattr(args, name) for name in ("backend", "node_id", "interval_ms", "spool_dir",
+                                                          "metrics_port", "gpus", "model", "seed", "mig_per_gpu",
+                                                          "trace", "speed")}
+    config = load_config(args.config, overrides)
+    if args.bootstrap:
+        config.kafka["bootstrap_servers"] = args.bootstrap
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    if not args.stdout and not args.bootstrap:
-        print("wattmeter-agent: no Kafka to send to: pass --bootstrap HOST:PORT, set "
-              "KAFKA_BOOTSTRAP_SERVERS, or use --stdout", file=sys.stderr)
-        return 2
-    backend = SimulatedBackend(gpus=args.gpus, model=args.model, seed=args.seed, node_id=args.node_id)
-    clock = SimulatedClock(args.simulate_clock_from_ms) if args.simulate_clock_from_ms is not None else SystemClock()
-    sampler = Sampler(backend, clock, args.node_id, args.interval_ms)
-    if args.stdout:
-        sink = StdoutSink()
-    else:
-        from agents.kafka_sink import KafkaSampleSink
+    from agents.backends.errors import BackendUnavailable, TraceError
+    from agents.daemon import AgentDaemon, build_backend
 
-        sink = KafkaSampleSink(args.bootstrap)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        sampler.run(sink, ticks=1 if args.once else args.ticks, stop=stop)
-    finally:
-        sink.close()
-        backend.close()
+        config = _config(args)
+        if not args.stdout and not config.bootstrap:
+            raise ConfigError("no Kafka to send to: pass --bootstrap HOST:PORT, set KAFKA_BOOTSTRAP_SERVERS, "
+                              "put bootstrap_servers under [kafka] in the config file, or use --stdout")
+        backend = build_backend(config)
+    except (ConfigError, BackendUnavailable, TraceError) as exc:
+        print(f"wattmeter-agent: {exc}", file=sys.stderr)
+        return 2
+    ticks = 1 if args.once else args.ticks
+    if args.stdout:
+        from agents.clock import SystemClock
+        from agents.sampler import Sampler
+
+        sampler = Sampler(backend, SystemClock(), config.node_id, config.interval_ms)
+        if config.backend == "replay":
+            sampler.replay(StdoutSink(), [ts for ts, _ in backend.ticks()], config.speed, ticks=ticks)  # type: ignore[attr-defined]
+            return 0
+        sampler.run(StdoutSink(), ticks=ticks)
+        return 0
+    daemon = AgentDaemon(config, backend=backend)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    daemon.run(ticks=ticks)
     return 0
 
 

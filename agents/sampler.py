@@ -1,13 +1,17 @@
 """The sampling loop: one NodeSample per tick on a fixed, drift-free schedule."""
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import uuid
 from typing import Callable, Protocol
 
 from agents.backends.base import GpuBackend
 from agents.clock import Clock
 from schemas.samples import NodeSample
+
+log = logging.getLogger(__name__)
 
 
 class SampleSink(Protocol):
@@ -39,16 +43,30 @@ class Sampler:
         self.interval_ms = interval_ms
         self.boot_id = boot_id or new_boot_id()
         self.seq = 0
+        self.clock_steps = 0
+        self._last_times: tuple[int, int] | None = None
+
+    def _check_clock(self, wall: int, mono: int) -> None:
+        """Count a wall-clock step (NTP slew beyond half an interval, a manual date change):
+        the sample still carries both clocks, so downstream sees the disagreement too."""
+        if self._last_times is not None:
+            skew = (wall - self._last_times[0]) - (mono - self._last_times[1])
+            if abs(skew) > max(self.interval_ms // 2, 250):
+                self.clock_steps += 1
+                log.warning("wall clock stepped by %+d ms against the monotonic clock (seq %d)", skew, self.seq)
+        self._last_times = (wall, mono)
 
     def tick(self) -> NodeSample:
         """Take one sample now."""
         wall = self.clock.wall_ms()
+        mono = self.clock.mono_ms()
+        self._check_clock(wall, mono)
         sample = NodeSample(
             node_id=self.node_id,
             boot_id=self.boot_id,
             seq=self.seq,
             ts_ms=wall,
-            mono_ms=self.clock.mono_ms(),
+            mono_ms=mono,
             interval_ms=self.interval_ms,
             gpus=self.backend.read(wall),
         )
@@ -73,4 +91,35 @@ class Sampler:
             taken += 1
             now = self.clock.mono_ms()
             k = max(k + 1, (now - start) // self.interval_ms + (1 if (now - start) % self.interval_ms else 0))
+        return taken
+
+    def replay(self, sink: SampleSink, timestamps: list[int], speed: float = 1.0,
+               stop: threading.Event | None = None, ticks: int | None = None,
+               on_sample: Callable[[NodeSample], None] | None = None) -> int:
+        """Take one sample per recorded timestamp (a replay backend's trace), stamped with
+        the recorded time, waiting (gap / speed) of real time between them (speed 0: no wait)."""
+        if not timestamps:
+            return 0
+        from agents.clock import SimulatedClock
+
+        self.clock = SimulatedClock(timestamps[0])
+        start_mono = self.clock.mono_ms()
+        taken = 0
+        previous = timestamps[0]
+        for ts in timestamps[: ticks if ticks is not None else None]:
+            if speed > 0 and ts > previous:
+                if stop is not None:
+                    if stop.wait((ts - previous) / 1000 / speed):
+                        break
+                else:
+                    time.sleep((ts - previous) / 1000 / speed)
+            if stop is not None and stop.is_set():
+                break
+            previous = ts
+            self.clock.sleep_until_mono(start_mono + ts - timestamps[0])
+            sample = self.tick()
+            sink.send(sample)
+            if on_sample is not None:
+                on_sample(sample)
+            taken += 1
         return taken

@@ -23,6 +23,7 @@ class GpuReading:
     parent_uuid: str | None = None  # set on MIG instances: the physical GPU's uuid
     counter_reset: bool = False  # the backend saw its energy counter start again (driver reload)
     error: str | None = None  # set when NVML failed for this device at this tick
+    hint: str | None = None  # attribution hint from the host (lease file, kubelet pod); leases stay authoritative
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ _GPU_INT_FIELDS: dict[str, tuple[int, int | None]] = {
     "mem_total_bytes": (0, None),
     "temperature_c": (-50, 200),
 }
-_GPU_FIELDS = set(_GPU_INT_FIELDS) | {"gpu_uuid", "model", "parent_uuid", "counter_reset", "error"}
+_GPU_FIELDS = set(_GPU_INT_FIELDS) | {"gpu_uuid", "model", "parent_uuid", "counter_reset", "error", "hint"}
 _SAMPLE_FIELDS = {"schema_version", "node_id", "boot_id", "seq", "ts_ms", "mono_ms", "interval_ms", "gpus"}
 
 
@@ -115,6 +115,7 @@ def validate_sample_dict(data: dict, now_ms: int | None = None) -> NodeSample:
         for name, (low, high) in _GPU_INT_FIELDS.items():
             _check_int(f"{where}.{name}", gpu.get(name), low, high, True)
         _check_str(f"{where}.parent_uuid", gpu.get("parent_uuid"), nullable=True)
+        _check_str(f"{where}.hint", gpu.get("hint"), nullable=True)
         if not isinstance(gpu.get("counter_reset", False), bool):
             raise InvalidMessage(f"{where}.counter_reset must be a boolean")
         error = gpu.get("error")

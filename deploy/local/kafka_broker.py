@@ -243,7 +243,7 @@ def _docker_answers() -> bool:
         return False
 
 
-def _start_jars(state_dir: Path, timeout_s: float) -> BrokerHandle:
+def start_jar_broker(state_dir: Path, timeout_s: float) -> BrokerHandle:
     state_dir = state_dir.resolve()
     if state_dir.exists():
         shutil.rmtree(state_dir)
@@ -304,7 +304,7 @@ def start_broker(state_dir: Path | None = None, *, create: bool = True, timeout_
         container.start()
         handle = BrokerHandle(container.get_bootstrap_server(), "testcontainers", _container=container)
     elif shutil.which("java") and shutil.which("mvn"):
-        handle = _start_jars(Path(state_dir or DEFAULT_STATE_DIR), timeout_s)
+        handle = start_jar_broker(Path(state_dir or DEFAULT_STATE_DIR), timeout_s)
     else:
         raise BrokerUnavailable(
             "cannot start a Kafka broker: KAFKA_BOOTSTRAP_SERVERS is not set, no Docker engine answers "

@@ -1,0 +1,119 @@
+"""The node agent without Kafka: simulated NVML behaviour, clock steps, spool bounds, config."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agents.backends.simulated import SimulatedBackend
+from agents.clock import SimulatedClock
+from agents.config import ConfigError, load_config
+from agents.sampler import Sampler
+from agents.spool import Spool
+from streams.leases import LeaseIndex
+from streams.rollup import NodeRollup, RollupConfig, new_state
+from tests.helpers import T0
+
+
+def sampler_for(backend: SimulatedBackend, node: str = "n1") -> tuple[Sampler, SimulatedClock]:
+    clock = SimulatedClock(T0)
+    return Sampler(backend, clock, node, 1000, boot_id="b"), clock
+
+
+def take(sampler: Sampler, clock: SimulatedClock, n: int) -> list:
+    out = []
+    for _ in range(n):
+        out.append(sampler.tick())
+        clock.sleep_until_mono(clock.mono_ms() + 1000)
+    return out
+
+
+def test_counter_reset_is_flagged_and_never_yields_negative_energy():
+    backend = SimulatedBackend(gpus=1, node_id="n1", constant_util=100)
+    sampler, clock = sampler_for(backend)
+    samples = take(sampler, clock, 5)
+    backend.reload_driver(0)
+    samples += take(sampler, clock, 5)
+    energies = [s.gpus[0].energy_mj for s in samples]
+    assert energies[4] > energies[5] and samples[5].gpus[0].counter_reset
+    assert not any(s.gpus[0].counter_reset for s in samples[6:])
+    rollup = NodeRollup(RollupConfig(lateness_ms=0), LeaseIndex())
+    state = new_state("n1")
+    records = [r for i, s in enumerate(samples) for r in rollup.apply(state, s, i).records] + rollup.flush(state)
+    # 9 intervals of 1 s at 700 W; the one across the reset is power x time, so still exact here
+    assert sum(r.energy_mj for r in records) == 9 * 700_000
+
+
+def test_gpu_error_then_recovery_leaves_other_gpus_alone_and_loses_no_energy():
+    backend = SimulatedBackend(gpus=2, node_id="n1", constant_util=50)
+    sampler, clock = sampler_for(backend)
+    samples = take(sampler, clock, 3)
+    backend.inject_error(0, reads=3)
+    samples += take(sampler, clock, 7)
+    errors = [s.gpus[0].error for s in samples]
+    assert errors[3:6] == ["NVML_ERROR_GPU_IS_LOST"] * 3 and errors[6] is None
+    assert all(s.gpus[1].error is None for s in samples)
+    rollup = NodeRollup(RollupConfig(lateness_ms=0), LeaseIndex())
+    state = new_state("n1")
+    records = [r for i, s in enumerate(samples) for r in rollup.apply(state, s, i).records] + rollup.flush(state)
+    per_gpu = {u: sum(r.energy_mj for r in records if r.gpu_uuid == u) for u in backend.uuids}
+    assert per_gpu[backend.uuids[0]] == per_gpu[backend.uuids[1]] == 9 * 385_000  # counter covered the outage
+
+
+def test_mig_instances_report_their_own_uuid_parent_and_no_utilization():
+    backend = SimulatedBackend(gpus=2, node_id="n1", constant_util=50, mig_per_gpu=3)
+    reading = backend.read(T0)
+    assert len(reading) == 6
+    assert {r.parent_uuid for r in reading} == set(backend.uuids)
+    assert all(r.gpu_uuid.startswith("MIG-") and r.util_gpu_pct is None for r in reading)
+    assert all("MIG 1/3" in r.model for r in reading)
+
+
+def test_clock_step_is_visible_and_does_not_shift_the_schedule():
+    backend = SimulatedBackend(gpus=1, node_id="n1", constant_util=50)
+    sampler, clock = sampler_for(backend)
+    before = take(sampler, clock, 3)
+    clock.step_wall(-3_600_000)  # NTP steps the wall clock back an hour
+    after = take(sampler, clock, 3)
+    assert sampler.clock_steps == 1
+    assert after[0].ts_ms - before[-1].ts_ms == 1000 - 3_600_000
+    assert after[0].mono_ms - before[-1].mono_ms == 1000  # the monotonic schedule goes on
+
+
+def test_spool_survives_reopen_and_acks_in_order(tmp_path: Path):
+    spool = Spool(tmp_path / "s.sqlite3")
+    spool.append_many([(b"k", f"v{i}".encode(), T0 + i) for i in range(10)])
+    first = spool.peek(4)
+    spool.ack(first[-1].row_id)
+    spool.close()
+    reopened = Spool(tmp_path / "s.sqlite3")
+    assert reopened.pending_rows == 6 and reopened.has_rows.is_set()
+    assert [r.value for r in reopened.peek(100)] == [f"v{i}".encode() for i in range(4, 10)]
+    assert sqlite3.connect(tmp_path / "s.sqlite3").execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_spool_bounds_drop_oldest_with_a_log_line(tmp_path: Path, caplog):
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=10_000, max_age_ms=60_000)
+    for i in range(30):
+        spool.append(b"k", b"x" * 999, T0 + i)  # 1,000 bytes each
+    assert spool.pending_bytes <= 10_000 and spool.dropped > 0
+    assert "DROPPED" in caplog.text
+    kept = spool.peek(100)
+    assert kept[-1].row_id == 30 and [r.row_id for r in kept] == sorted(r.row_id for r in kept)
+    spool.append(b"k", b"late", T0 + 120_000)  # a minute later, everything older is over age
+    assert [r.value for r in spool.peek(100)] == [b"late"]
+
+
+def test_config_layers_and_errors(tmp_path: Path):
+    path = tmp_path / "agent.toml"
+    path.write_text('node_id = "from-file"\ninterval_ms = 500\n[kafka]\nbootstrap_servers = "k:9092"\n'
+                    'security_protocol = "SASL_SSL"\n')
+    config = load_config(path, {"interval_ms": 250}, environ={"WATTMETER_NODE_ID": "from-env"})
+    assert (config.node_id, config.interval_ms, config.bootstrap) == ("from-env", 250, "k:9092")
+    assert config.kafka["security_protocol"] == "SASL_SSL"
+    path.write_text("surprise = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'surprise'"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="needs a trace"):
+        load_config(None, {"backend": "replay"}, environ={})
