@@ -68,9 +68,10 @@ class Spool:
         self.has_rows.set()
 
     def _enforce_bounds(self, now_ms: int) -> None:
-        too_old = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), MAX(id) "
-                                   "FROM spool WHERE ts_ms < ?", (now_ms - self.max_age_ms,)).fetchone()
-        if too_old[0]:
+        oldest = self._db.execute("SELECT ts_ms FROM spool ORDER BY id LIMIT 1").fetchone()  # rowid order: O(1)
+        if oldest is not None and oldest[0] < now_ms - self.max_age_ms:
+            too_old = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), MAX(id) "
+                                       "FROM spool WHERE ts_ms < ?", (now_ms - self.max_age_ms,)).fetchone()
             self._drop_through(too_old[2], too_old[0], too_old[1], f"older than {self.max_age_ms} ms")
         if self._bytes > self.max_bytes:
             # drop the oldest rows until under 90 % of the bound, so this does not run every tick

@@ -26,9 +26,13 @@ def write_results(results: list[BenchResult], path: Path = RESULTS_PATH) -> None
     path.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
 
 
+def _figure(value: float) -> str:
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
+
+
 def table(results: list[BenchResult]) -> str:
     rows = [("name", "value", "unit", "baseline", "baseline_value", "ratio", "target")]
-    rows += [(r.name, f"{r.value:,.1f}", r.unit, r.baseline, f"{r.baseline_value:,.1f}", f"{r.ratio:.3f}", r.target)
+    rows += [(r.name, _figure(r.value), r.unit, r.baseline, _figure(r.baseline_value), f"{r.ratio:.3f}", r.target)
              for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]

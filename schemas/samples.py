@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 SAMPLE_SCHEMA_VERSION = 1
 
@@ -45,7 +45,13 @@ class NodeSample:
     schema_version: int = SAMPLE_SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # hand-rolled rather than dataclasses.asdict: this runs every tick on every host
+        return {
+            "node_id": self.node_id, "boot_id": self.boot_id, "seq": self.seq, "ts_ms": self.ts_ms,
+            "mono_ms": self.mono_ms, "interval_ms": self.interval_ms,
+            "gpus": [{name: getattr(gpu, name) for name in GPU_FIELD_NAMES} for gpu in self.gpus],
+            "schema_version": self.schema_version,
+        }
 
     def to_json_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
@@ -56,3 +62,6 @@ class NodeSample:
         gpus = [GpuReading(**g) for g in data.get("gpus", [])]
         fields = {k: v for k, v in data.items() if k != "gpus"}
         return cls(gpus=gpus, **fields)
+
+
+GPU_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(GpuReading))
