@@ -117,3 +117,31 @@ def test_config_layers_and_errors(tmp_path: Path):
         load_config(path, environ={})
     with pytest.raises(ConfigError, match="needs a trace"):
         load_config(None, {"backend": "replay"}, environ={})
+
+
+def test_daemon_spools_every_tick_and_serves_prometheus_metrics(tmp_path: Path):
+    import json
+    import socket
+    import urllib.request
+
+    from agents.config import AgentConfig
+    from agents.daemon import AgentDaemon
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hints = tmp_path / "hints.json"
+    hints.write_text(json.dumps({"GPU-sim-m-00": "tenant-x"}))
+    config = AgentConfig(node_id="m", gpus=2, spool_dir=tmp_path / "spool", metrics_port=port, hints_file=hints)
+    backend = SimulatedBackend(gpus=2, node_id="m")
+    backend.inject_error(1, reads=2)
+    daemon = AgentDaemon(config, backend=backend, clock=SimulatedClock(T0))
+    assert daemon.run(ticks=5) == 5  # no Kafka configured: everything stays spooled
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "wattmeter_agent_samples_taken_total 5.0" in text
+    assert 'wattmeter_agent_nvml_errors_total{gpu_uuid="GPU-sim-m-01"} 2.0' in text
+    assert "wattmeter_agent_spool_rows 5.0" in text
+    spooled = Spool(tmp_path / "spool" / "spool.sqlite3").peek(10)
+    first = json.loads(spooled[0].value)
+    assert [s["seq"] for s in map(json.loads, (r.value for r in spooled))] == [0, 1, 2, 3, 4]
+    assert first["gpus"][0]["hint"] == "tenant-x" and first["gpus"][1]["hint"] is None
