@@ -2,12 +2,20 @@
 
 Per GPU and tick: power (mW) and the cumulative energy counter (mJ) in one
 `nvmlDeviceGetFieldValues` call where the driver supports it (else one call each),
-utilization, memory and temperature. With MIG enabled, each MIG instance is reported
-under its own uuid with `parent_uuid` set. NVML has no per-instance utilization or
-power: utilization is None, and the parent's power and energy are shared out in
-proportion to each instance's memory size (an approximation, marked by the model
-name suffix " MIG <n>g"). A device that fails is reported with `error` and is tried
-again next tick; the handle is re-acquired, so a GPU that comes back is read again.
+utilization, memory and temperature. Static data (uuid, name) is read once per handle.
+
+MIG: with MIG mode enabled on a GPU, each MIG instance is reported under its own uuid
+with `parent_uuid` set to the GPU's uuid (the GPU itself is then not reported on its
+own). NVML gives memory per instance but no per-instance utilization, power or energy:
+utilization is None, and the parent's power and energy counter are shared out in
+proportion to each instance's memory size (an approximation: a busy small instance is
+under-charged next to an idle large one; documented for customers).
+
+Failures: a device that raises NVMLError (GPU_IS_LOST and the like) is reported with
+`error` set to NVML's error string and every other reading None. Its handle is dropped
+and re-acquired on the next read, so a GPU that comes back is read again; `read()`
+never raises. A cumulative energy counter lower than the last one read for that uuid
+(driver reload, GPU reset) is flagged with `counter_reset`.
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ from schemas.samples import GpuReading
 
 log = logging.getLogger(__name__)
 
+_ERROR_MAX = 1024  # node_sample.v1.json: error maxLength
+
 
 def _load_pynvml() -> ModuleType:
     try:
@@ -30,30 +40,47 @@ def _load_pynvml() -> ModuleType:
 
 
 class NvmlBackend:
-    def __init__(self, include_mig: bool = True, nvml: ModuleType | None = None) -> None:
-        self.nvml = nvml or _load_pynvml()
+    """All GPUs NVML sees on this host. `nvml` is the pynvml module (injectable for tests)."""
+
+    def __init__(self, include_mig: bool = True, nvml: Any = None) -> None:
+        self.nvml = nvml if nvml is not None else _load_pynvml()
         self.include_mig = include_mig
         try:
             self.nvml.nvmlInit()
-            self.count = self.nvml.nvmlDeviceGetCount()
         except self.nvml.NVMLError as exc:
             raise BackendUnavailable(f"NVML could not start ({exc}): is the NVIDIA driver loaded?") from None
+        except OSError as exc:  # some pynvml versions let a missing libnvidia-ml.so through as OSError
+            raise BackendUnavailable(f"NVML library not loadable ({exc}): is the NVIDIA driver installed?") from None
+        try:
+            self.count = self.nvml.nvmlDeviceGetCount()
+        except self.nvml.NVMLError as exc:
+            self.close()
+            raise BackendUnavailable(f"NVML cannot count GPUs ({exc}): is the NVIDIA driver loaded?") from None
         self._handles: dict[int, Any] = {}
-        self._static: dict[int, tuple[str, str]] = {}  # index -> (uuid, name)
+        self._static: dict[int, tuple[str, str]] = {}  # index -> (uuid, name), kept across lost handles
+        self._mig_names: dict[str, str] = {}  # MIG uuid -> name
         self._last_energy: dict[str, int] = {}
-        self._fields_ok = hasattr(self.nvml, "nvmlDeviceGetFieldValues") and hasattr(
-            self.nvml, "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
+        self._fields_ok = (callable(getattr(self.nvml, "nvmlDeviceGetFieldValues", None))
+                           and hasattr(self.nvml, "NVML_FI_DEV_POWER_INSTANT")
+                           and hasattr(self.nvml, "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION"))
         for index in range(self.count):
             try:
                 self._handle(index)
             except self.nvml.NVMLError as exc:
                 log.warning("GPU %d unreadable at start: %s", index, exc)
 
+    # -- helpers
+
+    def _is(self, exc: BaseException, *names: str) -> bool:
+        value = getattr(exc, "value", None)
+        return any(value == getattr(self.nvml, name, object()) for name in names)
+
     def _handle(self, index: int) -> Any:
         handle = self._handles.get(index)
         if handle is None:
             handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
-            self._static[index] = (_text(self.nvml.nvmlDeviceGetUUID(handle)), _text(self.nvml.nvmlDeviceGetName(handle)))
+            self._static[index] = (_text(self.nvml.nvmlDeviceGetUUID(handle)),
+                                   _text(self.nvml.nvmlDeviceGetName(handle)))
             self._handles[index] = handle
         return handle
 
@@ -62,27 +89,41 @@ class NvmlBackend:
         try:
             return call(*args)
         except self.nvml.NVMLError as exc:
-            if getattr(exc, "value", None) == self.nvml.NVML_ERROR_NOT_SUPPORTED:
+            if self._is(exc, "NVML_ERROR_NOT_SUPPORTED"):
                 return None
             raise
 
     def _power_and_energy(self, handle: Any) -> tuple[int | None, int | None]:
+        """Power (mW) and energy counter (mJ): one field-values call, single calls as fallback."""
         nvml = self.nvml
         if self._fields_ok:
             try:
-                values = nvml.nvmlDeviceGetFieldValues(handle, [nvml.NVML_FI_DEV_POWER_INSTANT,
-                                                                nvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION])
-                power, energy = (_field_value(nvml, v) for v in values)
-                if power is not None or energy is not None:
-                    if power is None:
-                        power = self._optional(nvml.nvmlDeviceGetPowerUsage, handle)
-                    return power, energy
+                power_field, energy_field = nvml.nvmlDeviceGetFieldValues(
+                    handle, [nvml.NVML_FI_DEV_POWER_INSTANT, nvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION])
             except nvml.NVMLError as exc:
-                if getattr(exc, "value", None) != nvml.NVML_ERROR_NOT_SUPPORTED:
+                if not self._is(exc, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND",
+                                "NVML_ERROR_INVALID_ARGUMENT"):
                     raise
-                self._fields_ok = False  # old driver: use the single calls from now on
+                self._fields_ok = False  # old driver: the single calls from now on
+            else:
+                power = self._field(power_field, nvml.nvmlDeviceGetPowerUsage, handle)
+                energy = self._field(energy_field, nvml.nvmlDeviceGetTotalEnergyConsumption, handle)
+                return power, energy
         return (self._optional(nvml.nvmlDeviceGetPowerUsage, handle),
                 self._optional(nvml.nvmlDeviceGetTotalEnergyConsumption, handle))
+
+    def _field(self, field: Any, fallback, handle: Any) -> int | None:
+        """A field value; NOT_SUPPORTED is None; another per-field error retries the single call."""
+        ret = field.nvmlReturn
+        if ret == self.nvml.NVML_SUCCESS:
+            value = _field_value(self.nvml, field)
+            if value is not None:
+                return value
+        elif ret == self.nvml.NVML_ERROR_NOT_SUPPORTED:
+            return None
+        return self._optional(fallback, handle)  # raises the device's real error, if it has one
+
+    # -- reading
 
     def _read_gpu(self, index: int) -> list[GpuReading]:
         nvml = self.nvml
@@ -101,27 +142,46 @@ class NvmlBackend:
             mem_used_bytes=memory.used, mem_total_bytes=memory.total, temperature_c=temperature))]
 
     def _mig_enabled(self, handle: Any) -> bool:
+        getter = getattr(self.nvml, "nvmlDeviceGetMigMode", None)
+        if getter is None:
+            return False  # pynvml older than MIG
         try:
-            current, _pending = self.nvml.nvmlDeviceGetMigMode(handle)
-        except self.nvml.NVMLError:
-            return False  # not MIG-capable
+            current, _pending = getter(handle)
+        except self.nvml.NVMLError as exc:
+            if self._is(exc, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND",
+                        "NVML_ERROR_INVALID_ARGUMENT"):
+                return False  # not MIG-capable
+            raise
         return current == self.nvml.NVML_DEVICE_MIG_ENABLE
 
     def _mig_readings(self, handle: Any, parent: str, name: str, power: int | None, energy: int | None,
                       temperature: int | None) -> list[GpuReading]:
+        """One reading per MIG instance.
+
+        NVML gives no per-instance utilization (util fields are None) and no per-instance
+        power or energy: each instance gets the parent's power and energy counter times
+        (instance memory / memory of all instances), floored to integers. This is an
+        approximation by size, not a measurement of the instance's own draw.
+        """
         nvml = self.nvml
         instances = []
         for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
             try:
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
             except nvml.NVMLError as exc:
-                if getattr(exc, "value", None) == nvml.NVML_ERROR_NOT_FOUND:
+                if self._is(exc, "NVML_ERROR_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT"):
                     continue  # empty slot
                 raise
-            instances.append((_text(nvml.nvmlDeviceGetUUID(mig)), nvml.nvmlDeviceGetMemoryInfo(mig)))
+            uuid = _text(nvml.nvmlDeviceGetUUID(mig))
+            if uuid not in self._mig_names:
+                try:
+                    self._mig_names[uuid] = _text(nvml.nvmlDeviceGetName(mig))
+                except nvml.NVMLError:
+                    self._mig_names[uuid] = f"{name} MIG"
+            instances.append((uuid, nvml.nvmlDeviceGetMemoryInfo(mig)))
         total_mem = sum(mem.total for _, mem in instances) or 1
         return [self._with_reset(GpuReading(
-            gpu_uuid=uuid, model=f"{name} MIG", parent_uuid=parent,
+            gpu_uuid=uuid, model=self._mig_names[uuid], parent_uuid=parent,
             power_mw=power * mem.total // total_mem if power is not None else None,
             energy_mj=energy * mem.total // total_mem if energy is not None else None,
             util_gpu_pct=None, util_mem_pct=None,
@@ -136,20 +196,24 @@ class NvmlBackend:
         return reading
 
     def read(self, wall_ms: int) -> list[GpuReading]:
+        """Every GPU (or its MIG instances) now; a failing device comes back with `error` set."""
         readings: list[GpuReading] = []
         for index in range(self.count):
             try:
                 readings.extend(self._read_gpu(index))
-            except self.nvml.NVMLError as exc:
+            except Exception as exc:  # NVMLError above all; nothing may stop the other GPUs
                 self._handles.pop(index, None)  # re-acquire next tick
-                uuid, name = self._static.get(index, (f"GPU-index-{index}", ""))
-                readings.append(GpuReading(gpu_uuid=uuid, model=name, error=f"NVML: {exc}"))
+                uuid, name = self._static.get(index, (f"GPU-index-{index}", "unknown"))
+                text = str(exc) if isinstance(exc, self.nvml.NVMLError) else f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, self.nvml.NVMLError):
+                    log.exception("GPU %d (%s): unexpected error", index, uuid)
+                readings.append(GpuReading(gpu_uuid=uuid, model=name, error=text[:_ERROR_MAX]))
         return readings
 
     def close(self) -> None:
         try:
             self.nvml.nvmlShutdown()
-        except self.nvml.NVMLError:
+        except Exception:  # already shut down, or the driver went away
             pass
 
 
@@ -157,13 +221,16 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _field_value(nvml: ModuleType, field: Any) -> int | None:
-    if field.nvmlReturn != nvml.NVML_SUCCESS:
-        return None
-    if field.valueType == nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
+def _field_value(nvml: Any, field: Any) -> int | None:
+    kind = field.valueType
+    if kind == nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
         return int(field.value.ullVal)
-    if field.valueType == nvml.NVML_VALUE_TYPE_UNSIGNED_INT:
+    if kind == nvml.NVML_VALUE_TYPE_UNSIGNED_INT:
         return int(field.value.uiVal)
-    if field.valueType == getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG", -1):
+    if kind == getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG", -1):
         return int(field.value.ulVal)
+    if kind == getattr(nvml, "NVML_VALUE_TYPE_SIGNED_LONG_LONG", -1):
+        return int(field.value.sllVal)
+    if kind == getattr(nvml, "NVML_VALUE_TYPE_SIGNED_INT", -1):
+        return int(field.value.siVal)
     return None
