@@ -44,12 +44,14 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
         topic_allow_declare=True,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        processing_guarantee="at_least_once",
+        processing_guarantee=settings.processing_guarantee,
         web_enabled=False,
         stream_wait_empty=True,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(settings.session_timeout_s / 10, 0.5),
     )
     samples = app.topic(GPU_SAMPLES, key_serializer="raw", value_serializer="raw", partitions=SAMPLE_PARTITIONS)
     usage = app.topic(USAGE_RECORDS, key_serializer="raw", value_serializer="raw")

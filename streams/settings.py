@@ -19,6 +19,11 @@ class StreamsSettings:
     lateness_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_LATENESS_MS", "5000")))
     max_gap_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_MAX_GAP_MS", "30000")))
     valley_hours: str = field(default_factory=lambda: os.environ.get("WATTMETER_VALLEY_HOURS", "0-6"))
+    # exactly_once: table changelog, usage records and input offsets commit in one Kafka transaction
+    processing_guarantee: str = field(
+        default_factory=lambda: os.environ.get("WATTMETER_PROCESSING_GUARANTEE", "exactly_once"))
+    # how soon a dead worker's partitions move to the others (Kafka group session timeout)
+    session_timeout_s: float = field(default_factory=lambda: float(os.environ.get("WATTMETER_SESSION_TIMEOUT_S", "30")))
     web_port: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_STREAMS_WEB_PORT", "6066")))
     # far-future check against the wall clock; off for simulated-clock demos
     check_future: bool = field(default_factory=lambda: os.environ.get("WATTMETER_CHECK_FUTURE", "1") == "1")

@@ -50,6 +50,7 @@ class SinkRunner:
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","), group_id=self.group_id,
                                  enable_auto_commit=False, auto_offset_reset="earliest",
+                                 isolation_level="read_committed",  # only records of committed transactions
                                  max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024)
         buffers: dict[int, list[tuple[int, dict]]] = defaultdict(list)
         sink = self.sink

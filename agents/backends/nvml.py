@@ -113,15 +113,14 @@ class NvmlBackend:
                 self._optional(nvml.nvmlDeviceGetTotalEnergyConsumption, handle))
 
     def _field(self, field: Any, fallback, handle: Any) -> int | None:
-        """A field value; NOT_SUPPORTED is None; another per-field error retries the single call."""
-        ret = field.nvmlReturn
-        if ret == self.nvml.NVML_SUCCESS:
+        """A field value, or else the single call's (a driver may know the call but not the
+        field, e.g. POWER_INSTANT before r535); the single call raises the device's real
+        error if it has one and gives None where the value is NOT_SUPPORTED."""
+        if field.nvmlReturn == self.nvml.NVML_SUCCESS:
             value = _field_value(self.nvml, field)
             if value is not None:
                 return value
-        elif ret == self.nvml.NVML_ERROR_NOT_SUPPORTED:
-            return None
-        return self._optional(fallback, handle)  # raises the device's real error, if it has one
+        return self._optional(fallback, handle)
 
     # -- reading
 

@@ -1,0 +1,130 @@
+"""Exactly once on the real broker: SIGKILLed workers and sinks, two workers sharing the
+topic, and malformed messages, all compared with an undisturbed run of the same rollup."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from deploy.local.fleet import FleetPlan, publish_leases, publish_samples
+from deploy.local.kafka_broker import create_topics, start_jar_broker
+from deploy.local.pipeline import ServiceProcess, service_env, start_sink, start_worker, wait_for
+from schemas.leases import Lease
+from schemas.topics import GPU_SAMPLES, GPU_SAMPLES_DLQ
+from streams.leases import LeaseIndex
+from streams.rollup import NodeRollup, RollupConfig, new_state
+from tests.helpers import T0, simulated_samples
+
+pytestmark = pytest.mark.broker
+COMPARED = ("record_id", "kind", "tenant_id", "lease_id", "gpu_uuid", "window_start_ms", "allocated_gpu_ms",
+            "busy_gpu_ms", "energy_mj", "peak_power_mw", "sample_count", "observed_ms", "unmetered_ms")
+
+
+@pytest.fixture(scope="module")
+def fault_broker(tmp_path_factory):
+    """A broker of this module's own, so the loads below are the only data on it."""
+    broker = start_jar_broker(tmp_path_factory.mktemp("fault-kafka"), 90)
+    create_topics(broker.bootstrap)
+    yield broker
+    broker.stop()
+
+
+def fleet(tag: str, ticks: int = 600) -> FleetPlan:
+    plan = FleetPlan(nodes=[f"{tag}-{i}" for i in range(4)], gpus_per_node=4, start_ms=T0, ticks=ticks, seed=11)
+    gpus = plan.gpu_uuids()
+    plan.leases = [Lease(f"{tag}-l{i}", f"tenant-{i % 3}", gpu, T0 + 45_000 * (i % 4), T0 + 400_000 + 7_000 * i)
+                   for i, gpu in enumerate(gpus[:12])]
+    return plan
+
+
+def reference_rows(plan: FleetPlan) -> list[tuple]:
+    """The undisturbed run: the same rollup over the same samples, in order, in one process."""
+    index = LeaseIndex()
+    from schemas.leases import GpuLeaseTimeline
+
+    for lease in plan.leases:
+        index.put(GpuLeaseTimeline(lease.gpu_uuid, [lease]))
+    rows = []
+    for node in plan.nodes:
+        samples, _ = simulated_samples(node, plan.gpus_per_node, plan.ticks, util=plan.util, seed=plan.seed)
+        rollup = NodeRollup(RollupConfig(), index)
+        state = new_state(node)
+        for offset, sample in enumerate(samples):
+            rows += [tuple(r.to_dict()[c] for c in COMPARED) for r in rollup.apply(state, sample, offset).records]
+    return sorted(rows)
+
+
+def parquet_rows(usage_dir: Path, gpus: set[str]) -> list[tuple]:
+    files = [str(p) for p in usage_dir.glob("date=*/*.parquet")]
+    if not files:
+        return []
+    table = ds.dataset(files, format="parquet").to_table(columns=list(COMPARED))
+    return sorted(row for row in zip(*(table[c].to_pylist() for c in COMPARED)) if row[4] in gpus)
+
+
+def run_env(broker, app: str, tmp: Path) -> dict[str, str]:
+    return service_env(broker.bootstrap, app, tmp / f"{app}-usage", tmp / f"{app}-state",
+                       WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="0.5", WATTMETER_SESSION_TIMEOUT_S="6")
+
+
+def test_sigkilled_workers_and_sink_give_the_undisturbed_totals(fault_broker, tmp_path):
+    plan = fleet("kill", ticks=3600)
+    publish_leases(fault_broker.bootstrap, plan.leases)
+    publish_samples(fault_broker.bootstrap, plan)
+    expected = reference_rows(plan)
+    gpus = set(plan.gpu_uuids())
+    env = run_env(fault_broker, "killed", tmp_path)
+    usage_dir = tmp_path / "killed-usage"
+    rng = random.Random(5)
+    sink = start_sink(env, tmp_path / "sink.log")
+    worker = start_worker(env, tmp_path / "worker-0.log")
+    progress_at_kills: list[int] = []
+    try:
+        # kill the worker at random moments until three kills have landed mid-run (some
+        # usage written, not all); the sink is killed too, once
+        while sum(0 < n < len(expected) for n in progress_at_kills) < 3 and len(progress_at_kills) < 8:
+            before = progress_at_kills[-1] if progress_at_kills else 0
+            wait_for(lambda: len(parquet_rows(usage_dir, gpus)) > before, 120, "progress after a restart",
+                     (worker, sink), poll_s=0.1)
+            time.sleep(rng.uniform(0.0, 1.5))
+            progress_at_kills.append(len(parquet_rows(usage_dir, gpus)))
+            worker.kill()  # SIGKILL, mid-transaction or not
+            if len(progress_at_kills) == 2:
+                sink.kill()
+                sink = start_sink(env, tmp_path / "sink.log")
+            worker = start_worker(env, tmp_path / f"worker-{len(progress_at_kills)}.log")
+        wait_for(lambda: len(parquet_rows(usage_dir, gpus)) >= len(expected), 240, "all usage rows",
+                 (worker, sink))
+        time.sleep(2)  # anything duplicated would show up now
+    finally:
+        worker.stop()
+        sink.stop()
+    assert sum(0 < n < len(expected) for n in progress_at_kills) >= 3, progress_at_kills
+    got = parquet_rows(usage_dir, gpus)
+    assert [r for r, n in Counter(r[0] for r in got).items() if n > 1] == []  # no record twice
+    assert got == expected  # to the millisecond and millijoule
+    assert sum(r[8] for r in got) == sum(r[8] for r in expected)
+
+
+def test_two_workers_give_the_same_totals_as_one(fault_broker, tmp_path):
+    plan = fleet("two")
+    publish_leases(fault_broker.bootstrap, plan.leases)
+    publish_samples(fault_broker.bootstrap, plan)
+    expected = reference_rows(plan)
+    gpus = set(plan.gpu_uuids())
+    env = run_env(fault_broker, "pair", tmp_path)
+    services = (start_worker(env, tmp_path / "w1.log"), start_worker(env, tmp_path / "w2.log"),
+                start_sink(env, tmp_path / "sink.log"))
+    try:
+        wait_for(lambda: len(parquet_rows(tmp_path / "pair-usage", gpus)) >= len(expected), 240,
+                 "all usage rows", services)
+        time.sleep(2)
+    finally:
+        for service in services:
+            service.stop()
+    assert parquet_rows(tmp_path / "pair-usage", gpus) == expected
