@@ -56,8 +56,9 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
     samples = app.topic(GPU_SAMPLES, key_serializer="raw", value_serializer="raw", partitions=SAMPLE_PARTITIONS)
     usage = app.topic(USAGE_RECORDS, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(GPU_SAMPLES_DLQ, key_serializer="raw", value_serializer="raw")
-    # keys: node id bytes (app default key serializer 'raw'); values: the JSON state dict
-    table = app.Table("node-rollup", default=None, partitions=SAMPLE_PARTITIONS)
+    # keys: node id as str (tables serialize keys as JSON: bytes keys would not read back
+    # in changelog recovery); values: the JSON state dict
+    table = app.Table("node-rollup", default=None, partitions=SAMPLE_PARTITIONS, key_type=str)
     rollups = {p: NodeRollup(config, leases, partition=p) for p in range(SAMPLE_PARTITIONS)}
 
     @app.agent(samples)
@@ -71,15 +72,20 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
                 await dlq.send(key=event.key, value=event.value,
                                headers=dlq_headers(exc.reason, message.partition, message.offset))
                 continue
-            state = table.get(sample.node_id.encode()) or new_state(sample.node_id)
+            state = table.get(sample.node_id) or new_state(sample.node_id)
             outcome = rollups[message.partition].apply(state, sample, message.offset)
-            table[sample.node_id.encode()] = state
             if outcome.late_gpus:
                 reason = f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}"
                 await dlq.send(key=event.key, value=event.value,
                                headers=dlq_headers(reason, message.partition, message.offset))
-            for record in outcome.records:
-                await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
+            # Closed windows must be in Kafka before the state that forgets them: a crash in
+            # between re-emits identical records (same record_id, deduplicated by the sink)
+            # instead of losing them. Faust flushes the changelog before committing offsets.
+            deliveries = [await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
+                          for record in outcome.records]
+            for delivery in deliveries:
+                await delivery
+            table[sample.node_id] = state
 
     app.roll_up = roll_up  # type: ignore[attr-defined]
     return app

@@ -79,6 +79,24 @@ class ParquetSink:
                 path.unlink()
         return resume
 
+    def partition_files(self, partition: int) -> list[Path]:
+        """This partition's files, oldest offsets first."""
+        files = []
+        for path in self.data_files():
+            match = FILE_RE.match(path.name)
+            if match and match["topic"] == self.topic and int(match["partition"]) == partition:
+                files.append((int(match["first"]), path))
+        return [path for _, path in sorted(files)]
+
+    def recent_record_ids(self, partition: int, limit: int) -> list[str]:
+        """Up to `limit` record ids most recently written for `partition`, oldest first."""
+        ids: list[str] = []
+        for path in reversed(self.partition_files(partition)):
+            ids[:0] = pq.read_table(path, columns=["record_id"])["record_id"].to_pylist()
+            if len(ids) >= limit:
+                break
+        return ids[-limit:]
+
     def write_batch(self, partition: int, first_offset: int, last_offset: int, rows: list[dict]) -> list[Path]:
         """Write rows read from offsets [first, last] of `partition`, then advance its manifest."""
         by_date: dict[str, list[dict]] = defaultdict(list)

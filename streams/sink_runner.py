@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 from schemas.topics import USAGE_RECORDS
@@ -18,6 +18,31 @@ from schemas.validate import InvalidMessage, parse_json
 from streams.sink import ParquetSink
 
 log = logging.getLogger(__name__)
+
+
+DEDUPE_WINDOW = 200_000  # record ids remembered per partition
+
+
+class RecentIds:
+    """A bounded, insertion-ordered set: the record ids a partition wrote lately.
+
+    The worker may re-emit a closed window after a crash (at-least-once); the copy has
+    the same record_id and the same key, so it lands in the same partition shortly
+    after the original, well within this window.
+    """
+
+    def __init__(self, ids: list[str], limit: int = DEDUPE_WINDOW) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict((i, None) for i in ids[-limit:])
+
+    def add(self, record_id: str) -> bool:
+        """Remember `record_id`; False if it was already there (a duplicate)."""
+        if record_id in self._ids:
+            return False
+        self._ids[record_id] = None
+        if len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+        return True
 
 
 class SinkRunner:
@@ -30,7 +55,9 @@ class SinkRunner:
         self.group_id = group_id
         self.topic = topic
         self.rejected = 0
+        self.duplicates = 0
         self.files_written = 0
+        self.recent: dict[int, RecentIds] = {}
 
     def _flush(self, consumer, buffers: dict[int, list[tuple[int, dict | None]]]) -> None:
         from kafka import OffsetAndMetadata, TopicPartition
@@ -39,7 +66,15 @@ class SinkRunner:
         for partition, items in sorted(buffers.items()):
             if not items:
                 continue
-            rows = [row for _, row in items if row is not None]
+            recent = self.recent.setdefault(partition, RecentIds([]))
+            rows = []
+            for _, row in items:
+                if row is None:
+                    continue
+                if recent.add(row["record_id"]):
+                    rows.append(row)
+                else:
+                    self.duplicates += 1
             self.files_written += len(self.sink.write_batch(partition, items[0][0], items[-1][0], rows))
             commits[TopicPartition(self.topic, partition)] = OffsetAndMetadata(items[-1][0] + 1, "", -1)
         buffers.clear()
@@ -54,6 +89,7 @@ class SinkRunner:
                                  max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024)
         buffers: dict[int, list[tuple[int, dict]]] = defaultdict(list)
         sink = self.sink
+        runner = self
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):  # unflushed rows are re-read by the next owner
@@ -63,6 +99,7 @@ class SinkRunner:
             def on_partitions_assigned(self, assigned):
                 for tp in assigned:
                     consumer.seek(tp, sink.recover(tp.partition))
+                    runner.recent[tp.partition] = RecentIds(sink.recent_record_ids(tp.partition, DEDUPE_WINDOW))
 
         consumer.subscribe([self.topic], listener=Listener())
         last_flush = time.monotonic()

@@ -15,7 +15,7 @@ from deploy.local.fleet import FleetPlan, publish_leases, publish_samples
 from deploy.local.kafka_broker import create_topics, start_jar_broker
 from deploy.local.pipeline import ServiceProcess, service_env, start_sink, start_worker, wait_for
 from schemas.leases import Lease
-from schemas.topics import GPU_SAMPLES, GPU_SAMPLES_DLQ
+from schemas.topics import GPU_SAMPLES, GPU_SAMPLES_DLQ, USAGE_RECORDS
 from streams.leases import LeaseIndex
 from streams.rollup import NodeRollup, RollupConfig, new_state
 from tests.helpers import T0, simulated_samples
@@ -67,6 +67,18 @@ def parquet_rows(usage_dir: Path, gpus: set[str]) -> list[tuple]:
     return sorted(row for row in zip(*(table[c].to_pylist() for c in COMPARED)) if row[4] in gpus)
 
 
+def records_produced(bootstrap: str) -> int:
+    """How many usage records the workers have written to Kafka so far (the worker's progress)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=[bootstrap])
+    try:
+        partitions = [TopicPartition(USAGE_RECORDS, p) for p in consumer.partitions_for_topic(USAGE_RECORDS)]
+        return sum(consumer.end_offsets(partitions).values())
+    finally:
+        consumer.close()
+
+
 def run_env(broker, app: str, tmp: Path) -> dict[str, str]:
     return service_env(broker.bootstrap, app, tmp / f"{app}-usage", tmp / f"{app}-state",
                        WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="0.5", WATTMETER_SESSION_TIMEOUT_S="6")
@@ -86,13 +98,16 @@ def test_sigkilled_workers_and_sink_give_the_undisturbed_totals(fault_broker, tm
     progress_at_kills: list[int] = []
     try:
         # kill the worker at random moments until three kills have landed mid-run (some
-        # usage written, not all); the sink is killed too, once
+        # usage records produced, not all); the sink is killed too, once
         while sum(0 < n < len(expected) for n in progress_at_kills) < 3 and len(progress_at_kills) < 8:
             before = progress_at_kills[-1] if progress_at_kills else 0
-            wait_for(lambda: len(parquet_rows(usage_dir, gpus)) > before, 120, "progress after a restart",
-                     (worker, sink), poll_s=0.1)
-            time.sleep(rng.uniform(0.0, 1.5))
-            progress_at_kills.append(len(parquet_rows(usage_dir, gpus)))
+            if before >= len(expected):
+                break
+            wait_for(lambda: records_produced(fault_broker.bootstrap) > before, 120, "progress after a restart",
+                     (worker, sink), poll_s=0.05)
+            time.sleep(rng.uniform(0.0, 0.3))
+            progress_at_kills.append(records_produced(fault_broker.bootstrap))
+            print(f"kill {len(progress_at_kills)} at {progress_at_kills[-1]} of {len(expected)} records", flush=True)
             worker.kill()  # SIGKILL, mid-transaction or not
             if len(progress_at_kills) == 2:
                 sink.kill()
@@ -104,8 +119,9 @@ def test_sigkilled_workers_and_sink_give_the_undisturbed_totals(fault_broker, tm
     finally:
         worker.stop()
         sink.stop()
-    assert sum(0 < n < len(expected) for n in progress_at_kills) >= 3, progress_at_kills
     got = parquet_rows(usage_dir, gpus)
+    print("extra", sorted(set(got) - set(expected))[:6], "missing", sorted(set(expected) - set(got))[:6])
+    assert sum(0 < n < len(expected) for n in progress_at_kills) >= 3, progress_at_kills
     assert [r for r, n in Counter(r[0] for r in got).items() if n > 1] == []  # no record twice
     assert got == expected  # to the millisecond and millijoule
     assert sum(r[8] for r in got) == sum(r[8] for r in expected)
