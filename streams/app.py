@@ -74,6 +74,9 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
                 continue
             state = table.get(sample.node_id) or new_state(sample.node_id)
             outcome = rollups[message.partition].apply(state, sample, message.offset)
+            if outcome.rejected:
+                await dlq.send(key=event.key, value=event.value,
+                               headers=dlq_headers(outcome.rejected, message.partition, message.offset))
             if outcome.late_gpus:
                 reason = f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}"
                 await dlq.send(key=event.key, value=event.value,

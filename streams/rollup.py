@@ -45,6 +45,7 @@ class Outcome:
     records: list[UsageRecord] = field(default_factory=list)
     duplicate: bool = False
     late_gpus: list[str] = field(default_factory=list)
+    rejected: str | None = None  # the whole sample was refused (nothing of it applied), and why
 
 
 def new_state(node_id: str) -> dict:
@@ -77,6 +78,9 @@ class NodeRollup:
         if seen_before(state["dedupe"], sample.boot_id, sample.seq, horizon):
             outcome.duplicate = True
             return outcome
+        outcome.rejected = self._counter_went_back(state, sample)
+        if outcome.rejected:
+            return outcome
         for reading in sample.gpus:
             gpu = state["gpus"].setdefault(
                 reading.gpu_uuid, {"cursor": None, "model": reading.model, "pending": {}, "max_ts": 0, "windows": {}}
@@ -88,10 +92,35 @@ class NodeRollup:
                 outcome.late_gpus.append(reading.gpu_uuid)
                 continue
             gpu["pending"].setdefault(str(sample.ts_ms), _pending_entry(reading, sample.ts_ms, offset))
+            if reading.energy_mj is not None and sample.ts_ms > gpu.get("newest", [-1])[0]:
+                gpu["newest"] = [sample.ts_ms, reading.energy_mj]
             gpu["max_ts"] = max(gpu["max_ts"], sample.ts_ms)
             outcome.records.extend(self._advance(state["node_id"], reading.gpu_uuid, gpu,
                                                  gpu["max_ts"] - self.config.lateness_ms))
         return outcome
+
+    @staticmethod
+    def _counter_went_back(state: dict, sample: NodeSample) -> str | None:
+        """A newer reading whose energy counter is below the newest known one, with no reset
+        marker, is refused once (it is more likely corrupt than a reset). If the next newer
+        reading is below again, the counter really restarted: it is accepted as a reset."""
+        refused = []
+        for reading in sample.gpus:
+            gpu = state["gpus"].get(reading.gpu_uuid)
+            if gpu is None or reading.energy_mj is None or reading.counter_reset or "newest" not in gpu:
+                continue
+            newest_ts, newest_energy = gpu["newest"]
+            if sample.ts_ms <= newest_ts:
+                continue
+            if reading.energy_mj < newest_energy and not gpu.get("suspect_reset"):
+                refused.append((gpu, f"{reading.gpu_uuid} {newest_energy} -> {reading.energy_mj} mJ"))
+            else:
+                gpu.pop("suspect_reset", None)
+        for gpu, _ in refused:
+            gpu["suspect_reset"] = True
+        if refused:
+            return "energy counter went backwards without a reset marker: " + "; ".join(r for _, r in refused)
+        return None
 
     def flush(self, state: dict) -> list[UsageRecord]:
         """Process every pending sample and close every window (end of input, tests, demo)."""

@@ -132,3 +132,22 @@ def test_rollup_reorder_within_lateness_and_duplicates_give_same_totals():
     duplicated = [p for pair in zip(in_order, in_order) for p in pair]
     assert totals(in_order) == totals(swapped) == totals(duplicated)
     assert totals(in_order)[1] == 199_000
+
+
+def test_counter_backwards_without_marker_is_refused_once_then_taken_as_a_reset():
+    samples, _ = simulated_samples("n1", gpus=1, ticks=6, util=50)
+    rollup = NodeRollup(RollupConfig(lateness_ms=0), LeaseIndex())
+    state = new_state("n1")
+    for offset, sample in enumerate(samples[:3]):
+        assert rollup.apply(state, sample, offset).rejected is None
+    corrupt = samples[3]
+    corrupt.gpus[0].energy_mj = 7  # far below, no counter_reset marker
+    outcome = rollup.apply(state, corrupt, 3)
+    assert outcome.rejected and "went backwards without a reset marker" in outcome.rejected
+    assert rollup.apply(state, samples[4], 4).rejected is None  # the next good reading is fine
+    # a real but unmarked restart: two readings in a row below the newest
+    restarted = simulated_samples("n1", gpus=1, ticks=8, util=50)[0][6:]
+    for sample in restarted:
+        sample.gpus[0].energy_mj = 1 + sample.seq
+    assert rollup.apply(state, restarted[0], 6).rejected
+    assert rollup.apply(state, restarted[1], 7).rejected is None

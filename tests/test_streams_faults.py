@@ -144,3 +144,83 @@ def test_two_workers_give_the_same_totals_as_one(fault_broker, tmp_path):
         for service in services:
             service.stop()
     assert parquet_rows(tmp_path / "pair-usage", gpus) == expected
+
+
+def malformed(kind: int, i: int, node: str, ts_ms: int) -> bytes:
+    good = {"schema_version": 1, "node_id": node, "boot_id": "junk", "seq": i, "ts_ms": ts_ms, "mono_ms": 1,
+            "interval_ms": 1000, "gpus": [{"gpu_uuid": f"GPU-junk-{i}", "model": "x", "power_mw": 1}]}
+    if kind == 0:
+        return b"\x00\xff not json at all " + str(i).encode()
+    if kind == 1:
+        return json.dumps(good).encode()[:-7]  # truncated
+    if kind == 2:
+        return json.dumps(good).encode().replace(b'"power_mw": 1', b'"power_mw": NaN')
+    if kind == 3:
+        good["gpus"][0]["power_mw"] = -500
+    elif kind == 4:
+        good["schema_version"] = 99
+    elif kind == 5:
+        good["ts_ms"] = int(time.time() * 1000) + 86_400_000  # a day in the future
+    elif kind == 6:
+        del good["gpus"]
+    elif kind == 7:
+        good["seq"] = "seven"
+    elif kind == 8:
+        good["gpus"][0]["util_gpu_pct"] = 150
+    return json.dumps(good).encode()
+
+
+def test_ten_thousand_malformed_messages_go_to_the_dlq_and_leave_totals_alone(fault_broker, tmp_path):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    plan = fleet("mixed", ticks=1200)
+    publish_leases(fault_broker.bootstrap, plan.leases)
+    expected = reference_rows(plan)
+    producer = KafkaProducer(bootstrap_servers=[fault_broker.bootstrap], acks="all", linger_ms=20)
+    per_node = {node: simulated_samples(node, plan.gpus_per_node, plan.ticks, util=plan.util, seed=plan.seed)[0]
+                for node in plan.nodes}
+    backwards_total = len(plan.nodes) * len([t for t in range(plan.ticks - 1) if t % 5 == 2])
+    backwards = junk = 0
+    for tick in range(plan.ticks):
+        for node, samples in per_node.items():
+            sample = samples[tick]
+            producer.send(GPU_SAMPLES, key=node.encode(), value=sample.to_json_bytes())
+            if tick % 5 == 2 and tick + 1 < plan.ticks:  # between two good ticks: a counter going back
+                corrupt = json.loads(sample.to_json_bytes())
+                corrupt.update(boot_id="corrupt", seq=tick, ts_ms=sample.ts_ms + 500)
+                corrupt["gpus"][0]["energy_mj"] = 0
+                producer.send(GPU_SAMPLES, key=node.encode(), value=json.dumps(corrupt).encode())
+                backwards += 1
+            for _ in range(2):
+                if junk < 10_000 - backwards_total:
+                    producer.send(GPU_SAMPLES, key=node.encode(), value=malformed(junk % 9, junk, node, sample.ts_ms))
+                    junk += 1
+    producer.flush()
+    producer.close()
+    bad = backwards + junk
+    assert bad == 10_000
+    env = run_env(fault_broker, "mixed", tmp_path)
+    env["WATTMETER_CHECK_FUTURE"] = "1"  # T0 lies in the past: far-future samples are refused
+    gpus = set(plan.gpu_uuids())
+    services = (start_worker(env, tmp_path / "w.log"), start_sink(env, tmp_path / "sink.log"))
+    try:
+        wait_for(lambda: len(parquet_rows(tmp_path / "mixed-usage", gpus)) >= len(expected), 240,
+                 "all usage rows", services)
+        time.sleep(1)
+    finally:
+        for service in services:
+            service.stop()
+    assert parquet_rows(tmp_path / "mixed-usage", gpus) == expected
+    consumer = KafkaConsumer(GPU_SAMPLES_DLQ, bootstrap_servers=[fault_broker.bootstrap],
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    reasons = Counter()
+    entries = 0
+    for message in consumer:
+        headers = dict(message.headers)
+        assert headers["wattmeter-source-topic"] == b"gpu.samples" and int(headers["wattmeter-source-offset"]) >= 0
+        reasons[headers["wattmeter-reason"].decode().split(":")[0].split(" must")[0]] += 1
+        entries += 1
+    consumer.close()
+    assert entries == 10_000, dict(reasons)
+    assert reasons["energy counter went backwards without a reset marker"] == backwards_total
+    assert len(reasons) >= 9  # every kind of fault has its own reason
