@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import agent_bench, slice_throughput
+from bench import agent_bench, slice_throughput, streams_bench
 from bench.results import RESULTS_PATH, table, write_results
 from deploy.local.kafka_broker import BrokerUnavailable, start_broker
 
@@ -16,7 +16,8 @@ def main() -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     try:
-        results = slice_throughput.run(broker.bootstrap) + agent_bench.run(broker.bootstrap)
+        results = (slice_throughput.run(broker.bootstrap) + streams_bench.run(broker.bootstrap)
+                   + agent_bench.run(broker.bootstrap))
     finally:
         broker.stop()
     write_results(results)

@@ -63,32 +63,40 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
 
     @app.agent(samples)
     async def roll_up(stream: faust.Stream) -> None:
-        async for event in stream.events():
-            message = event.message
+        # Events come in batches so that each node's state is written to the changelog once
+        # per batch, not once per sample; Faust acks a batch's offsets after this body.
+        async for events in stream.take_events(settings.batch_events, within=settings.batch_seconds):
             now_ms = time.time_ns() // 1_000_000 if settings.check_future else None
-            try:
-                sample = parse_sample(event.value, now_ms)
-            except InvalidMessage as exc:
-                await dlq.send(key=event.key, value=event.value,
-                               headers=dlq_headers(exc.reason, message.partition, message.offset))
-                continue
-            state = table.get(sample.node_id) or new_state(sample.node_id)
-            outcome = rollups[message.partition].apply(state, sample, message.offset)
-            if outcome.rejected:
-                await dlq.send(key=event.key, value=event.value,
-                               headers=dlq_headers(outcome.rejected, message.partition, message.offset))
-            if outcome.late_gpus:
-                reason = f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}"
-                await dlq.send(key=event.key, value=event.value,
-                               headers=dlq_headers(reason, message.partition, message.offset))
+            touched: dict[str, tuple[int, dict]] = {}
+            records = []
+            for event in events:
+                message = event.message
+                try:
+                    sample = parse_sample(event.value, now_ms)
+                except InvalidMessage as exc:
+                    await dlq.send(key=event.key, value=event.value,
+                                   headers=dlq_headers(exc.reason, message.partition, message.offset))
+                    continue
+                node = sample.node_id
+                state = touched[node][1] if node in touched else (table.get(node) or new_state(node))
+                outcome = rollups[message.partition].apply(state, sample, message.offset)
+                touched[node] = (message.partition, state)
+                for reason in ([outcome.rejected] if outcome.rejected else []) + (
+                        [f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}"]
+                        if outcome.late_gpus else []):
+                    await dlq.send(key=event.key, value=event.value,
+                                   headers=dlq_headers(reason, message.partition, message.offset))
+                records.extend(outcome.records)
             # Closed windows must be in Kafka before the state that forgets them: a crash in
             # between re-emits identical records (same record_id, deduplicated by the sink)
             # instead of losing them. Faust flushes the changelog before committing offsets.
             deliveries = [await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
-                          for record in outcome.records]
+                          for record in records]
             for delivery in deliveries:
                 await delivery
-            table[sample.node_id] = state
+            for node, (partition, state) in touched.items():
+                table.data[node] = state  # the events' own partition, as the table's changelog needs
+                table.send_changelog(partition, node, state)
 
     app.roll_up = roll_up  # type: ignore[attr-defined]
     return app

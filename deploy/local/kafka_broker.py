@@ -62,6 +62,7 @@ TOOL_JVM_OPTS = ["-XX:TieredStopAtLevel=1", "-Xmx256m"]
 LOG4J2 = """\
 status = warn
 name = wattmeter-kafka
+shutdownHook = disable
 appender.out.type = Console
 appender.out.name = out
 appender.out.target = SYSTEM_OUT
@@ -368,7 +369,10 @@ def _server_properties(state_dir: Path, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.num.partitions=1",
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=false",
+        # after a SIGKILL the old registration must expire before the broker is back:
+        # 4 s rather than the default 9 s
         "broker.heartbeat.interval.ms=500",
+        "broker.session.timeout.ms=4000",
         "log.cleaner.backoff.ms=1000",
         "log.cleaner.threads=1",
         "log.cleaner.dedupe.buffer.size=33554432",
