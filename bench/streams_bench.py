@@ -43,14 +43,16 @@ def _send(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> None:
 
 
 def duckdb_rollup_seconds(messages: list[tuple[bytes, bytes]]) -> float:
-    """The same per-(GPU, minute) rollup in batch: parse the JSON, counter deltas by window
-    function, window assignment and sums. No leases, no splitting at window edges: a lower
-    bound on what the streaming rollup does."""
+    """The same per-(GPU, minute) rollup in batch on one thread: parse the JSON, counter
+    deltas by window function, window assignment and sums. No leases, no splitting at
+    window edges: a lower bound on what the streaming rollup does."""
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "samples.ndjson"
         path.write_bytes(b"\n".join(value for _, value in messages))
+        connection = duckdb.connect()
+        connection.execute("SET threads = 1")  # one core, like the one worker it is compared with
         began = time.perf_counter()
-        duckdb.sql(f"""
+        connection.sql(f"""
             with gpus as (
                 select s.ts_ms, unnest(s.gpus, recursive := true)
                 from read_json('{path}', format='newline_delimited') s),
