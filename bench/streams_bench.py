@@ -76,7 +76,7 @@ def _windows_of(usage_dir: Path, plan: FleetPlan, minutes: int) -> bool:
 
 
 def worker_throughput(bootstrap: str, services: tuple[ServiceProcess, ...], usage_dir: Path) -> list[BenchResult]:
-    plan = _plan(uuid.uuid4().hex[:6], nodes=8, ticks=1201)
+    plan = _plan(uuid.uuid4().hex[:6], nodes=8, ticks=3601)
     messages = _encoded(plan)
     minutes = (plan.ticks - 1 - LATENESS_MS // 1000) // 60
     began = time.perf_counter()

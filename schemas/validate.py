@@ -127,7 +127,10 @@ def validate_sample_dict(data: dict, now_ms: int | None = None) -> NodeSample:
         seen.add(gpu["gpu_uuid"])
         _check_str(f"{where}.model", gpu.get("model"), min_len=0)
         for name, (low, high) in _GPU_INT_FIELDS.items():
-            _check_int(f"{where}.{name}", gpu.get(name), low, high, True)
+            value = gpu.get(name)
+            # fast path inline (this runs for every field of every GPU); the helper words the error
+            if value is not None and (type(value) is not int or value < low or (high is not None and value > high)):
+                _check_int(f"{where}.{name}", value, low, high, True)
         _check_str(f"{where}.parent_uuid", gpu.get("parent_uuid"), nullable=True)
         _check_str(f"{where}.hint", gpu.get("hint"), nullable=True)
         if not isinstance(gpu.get("counter_reset", False), bool):
