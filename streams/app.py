@@ -38,7 +38,7 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
-        store="memory://",
+        store=settings.store,
         datadir=str(settings.data_dir),
         topic_partitions=SAMPLE_PARTITIONS,
         topic_allow_declare=True,

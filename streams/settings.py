@@ -24,6 +24,9 @@ class StreamsSettings:
         default_factory=lambda: os.environ.get("WATTMETER_PROCESSING_GUARANTEE", "at_least_once"))
     # how soon a dead worker's partitions move to the others (Kafka group session timeout)
     session_timeout_s: float = field(default_factory=lambda: float(os.environ.get("WATTMETER_SESSION_TIMEOUT_S", "30")))
+    # table store: memory:// (restored from the changelog on start) or rocksdb:// where
+    # faust-streaming's RocksDB driver (rocksdict) is installed, for fast restarts of big state
+    store: str = field(default_factory=lambda: os.environ.get("WATTMETER_STORE", "memory://"))
     batch_events: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_BATCH_EVENTS", "500")))
     batch_seconds: float = field(default_factory=lambda: float(os.environ.get("WATTMETER_BATCH_SECONDS", "0.05")))
     web_port: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_STREAMS_WEB_PORT", "6066")))
