@@ -69,13 +69,14 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
             now_ms = time.time_ns() // 1_000_000 if settings.check_future else None
             touched: dict[str, tuple[int, dict]] = {}
             records = []
+            pending = []  # deliveries to await before this batch's offsets may be acknowledged
             for event in events:
                 message = event.message
                 try:
                     sample = parse_sample(event.value, now_ms)
                 except InvalidMessage as exc:
-                    await dlq.send(key=event.key, value=event.value,
-                                   headers=dlq_headers(exc.reason, message.partition, message.offset))
+                    pending.append(await dlq.send(key=event.key, value=event.value,
+                                                  headers=dlq_headers(exc.reason, message.partition, message.offset)))
                     continue
                 node = sample.node_id
                 state = touched[node][1] if node in touched else (table.get(node) or new_state(node))
@@ -84,19 +85,26 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
                 for reason in ([outcome.rejected] if outcome.rejected else []) + (
                         [f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}"]
                         if outcome.late_gpus else []):
-                    await dlq.send(key=event.key, value=event.value,
-                                   headers=dlq_headers(reason, message.partition, message.offset))
+                    pending.append(await dlq.send(key=event.key, value=event.value,
+                                                  headers=dlq_headers(reason, message.partition, message.offset)))
                 records.extend(outcome.records)
             # Closed windows must be in Kafka before the state that forgets them: a crash in
             # between re-emits identical records (same record_id, deduplicated by the sink)
-            # instead of losing them. Faust flushes the changelog before committing offsets.
-            deliveries = [await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
-                          for record in records]
-            for delivery in deliveries:
+            # instead of losing them. The state must be in the changelog before the batch is
+            # acknowledged: Faust's own flush before a commit gives up after 0.1 s, so the
+            # changelog is sent here and its delivery awaited, not left to `send_soon`.
+            pending += [await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
+                        for record in records]
+            for delivery in pending:
                 await delivery
-            for node, (partition, state) in touched.items():
-                table.data[node] = state  # the events' own partition, as the table's changelog needs
-                table.send_changelog(partition, node, state)
+            changelog = [await table.changelog_topic.send(key=node, value=state, partition=partition,
+                                                          key_serializer=table.key_serializer,
+                                                          value_serializer=table.value_serializer)
+                         for node, (partition, state) in touched.items()]
+            for node, (_, state) in touched.items():
+                table.data[node] = state
+            for delivery in changelog:
+                await delivery
 
     app.roll_up = roll_up  # type: ignore[attr-defined]
     return app

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -88,14 +89,24 @@ class BrokerUnavailable(RuntimeError):
         super().__init__(f"{summary}\n{detail}" if detail else summary)
 
     def one_line(self) -> str:
-        where = f" (broker log: {self.log_path})" if self.log_path else ""
-        return " ".join(self.summary.split()) + where
+        """The summary on one line, with the telling line of the details and the log path."""
+        text = " ".join(self.summary.split())
+        lines = [ln.strip() for ln in self.detail.splitlines() if ln.strip() and not ln.startswith("===")]
+        for pattern in (r"^(Caused by: )?[\w.$]+(Exception|Error): ", r"Unrecognized|Error:", r"\bERROR\b"):
+            telling = [ln for ln in lines if re.search(pattern, ln)]
+            if telling:
+                text += f": {telling[0][:300]}"
+                break
+        else:
+            if lines:
+                text += f": {lines[-1][:300]}"
+        return text + (f" (broker log: {self.log_path})" if self.log_path else "")
 
 
 # --------------------------------------------------------------------------- probes
 
 
-def _free_port(taken: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+def _free_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
     """A free loopback port, below the kernel's ephemeral range when there is room, so
     that no client connection can take it while the broker is down for a restart."""
     try:
@@ -215,9 +226,13 @@ def create_topics(bootstrap: str, timeout_s: float = 30) -> None:
     """Create every topic of ``schemas.topics.TOPIC_SPECS`` with its partitions and
     configs, replication factor 1. Idempotent: topics that exist are left as they are.
     Returns once every topic is in the metadata with a leader for each partition."""
-    import kafka
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    try:
+        import kafka
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError, TopicAlreadyExistsError
+    except ImportError:
+        raise BrokerUnavailable("creating the topics needs kafka-python: `pip install -e '.[dev]'` "
+                                "(or pass create_topics=False / --no-topics)") from None
 
     from schemas.topics import TOPIC_SPECS
 
@@ -257,7 +272,7 @@ def create_topics(bootstrap: str, timeout_s: float = 30) -> None:
             if names <= set(topics) and all(_has_leaders(t) for t in topics.values()):
                 return
             if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"the topics were created but have no leaders after {timeout_s:.0f} s")
+                raise BrokerUnavailable(f"the topics were created but have no leaders after {timeout_s:g} s")
             time.sleep(0.2)
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot create the topics on {bootstrap}: {exc!r}") from None
@@ -324,10 +339,22 @@ def fetch_jars() -> Path:
             raise BrokerUnavailable(f"Maven could not fetch {KAFKA_COORDINATES} from Maven Central "
                                     f"(exit {result.returncode}); is the network or ~/.m2/settings.xml right?",
                                     (result.stdout + result.stderr).strip()[-3000:])
-        shutil.rmtree(lib, ignore_errors=True)
+        old = root / f"lib.old-{os.getpid()}"
+        if lib.exists():
+            lib.rename(old)  # swapped, not deleted first: a JVM starting now still finds jars
         partial.rename(lib)
+        shutil.rmtree(old, ignore_errors=True)
         stamp.write_text(f"{KAFKA_COORDINATES}\n{pom_hash}\n")
     return lib
+
+
+def jars_cached() -> bool:
+    """Whether the jars are fetched already (then `mvn` is not needed, only `java`)."""
+    try:
+        pom_hash = hashlib.sha256(POM.read_bytes()).hexdigest()
+    except OSError:
+        return False
+    return _stamp_ok(cache_dir() / "complete", cache_dir() / "lib", pom_hash)
 
 
 def _stamp_ok(stamp: Path, lib: Path, pom_hash: str) -> bool:
@@ -516,7 +543,7 @@ class BrokerHandle:
                     break
                 if time.monotonic() > deadline:
                     raise BrokerUnavailable(f"the Kafka broker did not answer on {self.bootstrap} within "
-                                            f"{timeout_s:.0f} s", _tail(log_path), log_path)
+                                            f"{timeout_s:g} s", _tail(log_path), log_path)
                 time.sleep(0.2)
         except BaseException:  # timeout, Ctrl-C: leave nothing running behind
             self.stop()
@@ -708,17 +735,18 @@ def start_broker(state_dir: Path | None = None, *, create_topics: bool = True, t
             try:
                 handle = _start_container(state_dir)
             except Exception as exc:  # noqa: BLE001 - an image pull or engine failure: fall back to the jars
-                if mode == "testcontainers" or not (shutil.which("java") and shutil.which("mvn")):
+                if mode == "testcontainers" or not _jars_usable():
                     raise BrokerUnavailable(f"the testcontainers Kafka container did not start: {exc!r}") from None
                 print(f"kafka_broker: the Kafka container did not start ({exc!r}); using the jars",
                       file=sys.stderr)
         elif mode == "testcontainers":
-            raise BrokerUnavailable(f"WATTMETER_KAFKA_MODE=testcontainers but {docker_why or 'testcontainers is not installed'}")
+            why = docker_why or "the testcontainers package is not installed"
+            raise BrokerUnavailable(f"WATTMETER_KAFKA_MODE=testcontainers but {why}")
     if handle is None:
-        if mode == "jars" and not (shutil.which("java") and shutil.which("mvn")):
-            raise BrokerUnavailable("WATTMETER_KAFKA_MODE=jars but java and mvn are not both on PATH")
-        if shutil.which("java") and shutil.which("mvn"):
+        if _jars_usable():
             handle = start_jar_broker(state, timeout_s)
+        elif mode == "jars":
+            raise BrokerUnavailable("WATTMETER_KAFKA_MODE=jars but java and mvn are not both on PATH")
         else:
             raise _missing(docker_why)
     if create_topics:
@@ -729,6 +757,10 @@ def start_broker(state_dir: Path | None = None, *, create_topics: bool = True, t
                 handle.stop()
             raise
     return handle
+
+
+def _jars_usable() -> bool:
+    return shutil.which("java") is not None and (shutil.which("mvn") is not None or jars_cached())
 
 
 def _wait_answers(bootstrap: str, timeout_s: float) -> bool:
