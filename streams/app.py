@@ -32,6 +32,11 @@ def dlq_headers(reason: str, partition: int, offset: int) -> list[tuple[str, byt
     ]
 
 
+def applied_key(partition: int) -> str:
+    """Table key of a partition's resume point (the next offset not yet applied)."""
+    return f"__applied__/{partition}"
+
+
 def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
     """Build the Faust app; `leases` is kept current by a LeaseView."""
     config = settings.rollup_config()
@@ -60,6 +65,14 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
     # in changelog recovery); values: the JSON state dict
     table = app.Table("node-rollup", default=None, partitions=SAMPLE_PARTITIONS, key_type=str)
     rollups = {p: NodeRollup(config, leases, partition=p) for p in range(SAMPLE_PARTITIONS)}
+    seeks_asked: dict[int, tuple[int, float]] = {}  # partition -> (offset, when) of the last seek we asked for
+
+    async def seek_back(tp, offset: int) -> None:
+        asked = seeks_asked.get(tp.partition)
+        if asked is None or asked[0] != offset or time.monotonic() - asked[1] > 2.0:
+            log.warning("%s: offsets from %d were skipped by the consumer; reading again from there", tp, offset)
+            seeks_asked[tp.partition] = (offset, time.monotonic())
+            await app.consumer.seek(tp, offset)
 
     @app.agent(samples)
     async def roll_up(stream: faust.Stream) -> None:
@@ -70,8 +83,21 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
             touched: dict[str, tuple[int, dict]] = {}
             records = []
             pending = []  # deliveries to await before this batch's offsets may be acknowledged
+            expected: dict[int, int | None] = {}
             for event in events:
                 message = event.message
+                partition = message.partition
+                if partition not in expected:
+                    marker = table.get(applied_key(partition))
+                    expected[partition] = marker["next_offset"] if marker else None
+                want = expected[partition]
+                if want is not None and message.offset != want:
+                    if message.offset > want:
+                        # Faust skipped (and acked) messages, e.g. fetched before a rebalance:
+                        # read them again from the first one not applied
+                        await seek_back(message.tp, want)
+                    continue  # below `want`: already applied (a replay after a restart)
+                expected[partition] = message.offset + 1
                 try:
                     sample = parse_sample(event.value, now_ms)
                 except InvalidMessage as exc:
@@ -103,6 +129,15 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
                          for node, (partition, state) in touched.items()]
             for node, (_, state) in touched.items():
                 table.data[node] = state
+            # after the states, in the same changelog partition: where to resume, whatever
+            # offsets Faust commits
+            for partition, next_offset in expected.items():
+                if next_offset is not None:
+                    marker = {"next_offset": next_offset}
+                    changelog.append(await table.changelog_topic.send(
+                        key=applied_key(partition), value=marker, partition=partition,
+                        key_serializer=table.key_serializer, value_serializer=table.value_serializer))
+                    table.data[applied_key(partition)] = marker
             for delivery in changelog:
                 await delivery
 

@@ -21,11 +21,8 @@ from streams.rollup import NodeRollup, RollupConfig, new_state
 from tests.helpers import T0, simulated_samples
 
 pytestmark = pytest.mark.broker
-# Every millisecond and millijoule of every record. Not compared: sample_count and
-# peak_power_mw, which after a SIGKILL can miss one sample's reading (a known defect, see
-# docs/design-notes.md); the counter makes the energy and time exact regardless.
 COMPARED = ("record_id", "kind", "tenant_id", "lease_id", "gpu_uuid", "window_start_ms", "allocated_gpu_ms",
-            "busy_gpu_ms", "energy_mj", "observed_ms", "unmetered_ms")
+            "busy_gpu_ms", "energy_mj", "peak_power_mw", "sample_count", "observed_ms", "unmetered_ms")
 
 
 @pytest.fixture(scope="module")
