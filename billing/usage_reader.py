@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 
 from billing.rating import TenantUsage
 from schemas.parquet import usage_arrow_schema
-from schemas.usage import KIND_USAGE
+from schemas.usage import KIND_ADJUSTMENT, KIND_USAGE
 
 
 class UsageDataError(RuntimeError):
@@ -16,7 +16,7 @@ class UsageDataError(RuntimeError):
 
 
 def tenant_usage(root: Path, start_ms: int, end_ms: int) -> list[TenantUsage]:
-    """Sum leased usage per tenant over windows starting in [start_ms, end_ms).
+    """Sum leased usage (and adjustments to it) per tenant over windows starting in [start_ms, end_ms).
 
     Records are unique by record_id; a duplicate row (for example the same window
     written by two sink generations) is counted once.
@@ -29,7 +29,7 @@ def tenant_usage(root: Path, start_ms: int, end_ms: int) -> list[TenantUsage]:
         return []
     dataset = ds.dataset(files, schema=usage_arrow_schema(), format="parquet")
     condition = ((pc.field("window_start_ms") >= start_ms) & (pc.field("window_start_ms") < end_ms)
-                 & (pc.field("kind") == KIND_USAGE))
+                 & pc.field("kind").isin([KIND_USAGE, KIND_ADJUSTMENT]))
     table = dataset.to_table(filter=condition, columns=["record_id", "tenant_id", "allocated_gpu_ms",
                                                         "busy_gpu_ms", "energy_mj"])
     totals: dict[str, list[int]] = {}

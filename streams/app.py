@@ -7,6 +7,7 @@ the state of the partitions it consumes and the changelog restores it on rebalan
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -20,6 +21,7 @@ from streams.settings import StreamsSettings
 
 log = logging.getLogger(__name__)
 
+IDLE_SWEEP_S = 1.0  # how often silent nodes are looked for (wall clock)
 SAMPLE_PARTITIONS = {spec.name: spec.partitions for spec in TOPIC_SPECS}[GPU_SAMPLES]
 
 
@@ -66,6 +68,9 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
     table = app.Table("node-rollup", default=None, partitions=SAMPLE_PARTITIONS, key_type=str)
     rollups = {p: NodeRollup(config, leases, partition=p) for p in range(SAMPLE_PARTITIONS)}
     seeks_asked: dict[int, tuple[int, float]] = {}  # partition -> (offset, when) of the last seek we asked for
+    # The batch agent and the silent-node sweep both change node states and emit records;
+    # one at a time, so that "records delivered before the state that forgets them" holds.
+    state_lock = asyncio.Lock()
 
     async def seek_back(tp, offset: int) -> None:
         asked = seeks_asked.get(tp.partition)
@@ -74,72 +79,100 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
             seeks_asked[tp.partition] = (offset, time.monotonic())
             await app.consumer.seek(tp, offset)
 
+    async def persist(records: list, touched: dict[str, tuple[int, dict]], pending: list,
+                      markers: dict[int, int | None]) -> None:
+        """Deliver DLQ entries and closed windows, then the node states, then the resume
+        points, awaiting each: a crash in between re-emits identical records (same
+        record_id, deduplicated by the sink) instead of losing them. Faust's own flush before
+        a commit gives up after 0.1 s, so nothing here is left to `send_soon`."""
+        pending = pending + [await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
+                             for record in records]
+        for delivery in pending:
+            await delivery
+        changelog = []
+        for node, (partition, state) in touched.items():
+            changelog.append(await table.changelog_topic.send(
+                key=node, value=state, partition=partition,
+                key_serializer=table.key_serializer, value_serializer=table.value_serializer))
+            table.data[node] = state  # the events' own partition, as the table's changelog needs
+        for partition, next_offset in markers.items():  # same changelog partition, after the states
+            if next_offset is not None:
+                marker = {"next_offset": next_offset}
+                changelog.append(await table.changelog_topic.send(
+                    key=applied_key(partition), value=marker, partition=partition,
+                    key_serializer=table.key_serializer, value_serializer=table.value_serializer))
+                table.data[applied_key(partition)] = marker
+        for delivery in changelog:
+            await delivery
+
     @app.agent(samples)
     async def roll_up(stream: faust.Stream) -> None:
         # Events come in batches so that each node's state is written to the changelog once
         # per batch, not once per sample; Faust acks a batch's offsets after this body.
         async for events in stream.take_events(settings.batch_events, within=settings.batch_seconds):
-            now_ms = time.time_ns() // 1_000_000 if settings.check_future else None
+            async with state_lock:
+                await process_batch(events)
+
+    async def process_batch(events: list) -> None:
+        now_ms = time.time_ns() // 1_000_000 if settings.check_future else None
+        touched: dict[str, tuple[int, dict]] = {}
+        records = []
+        pending = []  # DLQ deliveries
+        expected: dict[int, int | None] = {}  # per partition: the next offset to apply
+        for event in events:
+            message = event.message
+            partition = message.partition
+            if partition not in expected:
+                marker = table.get(applied_key(partition))
+                expected[partition] = marker["next_offset"] if marker else None
+            want = expected[partition]
+            if want is not None and message.offset != want:
+                if message.offset > want:
+                    # Faust skipped (and acked) messages, e.g. fetched before a rebalance:
+                    # read them again from the first one not applied
+                    await seek_back(message.tp, want)
+                continue  # below `want`: already applied (a replay after a restart)
+            expected[partition] = message.offset + 1
+            try:
+                sample = parse_sample(event.value, now_ms)
+            except InvalidMessage as exc:
+                pending.append(await dlq.send(key=event.key, value=event.value,
+                                              headers=dlq_headers(exc.reason, message.partition, message.offset)))
+                continue
+            node = sample.node_id
+            state = touched[node][1] if node in touched else (table.get(node) or new_state(node))
+            state["partition"] = partition
+            state["seen_wall_ms"] = time.time_ns() // 1_000_000
+            outcome = rollups[partition].apply(state, sample, message.offset)
+            touched[node] = (partition, state)
+            reasons = [outcome.rejected] if outcome.rejected else []
+            if outcome.late_gpus:
+                reasons.append(f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}")
+            for reason in reasons:
+                pending.append(await dlq.send(key=event.key, value=event.value,
+                                              headers=dlq_headers(reason, message.partition, message.offset)))
+            records.extend(outcome.records)
+        await persist(records, touched, pending, expected)
+
+    @app.timer(interval=IDLE_SWEEP_S)
+    async def close_silent_nodes() -> None:
+        """Close the open windows of nodes silent for `idle_close_ms` (a host that died)."""
+        try:
+            owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == GPU_SAMPLES}
+        except Exception:  # the consumer is not started yet, or is rebalancing: next tick
+            return
+        async with state_lock:
+            now_ms = time.time_ns() // 1_000_000
             touched: dict[str, tuple[int, dict]] = {}
             records = []
-            pending = []  # deliveries to await before this batch's offsets may be acknowledged
-            expected: dict[int, int | None] = {}
-            for event in events:
-                message = event.message
-                partition = message.partition
-                if partition not in expected:
-                    marker = table.get(applied_key(partition))
-                    expected[partition] = marker["next_offset"] if marker else None
-                want = expected[partition]
-                if want is not None and message.offset != want:
-                    if message.offset > want:
-                        # Faust skipped (and acked) messages, e.g. fetched before a rebalance:
-                        # read them again from the first one not applied
-                        await seek_back(message.tp, want)
-                    continue  # below `want`: already applied (a replay after a restart)
-                expected[partition] = message.offset + 1
-                try:
-                    sample = parse_sample(event.value, now_ms)
-                except InvalidMessage as exc:
-                    pending.append(await dlq.send(key=event.key, value=event.value,
-                                                  headers=dlq_headers(exc.reason, message.partition, message.offset)))
-                    continue
-                node = sample.node_id
-                state = touched[node][1] if node in touched else (table.get(node) or new_state(node))
-                outcome = rollups[message.partition].apply(state, sample, message.offset)
-                touched[node] = (message.partition, state)
-                for reason in ([outcome.rejected] if outcome.rejected else []) + (
-                        [f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}"]
-                        if outcome.late_gpus else []):
-                    pending.append(await dlq.send(key=event.key, value=event.value,
-                                                  headers=dlq_headers(reason, message.partition, message.offset)))
-                records.extend(outcome.records)
-            # Closed windows must be in Kafka before the state that forgets them: a crash in
-            # between re-emits identical records (same record_id, deduplicated by the sink)
-            # instead of losing them. The state must be in the changelog before the batch is
-            # acknowledged: Faust's own flush before a commit gives up after 0.1 s, so the
-            # changelog is sent here and its delivery awaited, not left to `send_soon`.
-            pending += [await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
-                        for record in records]
-            for delivery in pending:
-                await delivery
-            changelog = [await table.changelog_topic.send(key=node, value=state, partition=partition,
-                                                          key_serializer=table.key_serializer,
-                                                          value_serializer=table.value_serializer)
-                         for node, (partition, state) in touched.items()]
-            for node, (_, state) in touched.items():
-                table.data[node] = state
-            # after the states, in the same changelog partition: where to resume, whatever
-            # offsets Faust commits
-            for partition, next_offset in expected.items():
-                if next_offset is not None:
-                    marker = {"next_offset": next_offset}
-                    changelog.append(await table.changelog_topic.send(
-                        key=applied_key(partition), value=marker, partition=partition,
-                        key_serializer=table.key_serializer, value_serializer=table.value_serializer))
-                    table.data[applied_key(partition)] = marker
-            for delivery in changelog:
-                await delivery
+            for node, state in list(table.data.items()):
+                if isinstance(state, dict) and state.get("partition") in owned and "gpus" in state:
+                    closed = rollups[state["partition"]].close_idle(state, now_ms)
+                    if closed:
+                        records.extend(closed)
+                        touched[node] = (state["partition"], state)
+            if records:
+                await persist(records, touched, [], {})
 
     app.roll_up = roll_up  # type: ignore[attr-defined]
     return app

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from schemas.samples import GpuReading, NodeSample
 from schemas.units import avg_power_mw
-from schemas.usage import KIND_IDLE, KIND_USAGE, UsageRecord
+from schemas.usage import KIND_ADJUSTMENT, KIND_IDLE, KIND_USAGE, UsageRecord
 from streams import deltas
 from streams.dedupe import seen_before
 from streams.leases import LeaseIndex
@@ -35,6 +35,10 @@ class RollupConfig:
     window_ms: int = 60_000
     lateness_ms: int = 5_000
     max_gap_ms: int = 30_000
+    # a node silent this long (wall clock, processing time) has its open windows closed,
+    # so a host that disappears is still billed; data it sends later for such a window
+    # becomes an adjustment record
+    idle_close_ms: int = 300_000
     calendar: TouCalendar = field(default_factory=TouCalendar)
 
 
@@ -129,6 +133,27 @@ class NodeRollup:
             records.extend(self._advance(state["node_id"], uuid, gpu, gpu["max_ts"], close_all=True))
         return records
 
+    def close_idle(self, state: dict, now_ms: int) -> list[UsageRecord]:
+        """Close every open window of a node whose last sample was processed `idle_close_ms`
+        ago (`state["seen_wall_ms"]`, wall clock, set by the worker), so a host that
+        disappears is still billed. A processing-time timeout rather than event time: a host
+        replaying hours of spooled samples keeps its state fresh and is not cut up."""
+        seen = state.get("seen_wall_ms")
+        if seen is None or seen + self.config.idle_close_ms > now_ms:
+            return []
+        records: list[UsageRecord] = []
+        for uuid, gpu in state["gpus"].items():
+            if not (gpu["pending"] or gpu["windows"]):
+                continue
+            cursor_ts = gpu["max_ts"]
+            records.extend(self._advance(state["node_id"], uuid, gpu, cursor_ts, close_all=True))
+            # only the window holding the cursor can receive data later: remember it
+            closed = gpu.setdefault("closed", {})
+            closed.setdefault(str(window_start(cursor_ts, self.config.window_ms)), 0)
+            for old in sorted(closed, key=int)[:-8]:
+                del closed[old]
+        return records
+
     def _advance(self, node_id: str, uuid: str, gpu: dict, up_to_ms: int, close_all: bool = False) -> list[UsageRecord]:
         ready = sorted(int(ts) for ts in gpu["pending"] if int(ts) <= up_to_ms)
         for ts in ready:
@@ -144,7 +169,10 @@ class NodeRollup:
                   if close_all or (frontier is not None and int(ws) + self.config.window_ms <= frontier)]
         records: list[UsageRecord] = []
         for ws in sorted(closed, key=int):
-            records.extend(self._records(node_id, uuid, gpu["model"], int(ws), gpu["windows"].pop(ws)))
+            revision = 0
+            if ws in gpu.get("closed", {}):  # emitted before (closed while the GPU was silent)
+                revision = gpu["closed"][ws] = gpu["closed"][ws] + 1
+            records.extend(self._records(node_id, uuid, gpu["model"], int(ws), gpu["windows"].pop(ws), revision))
         return records
 
     def _accumulate(self, uuid: str, gpu: dict, interval: deltas.Interval, offset: int) -> None:
@@ -170,13 +198,17 @@ class NodeRollup:
             acc[OFF_MIN] = min(acc[OFF_MIN], offset)
             acc[OFF_MAX] = max(acc[OFF_MAX], offset)
 
-    def _records(self, node_id: str, uuid: str, model: str, ws: int, window: dict) -> list[UsageRecord]:
+    def _records(self, node_id: str, uuid: str, model: str, ws: int, window: dict,
+                 revision: int = 0) -> list[UsageRecord]:
+        """Records of a closed window; revision > 0: what arrived after it was first emitted
+        (leased time becomes an `adjustment` to add on the tenant's next invoice)."""
         records = []
         for key, acc in sorted(window.items()):
             kind, tenant, lease_id, plan = key.split("|")
+            suffix = f"/r{revision}" if revision else ""
             records.append(UsageRecord(
-                record_id=f"{uuid}/{ws}/{kind}/{tenant}/{lease_id}",
-                kind=kind, tenant_id=tenant, lease_id=lease_id, plan=plan, node_id=node_id,
+                record_id=f"{uuid}/{ws}/{kind}/{tenant}/{lease_id}{suffix}",
+                kind=KIND_ADJUSTMENT if revision and kind == KIND_USAGE else kind, tenant_id=tenant, lease_id=lease_id, plan=plan, node_id=node_id,
                 gpu_uuid=uuid, model=model, window_start_ms=ws, window_end_ms=ws + self.config.window_ms,
                 tou_period=self.config.calendar.period(ws),
                 allocated_gpu_ms=acc[ALLOC], busy_gpu_ms=acc[BUSY], energy_mj=acc[ENERGY],

@@ -18,6 +18,7 @@ class StreamsSettings:
     window_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_WINDOW_MS", "60000")))
     lateness_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_LATENESS_MS", "5000")))
     max_gap_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_MAX_GAP_MS", "30000")))
+    idle_close_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_IDLE_CLOSE_MS", "300000")))
     valley_hours: str = field(default_factory=lambda: os.environ.get("WATTMETER_VALLEY_HOURS", "0-6"))
     # at_least_once plus idempotent outputs: see docs/design-notes.md for why not Faust's exactly_once
     processing_guarantee: str = field(
@@ -39,4 +40,5 @@ class StreamsSettings:
     def rollup_config(self) -> RollupConfig:
         check_window(self.window_ms)
         return RollupConfig(window_ms=self.window_ms, lateness_ms=self.lateness_ms, max_gap_ms=self.max_gap_ms,
+                            idle_close_ms=self.idle_close_ms,
                             calendar=TouCalendar.parse(self.valley_hours))

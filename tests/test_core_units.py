@@ -151,3 +151,25 @@ def test_counter_backwards_without_marker_is_refused_once_then_taken_as_a_reset(
         sample.gpus[0].energy_mj = 1 + sample.seq
     assert rollup.apply(state, restarted[0], 6).rejected
     assert rollup.apply(state, restarted[1], 7).rejected is None
+
+
+def test_a_silent_gpu_is_closed_and_what_it_sends_later_is_an_adjustment():
+    samples, backend = simulated_samples("n1", gpus=1, ticks=100, util=50)
+    gpu = backend.uuids[0]
+    index = LeaseIndex()
+    index.put(GpuLeaseTimeline(gpu, [Lease("L", "acme", gpu, T0, None)]))
+    rollup = NodeRollup(RollupConfig(lateness_ms=0, idle_close_ms=120_000), index)
+    state = new_state("n1")
+    first = [r for i, s in enumerate(samples[:30]) for r in rollup.apply(state, s, i).records]
+    assert first == []  # the first window (0-60 s) is still open at 29 s
+    state["seen_wall_ms"] = 5_000_000  # when the worker last heard from the node
+    assert rollup.close_idle(state, 5_100_000) == []  # silent for 100 s only
+    closed = rollup.close_idle(state, 5_121_000)  # silent for 121 s: closed, billed
+    assert [(r.kind, r.allocated_gpu_ms, r.record_id.endswith("/L")) for r in closed] == [("usage", 29_000, True)]
+    # the host comes back and its spool replays seconds 30..99
+    later = [r for i, s in enumerate(samples[30:], 30) for r in rollup.apply(state, s, i).records] + rollup.flush(state)
+    adjustment = [r for r in later if r.window_start_ms == T0]
+    assert [(r.kind, r.allocated_gpu_ms, r.record_id.endswith("/r1")) for r in adjustment] == [
+        ("adjustment", 31_000, True)]
+    assert sum(r.allocated_gpu_ms for r in closed + later) == 99_000  # nothing lost, nothing twice
+    assert sum(r.energy_mj for r in closed + later) == 99 * 385_000

@@ -96,3 +96,51 @@ def test_broker_launcher_fails_fast_and_clearly_without_java_docker_or_bootstrap
     assert result.returncode == 2
     assert "KAFKA_BOOTSTRAP_SERVERS is not set" in result.stderr and "java and mvn" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_host_that_goes_silent_is_billed_and_its_late_samples_become_an_adjustment(kafka_broker, run_id, tmp_path,
+                                                                                      capsys):
+    from kafka import KafkaProducer
+
+    from tests.helpers import simulated_samples
+
+    node, tenant = f"silent-{run_id}", f"s-{run_id}"
+    samples, backend = simulated_samples(node, gpus=1, ticks=100, util=50)
+    gpu = backend.uuids[0]
+    publish_leases(kafka_broker.bootstrap, [Lease(f"ls-{run_id}", tenant, gpu, T0, None)])
+    producer = KafkaProducer(bootstrap_servers=[kafka_broker.bootstrap], acks="all")
+
+    def send(batch):
+        for sample in batch:
+            producer.send("gpu.samples", key=node.encode(), value=sample.to_json_bytes())
+        producer.flush()
+
+    usage_dir = tmp_path / "usage"
+    env = service_env(kafka_broker.bootstrap, f"silent-{run_id}", usage_dir, tmp_path / "state",
+                      WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="0.5", WATTMETER_IDLE_CLOSE_MS="2000")
+    services = (start_worker(env, tmp_path / "worker.log"), start_sink(env, tmp_path / "sink.log"))
+
+    def rows():
+        files = [str(p) for p in usage_dir.glob("date=*/*.parquet")]
+        if not files:
+            return []
+        return duckdb.sql(f"select kind, window_start_ms, allocated_gpu_ms, energy_mj from read_parquet({files}) "
+                          f"where gpu_uuid = '{gpu}' order by record_id").fetchall()
+
+    try:
+        send(samples[:30])  # 29 s of use, then the host falls silent mid-window
+        wait_for(lambda: len(rows()) >= 1, 120, "the silent host's open window to be closed", services)
+        assert rows() == [("usage", T0, 29_000, 29 * 385_000)]
+        send(samples[30:])  # it comes back and its spool replays the rest
+        wait_for(lambda: len(rows()) >= 2, 120, "the late samples' records", services)
+    finally:
+        for service in services:
+            service.stop()
+        producer.close()
+    got = rows()
+    assert ("adjustment", T0, 31_000, 31 * 385_000) in got  # the rest of the first minute, on top
+    assert sum(r[2] for r in got if r[1] < T0 + 60_000) == 60_000  # the first minute: nothing lost, nothing twice
+    capsys.readouterr()
+    assert billing_main(["invoice", "--usage-dir", str(usage_dir), "--from", ms_to_datetime(T0).isoformat(),
+                         "--to", ms_to_datetime(T0 + 60_000).isoformat(), "--tenant", tenant, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["allocated_gpu_ms"] == 60_000
