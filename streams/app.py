@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import faust
 
@@ -67,16 +68,18 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
     # in changelog recovery); values: the JSON state dict
     table = app.Table("node-rollup", default=None, partitions=SAMPLE_PARTITIONS, key_type=str)
     rollups = {p: NodeRollup(config, leases, partition=p) for p in range(SAMPLE_PARTITIONS)}
-    seeks_asked: dict[int, tuple[int, float]] = {}  # partition -> (offset, when) of the last seek we asked for
+    # partition -> (tp, offset, when) of a seek back not yet answered: messages already in
+    # flight can overtake a seek in Faust's consumer, so it is asked again until it works
+    seeks_asked: dict[int, tuple[Any, int, float]] = {}
     # The batch agent and the silent-node sweep both change node states and emit records;
     # one at a time, so that "records delivered before the state that forgets them" holds.
     state_lock = asyncio.Lock()
 
     async def seek_back(tp, offset: int) -> None:
         asked = seeks_asked.get(tp.partition)
-        if asked is None or asked[0] != offset or time.monotonic() - asked[1] > 2.0:
+        if asked is None or asked[1] != offset or time.monotonic() - asked[2] > 2.0:
             log.warning("%s: offsets from %d were skipped by the consumer; reading again from there", tp, offset)
-            seeks_asked[tp.partition] = (offset, time.monotonic())
+            seeks_asked[tp.partition] = (tp, offset, time.monotonic())
             await app.consumer.seek(tp, offset)
 
     async def persist(records: list, touched: dict[str, tuple[int, dict]], pending: list,
@@ -133,6 +136,7 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
                     await seek_back(message.tp, want)
                 continue  # below `want`: already applied (a replay after a restart)
             expected[partition] = message.offset + 1
+            seeks_asked.pop(partition, None)  # on track again
             try:
                 sample = parse_sample(event.value, now_ms)
             except InvalidMessage as exc:
@@ -156,7 +160,10 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
 
     @app.timer(interval=IDLE_SWEEP_S)
     async def close_silent_nodes() -> None:
-        """Close the open windows of nodes silent for `idle_close_ms` (a host that died)."""
+        """Close the open windows of nodes silent for `idle_close_ms` (a host that died);
+        repeat any seek back that has not been answered yet."""
+        for tp, offset, _ in list(seeks_asked.values()):
+            await seek_back(tp, offset)
         try:
             owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == GPU_SAMPLES}
         except Exception:  # the consumer is not started yet, or is rebalancing: next tick

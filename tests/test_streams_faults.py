@@ -67,6 +67,18 @@ def parquet_rows(usage_dir: Path, gpus: set[str]) -> list[tuple]:
     return sorted(row for row in zip(*(table[c].to_pylist() for c in COMPARED)) if row[4] in gpus)
 
 
+def rows_when_done(services: tuple[ServiceProcess, ...], usage_dir: Path, gpus: set[str], count: int) -> list[tuple]:
+    """Wait until `count` rows of `gpus` are in Parquet, a little longer for any duplicate
+    to show, stop the services, and return the rows."""
+    try:
+        wait_for(lambda: len(parquet_rows(usage_dir, gpus)) >= count, 240, "all usage rows", services)
+        time.sleep(2)
+    finally:
+        for service in services:
+            service.stop()
+    return parquet_rows(usage_dir, gpus)
+
+
 def messages_in(bootstrap: str, topic: str) -> int:
     """How many messages `topic` holds (sum of its partitions' end offsets)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -137,14 +149,7 @@ def test_two_workers_give_the_same_totals_as_one(fault_broker, tmp_path):
     env = run_env(fault_broker, "pair", tmp_path)
     services = (start_worker(env, tmp_path / "w1.log"), start_worker(env, tmp_path / "w2.log"),
                 start_sink(env, tmp_path / "sink.log"))
-    try:
-        wait_for(lambda: len(parquet_rows(tmp_path / "pair-usage", gpus)) >= len(expected), 240,
-                 "all usage rows", services)
-        time.sleep(2)
-    finally:
-        for service in services:
-            service.stop()
-    assert parquet_rows(tmp_path / "pair-usage", gpus) == expected
+    assert rows_when_done(services, tmp_path / "pair-usage", gpus, len(expected)) == expected
 
 
 def malformed(kind: int, i: int, node: str, ts_ms: int) -> bytes:
@@ -204,14 +209,7 @@ def test_ten_thousand_malformed_messages_go_to_the_dlq_and_leave_totals_alone(fa
     env["WATTMETER_CHECK_FUTURE"] = "1"  # T0 lies in the past: far-future samples are refused
     gpus = set(plan.gpu_uuids())
     services = (start_worker(env, tmp_path / "w.log"), start_sink(env, tmp_path / "sink.log"))
-    try:
-        wait_for(lambda: len(parquet_rows(tmp_path / "mixed-usage", gpus)) >= len(expected), 240,
-                 "all usage rows", services)
-        time.sleep(1)
-    finally:
-        for service in services:
-            service.stop()
-    assert parquet_rows(tmp_path / "mixed-usage", gpus) == expected
+    assert rows_when_done(services, tmp_path / "mixed-usage", gpus, len(expected)) == expected
     consumer = KafkaConsumer(GPU_SAMPLES_DLQ, bootstrap_servers=[fault_broker.bootstrap],
                              auto_offset_reset="earliest", consumer_timeout_ms=5000)
     reasons = Counter()
