@@ -40,9 +40,6 @@ class KafkaSampleSink:
     def send(self, sample: NodeSample) -> Any:
         return self._producer.send(self.topic, key=sample.node_id.encode(), value=sample.to_json_bytes())
 
-    def send_raw(self, key: bytes, value: bytes) -> Any:
-        return self._producer.send(self.topic, key=key, value=value)
-
     def flush(self) -> None:
         self._producer.flush()
 

@@ -21,8 +21,8 @@ of power over each GPU's own row times, kept exactly in integers (the running su
 lost) and reported floored to whole mJ. A row without power keeps the counter where it
 was; the next row with power integrates across the gap.
 
-Pacing: the caller replays tick i at `delays_ms()[i]` after the start, i.e.
-(tick_ts - first_ts) / speed; speed 0 means as fast as possible.
+Pacing is the sampler's (`Sampler.replay`): tick i is due (tick_ts - first_ts) / speed
+after the start; speed 0 means as fast as possible.
 
 Any unreadable row raises `TraceError` naming the file, the line and the problem.
 """
@@ -230,16 +230,6 @@ class ReplayBackend:
     def ticks(self) -> list[tuple[int, list[GpuReading]]]:
         """(ts_ms, readings) of every tick, in trace order."""
         return self._ticks
-
-    def delays_ms(self) -> list[int]:
-        """When each tick is due, in ms after the replay starts: (tick_ts - first_ts) / speed
-        (all 0 at speed 0, as fast as possible)."""
-        if not self._ticks:
-            return []
-        first = self._ticks[0][0]
-        if self.speed == 0:
-            return [0] * len(self._ticks)
-        return [round((ts - first) / self.speed) for ts, _ in self._ticks]
 
     def read(self, wall_ms: int) -> list[GpuReading]:
         if self.exhausted:

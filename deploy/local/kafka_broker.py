@@ -562,11 +562,6 @@ class BrokerHandle:
         tmp.replace(self.state_dir / "broker.json")
 
 
-def kill_broker_process(handle: BrokerHandle) -> None:
-    """SIGKILL the broker's process (jar mode); ``handle.restart()`` brings it back."""
-    handle.kill()
-
-
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
