@@ -88,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a setting that cannot work: say which, no traceback
         print(f"wattmeter-streams: {exc}", file=sys.stderr)
         return 2
-    return run_worker(settings) if args.command == "worker" else run_sink(settings)
+    from kafka.errors import KafkaError
+
+    try:
+        return run_worker(settings) if args.command == "worker" else run_sink(settings)
+    except (KafkaError, RuntimeError) as exc:  # no broker, no topics: say so, exit non-zero
+        print(f"wattmeter-streams {args.command}: cannot work with Kafka at {settings.bootstrap}: {exc}",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
