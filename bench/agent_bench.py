@@ -19,19 +19,16 @@ from agents.sampler import Sampler
 from agents.sender import SpoolSender
 from agents.spool import Spool
 from bench.results import BenchResult
+from deploy.local.fleet import FleetPlan, fleet_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 START_MS = 1_793_750_400_000  # 2026-11-04T00:00:00Z
 
 
 def _messages(count: int, node: str) -> list[tuple[bytes, bytes, int]]:
-    sampler = Sampler(SimulatedBackend(gpus=8, node_id=node, seed=1), SimulatedClock(START_MS), node, 1000, "b")
-    out = []
-    for _ in range(count):
-        sample = sampler.tick()
-        sampler.clock.sleep_until_mono(sampler.clock.mono_ms() + 1000)
-        out.append((node.encode(), sample.to_json_bytes(), sample.ts_ms))
-    return out
+    """`count` samples of one simulated 8-GPU node, with their timestamps for the spool."""
+    plan = FleetPlan(nodes=[node], gpus_per_node=8, start_ms=START_MS, ticks=count, seed=1)
+    return [(s.node_id.encode(), s.to_json_bytes(), s.ts_ms) for s in fleet_samples(plan)]
 
 
 def _bare_send(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, int]]) -> tuple[float, float]:

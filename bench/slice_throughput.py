@@ -10,9 +10,8 @@ from pathlib import Path
 
 from bench.results import BenchResult
 from deploy.local.demo import windows_written
-from deploy.local.fleet import FleetPlan, publish_samples
+from deploy.local.fleet import FleetPlan, encoded_samples, publish_samples
 from deploy.local.pipeline import service_env, start_sink, start_worker, wait_for
-from schemas.samples import NodeSample
 
 BENCH_START_MS = 1_793_664_000_000  # 2026-11-03T00:00:00Z
 
@@ -20,22 +19,6 @@ BENCH_START_MS = 1_793_664_000_000  # 2026-11-03T00:00:00Z
 def _plan(tag: str, nodes: int, ticks: int) -> FleetPlan:
     return FleetPlan(nodes=[f"bench-{tag}-{i}" for i in range(nodes)], gpus_per_node=8, start_ms=BENCH_START_MS,
                      ticks=ticks, seed=7)
-
-
-def _sample_bytes(plan: FleetPlan) -> list[tuple[bytes, bytes]]:
-    """The same messages publish_samples sends, pre-encoded for the baseline."""
-    from agents.clock import SimulatedClock
-    from agents.sampler import Sampler
-
-    out: list[tuple[bytes, bytes]] = []
-    samplers = [(Sampler(plan.backend(n), SimulatedClock(plan.start_ms), n, plan.interval_ms, boot_id="b"), n)
-                for n in plan.nodes]
-    for _ in range(plan.ticks):
-        for sampler, node in samplers:
-            sample: NodeSample = sampler.tick()
-            sampler.clock.sleep_until_mono(sampler.clock.mono_ms() + plan.interval_ms)
-            out.append((node.encode(), sample.to_json_bytes()))
-    return out
 
 
 def bare_kafka_roundtrip(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
@@ -88,7 +71,7 @@ def run(bootstrap: str, nodes: int = 8, ticks: int = 600) -> list[BenchResult]:
         for service in services:
             service.stop()
     gpu_samples = sent * plan.gpus_per_node
-    baseline_s = bare_kafka_roundtrip(bootstrap, _sample_bytes(plan))
+    baseline_s = bare_kafka_roundtrip(bootstrap, encoded_samples(plan))
     return [BenchResult(
         name="slice_gpu_samples_per_s",
         value=round(gpu_samples / slice_s, 1),

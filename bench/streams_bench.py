@@ -13,7 +13,7 @@ import duckdb
 
 from bench.results import BenchResult
 from deploy.local.demo import windows_written
-from deploy.local.fleet import FleetPlan, publish_samples
+from deploy.local.fleet import FleetPlan, encoded_samples, publish_samples
 from deploy.local.pipeline import ServiceProcess, service_env, start_sink, start_worker, wait_for
 
 START_MS = 1_793_836_800_000  # 2026-11-05T00:00:00Z
@@ -23,12 +23,6 @@ LATENESS_MS = 5_000
 def _plan(tag: str, nodes: int, ticks: int, start_ms: int = START_MS) -> FleetPlan:
     return FleetPlan(nodes=[f"sb-{tag}-{i}" for i in range(nodes)], gpus_per_node=8, start_ms=start_ms,
                      ticks=ticks, seed=3)
-
-
-def _encoded(plan: FleetPlan) -> list[tuple[bytes, bytes]]:
-    from bench.slice_throughput import _sample_bytes
-
-    return _sample_bytes(plan)
 
 
 def _send(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -77,7 +71,7 @@ def _windows_of(usage_dir: Path, plan: FleetPlan, minutes: int) -> bool:
 
 def worker_throughput(bootstrap: str, services: tuple[ServiceProcess, ...], usage_dir: Path) -> list[BenchResult]:
     plan = _plan(uuid.uuid4().hex[:6], nodes=8, ticks=3601)
-    messages = _encoded(plan)
+    messages = encoded_samples(plan)
     minutes = (plan.ticks - 1 - LATENESS_MS // 1000) // 60
     began = time.perf_counter()
     _send(bootstrap, messages)
@@ -96,7 +90,7 @@ def window_close_latency(bootstrap: str, services: tuple[ServiceProcess, ...], u
                          sink_seconds: float) -> BenchResult:
     """Publish a minute of samples, then the sample that closes it; time until its rows are in Parquet."""
     plan = _plan(uuid.uuid4().hex[:6], nodes=1, ticks=61 + LATENESS_MS // 1000, start_ms=START_MS + 3_600_000)
-    messages = _encoded(plan)
+    messages = encoded_samples(plan)
     _send(bootstrap, messages[:-1])
     time.sleep(2)  # everything but the closing sample is processed
     began = time.perf_counter()

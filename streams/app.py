@@ -82,6 +82,12 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
             seeks_asked[tp.partition] = (tp, offset, time.monotonic())
             await app.consumer.seek(tp, offset)
 
+    async def to_dlq(event: Any, reason: str) -> Any:
+        """Send a rejected message to the DLQ untouched; returns the delivery to await."""
+        message = event.message
+        return await dlq.send(key=event.key, value=event.value,
+                              headers=dlq_headers(reason, message.partition, message.offset))
+
     async def persist(records: list, touched: dict[str, tuple[int, dict]], pending: list,
                       markers: dict[int, int | None]) -> None:
         """Deliver DLQ entries and closed windows, then the node states, then the resume
@@ -92,19 +98,16 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
                              for record in records]
         for delivery in pending:
             await delivery
+        writes = [(node, state, partition) for node, (partition, state) in touched.items()]
+        # the resume points go last, in the same changelog partitions as the states
+        writes += [(applied_key(partition), {"next_offset": next_offset}, partition)
+                   for partition, next_offset in markers.items() if next_offset is not None]
         changelog = []
-        for node, (partition, state) in touched.items():
+        for key, value, partition in writes:  # the events' own partition, as the table's changelog needs
             changelog.append(await table.changelog_topic.send(
-                key=node, value=state, partition=partition,
+                key=key, value=value, partition=partition,
                 key_serializer=table.key_serializer, value_serializer=table.value_serializer))
-            table.data[node] = state  # the events' own partition, as the table's changelog needs
-        for partition, next_offset in markers.items():  # same changelog partition, after the states
-            if next_offset is not None:
-                marker = {"next_offset": next_offset}
-                changelog.append(await table.changelog_topic.send(
-                    key=applied_key(partition), value=marker, partition=partition,
-                    key_serializer=table.key_serializer, value_serializer=table.value_serializer))
-                table.data[applied_key(partition)] = marker
+            table.data[key] = value
         for delivery in changelog:
             await delivery
 
@@ -140,8 +143,7 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
             try:
                 sample = parse_sample(event.value, now_ms)
             except InvalidMessage as exc:
-                pending.append(await dlq.send(key=event.key, value=event.value,
-                                              headers=dlq_headers(exc.reason, message.partition, message.offset)))
+                pending.append(await to_dlq(event, exc.reason))
                 continue
             node = sample.node_id
             state = touched[node][1] if node in touched else (table.get(node) or new_state(node))
@@ -152,9 +154,7 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
             reasons = [outcome.rejected] if outcome.rejected else []
             if outcome.late_gpus:
                 reasons.append(f"late: GPUs {', '.join(outcome.late_gpus)} already processed past ts {sample.ts_ms}")
-            for reason in reasons:
-                pending.append(await dlq.send(key=event.key, value=event.value,
-                                              headers=dlq_headers(reason, message.partition, message.offset)))
+            pending += [await to_dlq(event, reason) for reason in reasons]
             records.extend(outcome.records)
         await persist(records, touched, pending, expected)
 

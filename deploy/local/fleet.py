@@ -3,6 +3,7 @@ published to the real broker through the agent's own code (simulated NVML, simul
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agents.backends.simulated import SimulatedBackend
@@ -10,6 +11,7 @@ from agents.clock import SimulatedClock
 from agents.kafka_sink import KafkaSampleSink
 from agents.sampler import Sampler
 from schemas.leases import GpuLeaseTimeline, Lease
+from schemas.samples import NodeSample
 from schemas.topics import GPU_LEASES
 
 
@@ -67,20 +69,29 @@ def publish_leases(bootstrap: str, leases: list[Lease]) -> None:
         producer.close()
 
 
-def publish_samples(bootstrap: str, plan: FleetPlan) -> int:
+def fleet_samples(plan: FleetPlan) -> Iterator[NodeSample]:
     """Every node's samples for the plan, interleaved tick by tick as a fleet would send them."""
+    samplers = [Sampler(plan.backend(node), SimulatedClock(plan.start_ms), node, plan.interval_ms,
+                        boot_id=f"{node}-boot") for node in plan.nodes]
+    for _ in range(plan.ticks):
+        for sampler in samplers:
+            yield sampler.tick()
+            sampler.clock.sleep_until_mono(sampler.clock.mono_ms() + plan.interval_ms)
+
+
+def encoded_samples(plan: FleetPlan) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every message `publish_samples` sends, for bare-client baselines."""
+    return [(sample.node_id.encode(), sample.to_json_bytes()) for sample in fleet_samples(plan)]
+
+
+def publish_samples(bootstrap: str, plan: FleetPlan) -> int:
+    """Send the plan's samples to gpu.samples through the agent's Kafka sink; returns how many."""
     sink = KafkaSampleSink(bootstrap)
-    samplers = []
-    for node in plan.nodes:
-        clock = SimulatedClock(plan.start_ms)
-        samplers.append((Sampler(plan.backend(node), clock, node, plan.interval_ms, boot_id=f"{node}-boot"), clock))
     sent = 0
     try:
-        for _ in range(plan.ticks):
-            for sampler, clock in samplers:
-                sink.send(sampler.tick())
-                clock.sleep_until_mono(clock.mono_ms() + plan.interval_ms)
-                sent += 1
+        for sample in fleet_samples(plan):
+            sink.send(sample)
+            sent += 1
     finally:
         sink.close()
     return sent
