@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install broker-start broker-stop clean
+.PHONY: demo test bench install lint broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.10+"; exit 2; }
@@ -19,8 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m deploy.local.demo
 
-## test: the whole suite against a real Kafka broker started by the suite itself
-test: $(STAMP)
+## lint: ruff (format and lint) and mypy (strict on schemas/ and the pure cores)
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+## test: lint, then the whole suite against real parts started by the suite itself
+test: lint
 	$(PY) -m pytest -q
 
 ## bench: every benchmark; writes bench/results.json and prints a table

@@ -1,4 +1,5 @@
 """wattmeter-agent: the node agent's command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ class StdoutSink:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wattmeter-agent", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="wattmeter-agent", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, help="TOML config file (see deploy/systemd/agent.toml.example)")
     parser.add_argument("--backend", choices=["nvml", "simulated", "replay"], help="where readings come from")
     parser.add_argument("--node-id", help="this host's id, the message key (default: hostname)")
@@ -67,9 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
-    overrides = {name: getattr(args, name) for name in ("backend", "node_id", "interval_ms", "spool_dir",
-                                                          "metrics_port", "gpus", "model", "seed", "mig_per_gpu",
-                                                          "trace", "speed")}
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "backend",
+            "node_id",
+            "interval_ms",
+            "spool_dir",
+            "metrics_port",
+            "gpus",
+            "model",
+            "seed",
+            "mig_per_gpu",
+            "trace",
+            "speed",
+        )
+    }
     config = load_config(args.config, overrides)
     if args.bootstrap:
         config.kafka["bootstrap_servers"] = args.bootstrap
@@ -86,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config(args)
         if not args.stdout and not config.bootstrap:
-            raise ConfigError("no Kafka to send to: pass --bootstrap HOST:PORT, set KAFKA_BOOTSTRAP_SERVERS, "
-                              "put bootstrap_servers under [kafka] in the config file, or use --stdout")
+            raise ConfigError(
+                "no Kafka to send to: pass --bootstrap HOST:PORT, set KAFKA_BOOTSTRAP_SERVERS, "
+                "put bootstrap_servers under [kafka] in the config file, or use --stdout"
+            )
         backend = build_backend(config)
     except (ConfigError, BackendUnavailable, TraceError) as exc:
         print(f"wattmeter-agent: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Clocks the sampling loop reads: the real one, and a simulated one for demos and tests."""
+
 from __future__ import annotations
 
 import time

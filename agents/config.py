@@ -1,12 +1,14 @@
 """Agent configuration: defaults < TOML file < WATTMETER_* environment < command line."""
+
 from __future__ import annotations
 
 import os
 import socket
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 class ConfigError(ValueError):
@@ -39,12 +41,22 @@ class AgentConfig:
         return self.kafka.get("bootstrap_servers")
 
 
-_ENV_KEYS = {"node_id": "WATTMETER_NODE_ID", "backend": "WATTMETER_BACKEND", "interval_ms": "WATTMETER_INTERVAL_MS",
-             "spool_dir": "WATTMETER_SPOOL_DIR", "metrics_port": "WATTMETER_METRICS_PORT",
-             "hints_file": "WATTMETER_HINTS_FILE"}
-_KAFKA_ENV = {"bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "security_protocol": "KAFKA_SECURITY_PROTOCOL",
-              "sasl_mechanism": "KAFKA_SASL_MECHANISM", "sasl_plain_username": "KAFKA_SASL_USERNAME",
-              "sasl_plain_password": "KAFKA_SASL_PASSWORD", "ssl_cafile": "KAFKA_SSL_CAFILE"}
+_ENV_KEYS = {
+    "node_id": "WATTMETER_NODE_ID",
+    "backend": "WATTMETER_BACKEND",
+    "interval_ms": "WATTMETER_INTERVAL_MS",
+    "spool_dir": "WATTMETER_SPOOL_DIR",
+    "metrics_port": "WATTMETER_METRICS_PORT",
+    "hints_file": "WATTMETER_HINTS_FILE",
+}
+_KAFKA_ENV = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_plain_username": "KAFKA_SASL_USERNAME",
+    "sasl_plain_password": "KAFKA_SASL_PASSWORD",
+    "ssl_cafile": "KAFKA_SSL_CAFILE",
+}
 
 
 def _coerce(config: AgentConfig, name: str, value: Any) -> Any:
@@ -61,8 +73,9 @@ def _coerce(config: AgentConfig, name: str, value: Any) -> Any:
     return value
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None,
-                environ: dict[str, str] | None = None) -> AgentConfig:
+def load_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> AgentConfig:
     environ = dict(os.environ if environ is None else environ)
     config = AgentConfig()
     known = {f.name for f in fields(AgentConfig)}

@@ -5,11 +5,12 @@ never delays a tick; the sender thread drains the spool. On SIGTERM the sampler 
 the sender drains what it can within a deadline, and the rest stays on disk for the
 next start.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from agents.backends.base import GpuBackend
 from agents.clock import Clock, SystemClock
@@ -29,8 +30,13 @@ def build_backend(config: AgentConfig) -> GpuBackend:
     if config.backend == "simulated":
         from agents.backends.simulated import SimulatedBackend
 
-        return SimulatedBackend(gpus=config.gpus, model=config.model, seed=config.seed, node_id=config.node_id,
-                                mig_per_gpu=config.mig_per_gpu)
+        return SimulatedBackend(
+            gpus=config.gpus,
+            model=config.model,
+            seed=config.seed,
+            node_id=config.node_id,
+            mig_per_gpu=config.mig_per_gpu,
+        )
     if config.backend == "replay":
         from agents.backends.replay import ReplayBackend
 
@@ -72,8 +78,13 @@ class SpoolSink:
 
 
 class AgentDaemon:
-    def __init__(self, config: AgentConfig, backend: GpuBackend | None = None, clock: Clock | None = None,
-                 metrics: AgentMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: GpuBackend | None = None,
+        clock: Clock | None = None,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self.config = config
         self.backend = backend or build_backend(config)
         self.clock = clock or SystemClock()
@@ -87,11 +98,11 @@ class AgentDaemon:
     def start_sender(self) -> None:
         if not self.config.bootstrap:
             return
-        sender = SpoolSender(self.spool, producer_config(self.config.bootstrap, self._kafka_overrides()),
-                             self.metrics)
+        sender = SpoolSender(self.spool, producer_config(self.config.bootstrap, self._kafka_overrides()), self.metrics)
         self._sender_stop = threading.Event()
-        self._sender_thread = threading.Thread(target=sender.run, args=(self._sender_stop,), name="spool-sender",
-                                               daemon=True)
+        self._sender_thread = threading.Thread(
+            target=sender.run, args=(self._sender_stop,), name="spool-sender", daemon=True
+        )
         self._sender_thread.start()
 
     def _kafka_overrides(self) -> dict:
@@ -106,13 +117,17 @@ class AgentDaemon:
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port)
         self.start_sender()
-        log.info("agent %s sampling every %d ms (boot %s, %d samples spooled from before)", self.config.node_id,
-                 self.config.interval_ms, self.sampler.boot_id, self.spool.pending_rows)
+        log.info(
+            "agent %s sampling every %d ms (boot %s, %d samples spooled from before)",
+            self.config.node_id,
+            self.config.interval_ms,
+            self.sampler.boot_id,
+            self.spool.pending_rows,
+        )
         try:
             if self.config.backend == "replay":
                 timestamps = [ts for ts, _ in self.backend.ticks()]  # type: ignore[attr-defined]
-                taken = self.sampler.replay(self.sink, timestamps, self.config.speed, self.stop_event, ticks,
-                                            on_sample)
+                taken = self.sampler.replay(self.sink, timestamps, self.config.speed, self.stop_event, ticks, on_sample)
             else:
                 taken = self.sampler.run(self.sink, ticks=ticks, stop=self.stop_event, on_sample=on_sample)
         finally:
@@ -130,4 +145,3 @@ class AgentDaemon:
             self._sender_thread = None
         self.backend.close()
         self.spool.close()
-

@@ -6,6 +6,7 @@ Source here: a JSON file `{gpu_uuid: hint}` written by the rental system (re-rea
 it changes). The kubelet pod-resources socket needs a gRPC client, which the agent
 does not carry yet.
 """
+
 from __future__ import annotations
 
 import json

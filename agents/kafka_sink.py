@@ -1,4 +1,5 @@
 """Kafka adapter of the agent: kafka-python producer with acks=all and idempotence."""
+
 from __future__ import annotations
 
 import logging

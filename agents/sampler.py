@@ -1,11 +1,13 @@
 """The sampling loop: one NodeSample per tick on a fixed, drift-free schedule."""
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 import uuid
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from agents.backends.base import GpuBackend
 from agents.clock import Clock
@@ -33,8 +35,9 @@ class Sampler:
     taken at once, and ticks missed entirely are skipped, not bunched up.
     """
 
-    def __init__(self, backend: GpuBackend, clock: Clock, node_id: str, interval_ms: int = 1000,
-                 boot_id: str | None = None) -> None:
+    def __init__(
+        self, backend: GpuBackend, clock: Clock, node_id: str, interval_ms: int = 1000, boot_id: str | None = None
+    ) -> None:
         if interval_ms <= 0:
             raise ValueError("interval_ms must be positive")
         self.backend = backend
@@ -73,8 +76,13 @@ class Sampler:
         self.seq += 1
         return sample
 
-    def run(self, sink: SampleSink, ticks: int | None = None, stop: threading.Event | None = None,
-            on_sample: Callable[[NodeSample], None] | None = None) -> int:
+    def run(
+        self,
+        sink: SampleSink,
+        ticks: int | None = None,
+        stop: threading.Event | None = None,
+        on_sample: Callable[[NodeSample], None] | None = None,
+    ) -> int:
         """Sample into `sink` until `ticks` were taken or `stop` is set; returns ticks taken."""
         start = self.clock.mono_ms()
         taken = 0
@@ -93,9 +101,15 @@ class Sampler:
             k = max(k + 1, (now - start) // self.interval_ms + (1 if (now - start) % self.interval_ms else 0))
         return taken
 
-    def replay(self, sink: SampleSink, timestamps: list[int], speed: float = 1.0,
-               stop: threading.Event | None = None, ticks: int | None = None,
-               on_sample: Callable[[NodeSample], None] | None = None) -> int:
+    def replay(
+        self,
+        sink: SampleSink,
+        timestamps: list[int],
+        speed: float = 1.0,
+        stop: threading.Event | None = None,
+        ticks: int | None = None,
+        on_sample: Callable[[NodeSample], None] | None = None,
+    ) -> int:
         """Take one sample per recorded timestamp (a replay backend's trace), stamped with
         the recorded time, waiting (gap / speed) of real time between them (speed 0: no wait)."""
         if not timestamps:

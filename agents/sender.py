@@ -6,6 +6,7 @@ completed, however long an outage lasts; only then does it decide: the acknowled
 prefix is deleted from the spool, and from the first failure on the batch is sent
 again (later messages of the same partition fail with it, so order is kept).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class SpoolSender:
-    def __init__(self, spool: Spool, producer_config: dict[str, Any], metrics: AgentMetrics,
-                 topic: str = GPU_SAMPLES, batch_rows: int = 5000) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        producer_config: dict[str, Any],
+        metrics: AgentMetrics,
+        topic: str = GPU_SAMPLES,
+        batch_rows: int = 5000,
+    ) -> None:
         self.spool = spool
         self.config = producer_config
         self.metrics = metrics
@@ -75,8 +82,12 @@ class SpoolSender:
             try:
                 sent = self.send_batch()
             except Exception as exc:  # no broker reachable yet (NoBrokersAvailable, timeouts): keep spooling
-                log.warning("kafka unavailable (%s); %d samples spooled, retrying in %.1f s", exc,
-                            self.spool.pending_rows, backoff)
+                log.warning(
+                    "kafka unavailable (%s); %d samples spooled, retrying in %.1f s",
+                    exc,
+                    self.spool.pending_rows,
+                    backoff,
+                )
                 self._close_producer()
                 sent = 0
             if sent:
@@ -96,8 +107,9 @@ class SpoolSender:
                 log.exception("kafka producer failed while draining")
                 break
         if self.spool.pending_rows:
-            log.warning("stopping with %d samples still spooled; they are sent at the next start",
-                        self.spool.pending_rows)
+            log.warning(
+                "stopping with %d samples still spooled; they are sent at the next start", self.spool.pending_rows
+            )
         self._close_producer()
 
     def _close_producer(self) -> None:

@@ -7,6 +7,7 @@ killed, unacknowledged rows are still there on restart and are sent again (the
 streams dedupe on node, boot and seq). Size and age are bounded: when a bound is
 hit the oldest rows are dropped, with a log line and a counter, never silently.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,13 @@ class SpoolRow:
 
 
 class Spool:
-    def __init__(self, path: Path, max_bytes: int = 512 * 1024**2, max_age_ms: int = 7 * 24 * 3_600_000,
-                 synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 512 * 1024**2,
+        max_age_ms: int = 7 * 24 * 3_600_000,
+        synchronous: str = "FULL",
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -37,10 +43,13 @@ class Spool:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")  # FULL: fsync at every commit
-        self._db.execute("CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "ts_ms INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "ts_ms INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL)"
+        )
         self._bytes, self._rows = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), COUNT(*) FROM spool").fetchone()
+            "SELECT COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), COUNT(*) FROM spool"
+        ).fetchone()
         self.has_rows = threading.Event()
         if self._rows:
             self.has_rows.set()
@@ -70,15 +79,19 @@ class Spool:
     def _enforce_bounds(self, now_ms: int) -> None:
         oldest = self._db.execute("SELECT ts_ms FROM spool ORDER BY id LIMIT 1").fetchone()  # rowid order: O(1)
         if oldest is not None and oldest[0] < now_ms - self.max_age_ms:
-            too_old = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), MAX(id) "
-                                       "FROM spool WHERE ts_ms < ?", (now_ms - self.max_age_ms,)).fetchone()
+            too_old = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), MAX(id) FROM spool WHERE ts_ms < ?",
+                (now_ms - self.max_age_ms,),
+            ).fetchone()
             self._drop_through(too_old[2], too_old[0], too_old[1], f"older than {self.max_age_ms} ms")
         if self._bytes > self.max_bytes:
             # drop the oldest rows until under 90 % of the bound, so this does not run every tick
             excess = self._bytes - self.max_bytes * 9 // 10
             cut = self._db.execute(
                 "SELECT id, total FROM (SELECT id, SUM(LENGTH(key) + LENGTH(value)) OVER (ORDER BY id) AS total "
-                "FROM spool) WHERE total >= ? ORDER BY id LIMIT 1", (excess,)).fetchone()
+                "FROM spool) WHERE total >= ? ORDER BY id LIMIT 1",
+                (excess,),
+            ).fetchone()
             if cut:
                 rows = self._db.execute("SELECT COUNT(*) FROM spool WHERE id <= ?", (cut[0],)).fetchone()[0]
                 self._drop_through(cut[0], rows, cut[1], f"spool over {self.max_bytes} bytes")
@@ -88,8 +101,9 @@ class Spool:
         self._rows -= rows
         self._bytes -= size
         self.dropped += rows
-        log.error("spool: DROPPED %d unsent samples (%d bytes): %s; Kafka has been unreachable too long", rows,
-                  size, why)
+        log.error(
+            "spool: DROPPED %d unsent samples (%d bytes): %s; Kafka has been unreachable too long", rows, size, why
+        )
 
     def peek(self, limit: int) -> list[SpoolRow]:
         """The oldest `limit` rows, oldest first."""
@@ -102,8 +116,9 @@ class Spool:
     def ack(self, through_id: int) -> None:
         """Forget every row up to and including `through_id`: Kafka has them."""
         with self._lock:
-            size, rows = self._db.execute("SELECT COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), COUNT(*) "
-                                          "FROM spool WHERE id <= ?", (through_id,)).fetchone()
+            size, rows = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), COUNT(*) FROM spool WHERE id <= ?", (through_id,)
+            ).fetchone()
             self._db.execute("DELETE FROM spool WHERE id <= ?", (through_id,))
             self._bytes -= size
             self._rows -= rows

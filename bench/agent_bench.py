@@ -1,5 +1,6 @@
 """Node agent figures: CPU per tick (8 simulated GPUs), resident memory, and spool drain
 rate to the real broker, each beside a bare kafka-python producer measured in the same run."""
+
 from __future__ import annotations
 
 import os
@@ -58,16 +59,26 @@ def tick_cpu(bootstrap: str, ticks: int = 3000) -> BenchResult:
         per_tick_ms = (time.process_time() - began) * 1000 / ticks
         spool.close()
     _, bare_cpu = _bare_send(bootstrap, "gpu.samples", _messages(ticks, f"bench-cpu-{uuid.uuid4().hex[:6]}"))
-    return BenchResult("agent_cpu_ms_per_tick_8_gpus", round(per_tick_ms, 4), "ms CPU/tick",
-                       "bare kafka-python producer: CPU per send of the same message",
-                       round(bare_cpu * 1000 / ticks, 4), "< 1 ms (0.1 % of a core at 1 Hz)")
+    return BenchResult(
+        "agent_cpu_ms_per_tick_8_gpus",
+        round(per_tick_ms, 4),
+        "ms CPU/tick",
+        "bare kafka-python producer: CPU per send of the same message",
+        round(bare_cpu * 1000 / ticks, 4),
+        "< 1 ms (0.1 % of a core at 1 Hz)",
+    )
 
 
 def _rss_kib(code: str) -> int:
     """Peak resident memory of a fresh Python running `code` (it prints nothing)."""
     script = code + "\nprint(open('/proc/self/status').read())"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ).stdout
     for line in out.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
@@ -93,9 +104,14 @@ def agent_memory(bootstrap: str) -> BenchResult:
             p.send("gpu.samples", key=b"mem", value=b"x" * 2600)
         p.flush(); p.close()
     """)
-    return BenchResult("agent_peak_rss", round(_rss_kib(agent) / 1024, 1), "MiB",
-                       "bare kafka-python producer process sending 600 messages", round(_rss_kib(bare) / 1024, 1),
-                       "light: < 100 MiB")
+    return BenchResult(
+        "agent_peak_rss",
+        round(_rss_kib(agent) / 1024, 1),
+        "MiB",
+        "bare kafka-python producer process sending 600 messages",
+        round(_rss_kib(bare) / 1024, 1),
+        "light: < 100 MiB",
+    )
 
 
 def spool_drain(bootstrap: str, backlog: int = 20_000) -> BenchResult:
@@ -104,7 +120,7 @@ def spool_drain(bootstrap: str, backlog: int = 20_000) -> BenchResult:
     with tempfile.TemporaryDirectory() as work:
         spool = Spool(Path(work) / "s.sqlite3")
         for start in range(0, backlog, 5000):
-            spool.append_many(messages[start:start + 5000])
+            spool.append_many(messages[start : start + 5000])
         sender = SpoolSender(spool, producer_config(bootstrap), AgentMetrics())
         began = time.perf_counter()
         while spool.pending_rows:
@@ -114,9 +130,14 @@ def spool_drain(bootstrap: str, backlog: int = 20_000) -> BenchResult:
         spool.close()
     bare_s, _ = _bare_send(bootstrap, "gpu.samples", messages)
     gpu_samples = backlog * 8
-    return BenchResult("agent_spool_drain_gpu_samples_per_s", round(gpu_samples / drain_s, 1), "GPU-samples/s",
-                       f"bare kafka-python producer loop, same {backlog} messages from memory",
-                       round(gpu_samples / bare_s, 1), ">= 50,000 GPU-samples/s (a day of 8 GPUs in < 15 s)")
+    return BenchResult(
+        "agent_spool_drain_gpu_samples_per_s",
+        round(gpu_samples / drain_s, 1),
+        "GPU-samples/s",
+        f"bare kafka-python producer loop, same {backlog} messages from memory",
+        round(gpu_samples / bare_s, 1),
+        ">= 50,000 GPU-samples/s (a day of 8 GPUs in < 15 s)",
+    )
 
 
 def run(bootstrap: str) -> list[BenchResult]:

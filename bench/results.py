@@ -1,4 +1,5 @@
 """The results file of `make bench`: one object per figure, with its same-run baseline."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def _figure(value: float) -> str:
 
 def table(results: list[BenchResult]) -> str:
     rows = [("name", "value", "unit", "baseline", "baseline_value", "ratio", "target")]
-    rows += [(r.name, _figure(r.value), r.unit, r.baseline, _figure(r.baseline_value), f"{r.ratio:.3f}", r.target)
-             for r in results]
+    rows += [
+        (r.name, _figure(r.value), r.unit, r.baseline, _figure(r.baseline_value), f"{r.ratio:.3f}", r.target)
+        for r in results
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

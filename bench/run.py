@@ -1,4 +1,5 @@
 """`make bench`: run every benchmark against a real broker, write bench/results.json, print a table."""
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,11 @@ def main() -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     try:
-        results = (slice_throughput.run(broker.bootstrap) + streams_bench.run(broker.bootstrap)
-                   + agent_bench.run(broker.bootstrap))
+        results = (
+            slice_throughput.run(broker.bootstrap)
+            + streams_bench.run(broker.bootstrap)
+            + agent_bench.run(broker.bootstrap)
+        )
     finally:
         broker.stop()
     write_results(results)

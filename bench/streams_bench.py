@@ -1,6 +1,7 @@
 """Streams figures: one worker's throughput from the real topic to Parquet beside a
 vectorized DuckDB rollup of the same samples, and the delay from a window closing to its
 row in Parquet beside a bare kafka-python produce-to-consume round trip."""
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,17 @@ LATENESS_MS = 5_000
 
 
 def _plan(tag: str, nodes: int, ticks: int, start_ms: int = START_MS) -> FleetPlan:
-    return FleetPlan(nodes=[f"sb-{tag}-{i}" for i in range(nodes)], gpus_per_node=8, start_ms=start_ms,
-                     ticks=ticks, seed=3)
+    return FleetPlan(
+        nodes=[f"sb-{tag}-{i}" for i in range(nodes)], gpus_per_node=8, start_ms=start_ms, ticks=ticks, seed=3
+    )
 
 
 def _send(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all", linger_ms=20, batch_size=256 * 1024,
-                             compression_type="lz4")
+    producer = KafkaProducer(
+        bootstrap_servers=[bootstrap], acks="all", linger_ms=20, batch_size=256 * 1024, compression_type="lz4"
+    )
     for key, value in messages:
         producer.send("gpu.samples", key=key, value=value)
     producer.flush()
@@ -65,8 +68,10 @@ def duckdb_rollup_seconds(messages: list[tuple[bytes, bytes]]) -> float:
 
 
 def _windows_of(usage_dir: Path, plan: FleetPlan, minutes: int) -> bool:
-    return windows_written(usage_dir, plan.start_ms, plan.start_ms + minutes * 60_000, plan.gpu_uuids()) \
+    return (
+        windows_written(usage_dir, plan.start_ms, plan.start_ms + minutes * 60_000, plan.gpu_uuids())
         >= len(plan.gpu_uuids()) * minutes
+    )
 
 
 def worker_throughput(bootstrap: str, services: tuple[ServiceProcess, ...], usage_dir: Path) -> list[BenchResult]:
@@ -75,19 +80,25 @@ def worker_throughput(bootstrap: str, services: tuple[ServiceProcess, ...], usag
     minutes = (plan.ticks - 1 - LATENESS_MS // 1000) // 60
     began = time.perf_counter()
     _send(bootstrap, messages)
-    wait_for(lambda: _windows_of(usage_dir, plan, minutes), 600, "the throughput load in Parquet", services,
-             poll_s=0.1)
+    wait_for(lambda: _windows_of(usage_dir, plan, minutes), 600, "the throughput load in Parquet", services, poll_s=0.1)
     worker_s = time.perf_counter() - began
     batch_s = duckdb_rollup_seconds(messages)
     gpu_samples = len(messages) * plan.gpus_per_node
-    return [BenchResult("worker_gpu_samples_per_s", round(gpu_samples / worker_s, 1), "GPU-samples/s",
-                        f"DuckDB batch rollup of the same {len(messages)} samples (JSON in, sums out)",
-                        round(gpu_samples / batch_s, 1),
-                        ">= 20,000 GPU-samples/s per worker; within 5x of the batch baseline (ratio >= 0.2)")]
+    return [
+        BenchResult(
+            "worker_gpu_samples_per_s",
+            round(gpu_samples / worker_s, 1),
+            "GPU-samples/s",
+            f"DuckDB batch rollup of the same {len(messages)} samples (JSON in, sums out)",
+            round(gpu_samples / batch_s, 1),
+            ">= 20,000 GPU-samples/s per worker; within 5x of the batch baseline (ratio >= 0.2)",
+        )
+    ]
 
 
-def window_close_latency(bootstrap: str, services: tuple[ServiceProcess, ...], usage_dir: Path,
-                         sink_seconds: float) -> BenchResult:
+def window_close_latency(
+    bootstrap: str, services: tuple[ServiceProcess, ...], usage_dir: Path, sink_seconds: float
+) -> BenchResult:
     """Publish a minute of samples, then the sample that closes it; time until its rows are in Parquet."""
     plan = _plan(uuid.uuid4().hex[:6], nodes=1, ticks=61 + LATENESS_MS // 1000, start_ms=START_MS + 3_600_000)
     messages = encoded_samples(plan)
@@ -97,9 +108,14 @@ def window_close_latency(bootstrap: str, services: tuple[ServiceProcess, ...], u
     _send(bootstrap, messages[-1:])
     wait_for(lambda: _windows_of(usage_dir, plan, 1), 60, "the closed window in Parquet", services, poll_s=0.02)
     delay_ms = (time.perf_counter() - began) * 1000
-    return BenchResult("window_close_to_parquet_ms", round(delay_ms, 1), "ms",
-                       "bare kafka-python produce-then-consume of one message", round(_bare_round_trip_ms(bootstrap), 1),
-                       f"a few seconds; bounded by the sink batch interval ({sink_seconds:g} s here)")
+    return BenchResult(
+        "window_close_to_parquet_ms",
+        round(delay_ms, 1),
+        "ms",
+        "bare kafka-python produce-then-consume of one message",
+        round(_bare_round_trip_ms(bootstrap), 1),
+        f"a few seconds; bounded by the sink batch interval ({sink_seconds:g} s here)",
+    )
 
 
 def _bare_round_trip_ms(bootstrap: str) -> float:
@@ -125,8 +141,14 @@ def run(bootstrap: str) -> list[BenchResult]:
     work = Path(tempfile.mkdtemp(prefix="wattmeter-streams-bench-"))
     usage_dir = work / "usage"
     sink_seconds = 1.0
-    env = service_env(bootstrap, f"sbench-{uuid.uuid4().hex[:6]}", usage_dir, work / "state",
-                      WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS=str(sink_seconds))
+    env = service_env(
+        bootstrap,
+        f"sbench-{uuid.uuid4().hex[:6]}",
+        usage_dir,
+        work / "state",
+        WATTMETER_CHECK_FUTURE="0",
+        WATTMETER_SINK_SECONDS=str(sink_seconds),
+    )
     services = (start_worker(env, work / "worker.log"), start_sink(env, work / "sink.log"))
     try:
         warm = _plan("warm" + uuid.uuid4().hex[:4], 1, 67, start_ms=START_MS - 3_600_000)

@@ -1,4 +1,5 @@
 """wattmeter-billing: turn metered usage into invoices."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ def format_invoice(invoice: Invoice) -> str:
     end = ms_to_datetime(invoice.period_end_ms).isoformat()
     out = [f"INVOICE  tenant {invoice.tenant_id}   period {start} .. {end}   rate card {invoice.rate_card}"]
     for line in invoice.lines:
-        out.append(f"  {line.description:<10} {line.quantity:>16.6f} {line.unit:<9} x {line.unit_price:>8} "
-                   f"{invoice.currency} = {line.amount:>12} {invoice.currency}")
+        out.append(
+            f"  {line.description:<10} {line.quantity:>16.6f} {line.unit:<9} x {line.unit_price:>8} "
+            f"{invoice.currency} = {line.amount:>12} {invoice.currency}"
+        )
     out.append(f"  {'TOTAL':<10} {'':>16} {'':<9}   {'':>8}     = {invoice.total:>12} {invoice.currency}")
     return "\n".join(out)
 
@@ -57,19 +60,32 @@ def invoice_json(invoice: Invoice) -> dict:
         "rate_card": invoice.rate_card,
         "allocated_gpu_ms": invoice.usage.allocated_gpu_ms,
         "energy_mj": invoice.usage.energy_mj,
-        "lines": [{"description": l.description, "quantity": str(l.quantity), "unit": l.unit,
-                   "unit_price": str(l.unit_price), "amount": str(l.amount)} for l in invoice.lines],
+        "lines": [
+            {
+                "description": l.description,
+                "quantity": str(l.quantity),
+                "unit": l.unit,
+                "unit_price": str(l.unit_price),
+                "amount": str(l.amount),
+            }
+            for l in invoice.lines
+        ],
         "total": str(invoice.total),
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wattmeter-billing", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="wattmeter-billing", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     inv = sub.add_parser("invoice", help="print each tenant's invoice for a period")
-    inv.add_argument("--usage-dir", type=Path, default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
-                     help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)")
+    inv.add_argument(
+        "--usage-dir",
+        type=Path,
+        default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
+        help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)",
+    )
     inv.add_argument("--from", dest="start", type=parse_instant, required=True, help="period start (UTC, inclusive)")
     inv.add_argument("--to", dest="end", type=parse_instant, required=True, help="period end (UTC, exclusive)")
     inv.add_argument("--rate-card", type=Path, default=DEFAULT_CARD, help="TOML rate card (default: flat)")

@@ -1,10 +1,12 @@
 """Rate cards: prices as exact decimals, loaded from TOML."""
+
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+import tomllib
 
 DEFAULT_CARD = Path(__file__).parent / "ratecards" / "flat.toml"
 
@@ -24,7 +26,7 @@ class RateCard:
 def _price(source: str, data: dict, field: str) -> Decimal:
     raw = data.get(field)
     if not isinstance(raw, str):
-        raise RateCardError(f"{source}: {field} must be a quoted decimal string such as \"2.50\" (floats lose cents)")
+        raise RateCardError(f'{source}: {field} must be a quoted decimal string such as "2.50" (floats lose cents)')
     try:
         value = Decimal(raw)
     except InvalidOperation:
@@ -44,5 +46,9 @@ def load_rate_card(path: Path = DEFAULT_CARD) -> RateCard:
     currency = data.get("currency")
     if not isinstance(currency, str) or len(currency) != 3:
         raise RateCardError(f"{path}: currency must be a three-letter ISO code")
-    return RateCard(name=str(data.get("name", Path(path).stem)), currency=currency.upper(),
-                    gpu_hour=_price(str(path), data, "gpu_hour"), kwh=_price(str(path), data, "kwh"))
+    return RateCard(
+        name=str(data.get("name", Path(path).stem)),
+        currency=currency.upper(),
+        gpu_hour=_price(str(path), data, "gpu_hour"),
+        kwh=_price(str(path), data, "kwh"),
+    )

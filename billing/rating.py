@@ -1,4 +1,5 @@
 """Pure: usage totals + a rate card -> priced invoice lines, in Decimal."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

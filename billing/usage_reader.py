@@ -1,4 +1,5 @@
 """Adapter: read usage records for a period from the Parquet dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,10 +29,14 @@ def tenant_usage(root: Path, start_ms: int, end_ms: int) -> list[TenantUsage]:
     if not files:
         return []
     dataset = ds.dataset(files, schema=usage_arrow_schema(), format="parquet")
-    condition = ((pc.field("window_start_ms") >= start_ms) & (pc.field("window_start_ms") < end_ms)
-                 & pc.field("kind").isin([KIND_USAGE, KIND_ADJUSTMENT]))
-    table = dataset.to_table(filter=condition, columns=["record_id", "tenant_id", "allocated_gpu_ms",
-                                                        "busy_gpu_ms", "energy_mj"])
+    condition = (
+        (pc.field("window_start_ms") >= start_ms)
+        & (pc.field("window_start_ms") < end_ms)
+        & pc.field("kind").isin([KIND_USAGE, KIND_ADJUSTMENT])
+    )
+    table = dataset.to_table(
+        filter=condition, columns=["record_id", "tenant_id", "allocated_gpu_ms", "busy_gpu_ms", "energy_mj"]
+    )
     totals: dict[str, list[int]] = {}
     seen: set[str] = set()
     for row in table.to_pylist():

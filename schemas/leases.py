@@ -4,10 +4,12 @@ On `gpu.leases` (compacted) the key is the GPU/MIG uuid and the value is that GP
 whole lease timeline (`GpuLeaseTimeline`), so compaction keeps exactly the latest
 timeline per GPU and a reader that sees one message per GPU knows everything.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 LEASE_SCHEMA_VERSION = 1
 PLANS = ("on_demand", "valley", "interruptible", "reserved")
@@ -36,6 +38,6 @@ class GpuLeaseTimeline:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GpuLeaseTimeline":
+    def from_dict(cls, data: dict[str, Any]) -> GpuLeaseTimeline:
         leases = sorted((Lease(**lease) for lease in data.get("leases", [])), key=lambda l: l.start_ms)
         return cls(gpu_uuid=data["gpu_uuid"], leases=leases, schema_version=data.get("schema_version", 1))

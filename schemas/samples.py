@@ -1,8 +1,10 @@
 """The node sample: one message on `gpu.samples` per node per tick, keyed by node_id."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 SAMPLE_SCHEMA_VERSION = 1
 
@@ -44,11 +46,15 @@ class NodeSample:
     gpus: list[GpuReading] = field(default_factory=list)
     schema_version: int = SAMPLE_SCHEMA_VERSION
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         # hand-rolled rather than dataclasses.asdict: this runs every tick on every host
         return {
-            "node_id": self.node_id, "boot_id": self.boot_id, "seq": self.seq, "ts_ms": self.ts_ms,
-            "mono_ms": self.mono_ms, "interval_ms": self.interval_ms,
+            "node_id": self.node_id,
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "ts_ms": self.ts_ms,
+            "mono_ms": self.mono_ms,
+            "interval_ms": self.interval_ms,
             "gpus": [{name: getattr(gpu, name) for name in GPU_FIELD_NAMES} for gpu in self.gpus],
             "schema_version": self.schema_version,
         }
@@ -57,7 +63,7 @@ class NodeSample:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NodeSample":
+    def from_dict(cls, data: dict[str, Any]) -> NodeSample:
         """Build from an already-validated dict (see schemas.validate)."""
         gpus = [GpuReading(**g) for g in data.get("gpus", [])]
         fields = {k: v for k, v in data.items() if k != "gpus"}

@@ -1,5 +1,6 @@
 """Topic names and their provisioning specs: the one place both producers and the
 broker launcher read them from."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

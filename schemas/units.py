@@ -5,6 +5,7 @@ energy integer millijoules (mJ), power integer milliwatts (mW), memory integer
 bytes. Money is `decimal.Decimal`, never float. These helpers are the only place
 where units change, so rounding happens in one known way.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone

@@ -1,8 +1,10 @@
 """Usage records: one per (tenant, GPU, window), on `usage.records` and in Parquet."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 USAGE_SCHEMA_VERSION = 1
 KIND_USAGE = "usage"  # leased time
@@ -36,14 +38,14 @@ class UsageRecord:
     source_offset_max: int
     schema_version: int = USAGE_SCHEMA_VERSION
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_json_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_dict(cls, data: dict) -> "UsageRecord":
+    def from_dict(cls, data: dict[str, Any]) -> UsageRecord:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 

@@ -5,6 +5,7 @@ the checks a schema cannot express, such as a timestamp far in the future. It is
 hand-written rather than a generic JSON Schema validator because it runs once per
 message on the streams' hot path.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from typing import Any
 try:  # orjson parses several times faster; the stdlib parser explains what orjson refuses
     import orjson as _fast_json
 except ImportError:  # pragma: no cover - the streams extra installs it
-    _fast_json = None
+    _fast_json = None  # type: ignore[assignment]
 
 from schemas.leases import PLANS, GpuLeaseTimeline
 from schemas.samples import SAMPLE_SCHEMA_VERSION, NodeSample
@@ -45,7 +46,7 @@ def _reject_constant(name: str) -> Any:
     raise InvalidMessage(f"non-finite number {name} in JSON")
 
 
-def parse_json(raw: bytes | str | None) -> dict:
+def parse_json(raw: bytes | str | None) -> dict[str, Any]:
     """Parse a JSON object, refusing NaN/Infinity, bad UTF-8 and non-objects."""
     if raw is None:
         raise InvalidMessage("empty message (null value)")
@@ -91,7 +92,7 @@ def _check_str(where: str, value: Any, nullable: bool = False, min_len: int = 1)
         raise InvalidMessage(f"{where} must be a non-empty string, got {value!r}")
 
 
-def validate_sample_dict(data: dict, now_ms: int | None = None) -> NodeSample:
+def validate_sample_dict(data: dict[str, Any], now_ms: int | None = None) -> NodeSample:
     """Check a decoded node sample; `now_ms` enables the far-future check."""
     version = data.get("schema_version")
     if version != SAMPLE_SCHEMA_VERSION:

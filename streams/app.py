@@ -5,6 +5,7 @@ validate -> DLQ | dedupe + per-GPU deltas + lease split + windows (streams.rollu
 Faust table `node-rollup`, keyed like `gpu.samples` (by node), so each worker owns
 the state of the partitions it consumes and the changelog restores it on rebalance.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -85,28 +86,40 @@ def create_app(settings: StreamsSettings, leases: LeaseIndex) -> faust.App:
     async def to_dlq(event: Any, reason: str) -> Any:
         """Send a rejected message to the DLQ untouched; returns the delivery to await."""
         message = event.message
-        return await dlq.send(key=event.key, value=event.value,
-                              headers=dlq_headers(reason, message.partition, message.offset))
+        return await dlq.send(
+            key=event.key, value=event.value, headers=dlq_headers(reason, message.partition, message.offset)
+        )
 
-    async def persist(records: list, touched: dict[str, tuple[int, dict]], pending: list,
-                      markers: dict[int, int | None]) -> None:
+    async def persist(
+        records: list, touched: dict[str, tuple[int, dict]], pending: list, markers: dict[int, int | None]
+    ) -> None:
         """Deliver DLQ entries and closed windows, then the node states, then the resume
         points, awaiting each: a crash in between re-emits identical records (same
         record_id, deduplicated by the sink) instead of losing them. Faust's own flush before
         a commit gives up after 0.1 s, so nothing here is left to `send_soon`."""
-        pending = pending + [await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes())
-                             for record in records]
+        pending = pending + [
+            await usage.send(key=record.tenant_id.encode(), value=record.to_json_bytes()) for record in records
+        ]
         for delivery in pending:
             await delivery
         writes = [(node, state, partition) for node, (partition, state) in touched.items()]
         # the resume points go last, in the same changelog partitions as the states
-        writes += [(applied_key(partition), {"next_offset": next_offset}, partition)
-                   for partition, next_offset in markers.items() if next_offset is not None]
+        writes += [
+            (applied_key(partition), {"next_offset": next_offset}, partition)
+            for partition, next_offset in markers.items()
+            if next_offset is not None
+        ]
         changelog = []
         for key, value, partition in writes:  # the events' own partition, as the table's changelog needs
-            changelog.append(await table.changelog_topic.send(
-                key=key, value=value, partition=partition,
-                key_serializer=table.key_serializer, value_serializer=table.value_serializer))
+            changelog.append(
+                await table.changelog_topic.send(
+                    key=key,
+                    value=value,
+                    partition=partition,
+                    key_serializer=table.key_serializer,
+                    value_serializer=table.value_serializer,
+                )
+            )
             table.data[key] = value
         for delivery in changelog:
             await delivery

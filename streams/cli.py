@@ -1,4 +1,5 @@
 """wattmeter-streams: run the rollup worker or the Parquet sink."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,16 +27,20 @@ Settings come from WATTMETER_* environment variables (see README) or the flags b
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wattmeter-streams", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="wattmeter-streams", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["worker", "sink"], help="which process to run")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP_SERVERS)")
     parser.add_argument("--usage-dir", type=Path, help="sink: Parquet root (default $WATTMETER_USAGE_DIR)")
     parser.add_argument("--data-dir", type=Path, help="worker: local state folder")
     parser.add_argument("--window-ms", type=int, help="worker: tumbling window length (default 60000)")
     parser.add_argument("--lateness-ms", type=int, help="worker: allowed lateness (default 5000)")
-    parser.add_argument("--no-future-check", action="store_true",
-                        help="worker: accept timestamps ahead of the wall clock (simulated-clock demos)")
+    parser.add_argument(
+        "--no-future-check",
+        action="store_true",
+        help="worker: accept timestamps ahead of the wall clock (simulated-clock demos)",
+    )
     return parser
 
 
@@ -73,8 +78,13 @@ def run_sink(settings: StreamsSettings) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    SinkRunner(settings.bootstrap, settings.usage_dir, settings.sink_batch_records,
-               settings.sink_batch_seconds, group_id=settings.sink_group).run(stop)
+    SinkRunner(
+        settings.bootstrap,
+        settings.usage_dir,
+        settings.sink_batch_records,
+        settings.sink_batch_seconds,
+        group_id=settings.sink_group,
+    ).run(stop)
     return 0
 
 
@@ -93,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_worker(settings) if args.command == "worker" else run_sink(settings)
     except (KafkaError, RuntimeError) as exc:  # no broker, no topics: say so, exit non-zero
-        print(f"wattmeter-streams {args.command}: cannot work with Kafka at {settings.bootstrap}: {exc}",
-              file=sys.stderr)
+        print(
+            f"wattmeter-streams {args.command}: cannot work with Kafka at {settings.bootstrap}: {exc}", file=sys.stderr
+        )
         return 2
 
 

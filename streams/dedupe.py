@@ -8,6 +8,7 @@ recognised as duplicates. The horizon is how far back a sample may still arrive
 out of order (the worker derives it from the allowed lateness); older seqs that
 never came are given up on, and anything that old is refused as late downstream.
 """
+
 from __future__ import annotations
 
 MAX_BOOTS = 8  # boots remembered per node

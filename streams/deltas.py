@@ -7,6 +7,7 @@ trapezoid of the two power readings over the interval. Busy time is the sample's
 utilization (NVML averages it over the last period) times the interval. An interval
 longer than `max_gap_ms` is not filled in: it is returned as unmetered time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ def _fallback_energy(prev: Cursor, reading: GpuReading, duration_ms: int) -> int
     return (prev_power + cur_power) * duration_ms // 2000  # mean mW x ms / 1000
 
 
-def step(prev: Cursor | None, ts_ms: int, reading: GpuReading, max_gap_ms: int) -> tuple[Cursor | None, Interval | None]:
+def step(
+    prev: Cursor | None, ts_ms: int, reading: GpuReading, max_gap_ms: int
+) -> tuple[Cursor | None, Interval | None]:
     """Advance a GPU's cursor by one reading; returns (new cursor, interval or None).
 
     A reading with an error leaves the cursor where it was, so the next good reading
@@ -63,6 +66,9 @@ def step(prev: Cursor | None, ts_ms: int, reading: GpuReading, max_gap_ms: int) 
         and prev.energy_mj is not None
         and reading.energy_mj >= prev.energy_mj
     )
-    energy = reading.energy_mj - prev.energy_mj if counter_ok else _fallback_energy(prev, reading, duration)
+    if counter_ok and reading.energy_mj is not None and prev.energy_mj is not None:
+        energy = reading.energy_mj - prev.energy_mj
+    else:
+        energy = _fallback_energy(prev, reading, duration)
     busy = duration * reading.util_gpu_pct // 100 if reading.util_gpu_pct is not None else 0
     return cursor, Interval(prev.ts_ms, ts_ms, energy, busy, reading.power_mw or 0, True, counter_ok)

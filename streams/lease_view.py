@@ -5,6 +5,7 @@ view reads all partitions of `gpu.leases` itself (no consumer group), catches up
 the end before the worker starts processing samples, then follows new timelines in a
 background thread.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,12 @@ class LeaseView:
         """Catch up to the end of the topic, then follow it in the background."""
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","), enable_auto_commit=False,
-                                 group_id=None, consumer_timeout_ms=1000)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap.split(","),
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=1000,
+        )
         partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
             raise RuntimeError(f"topic {self.topic} does not exist on {self.bootstrap}: provision the topics first")

@@ -1,4 +1,5 @@
 """Pure: who held a GPU when. Looks up leases and the instants where holders change."""
+
 from __future__ import annotations
 
 from bisect import bisect_right

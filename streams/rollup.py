@@ -14,6 +14,7 @@ UsageRecords. A sample that arrives at or before the cursor is too late to be pl
 it is returned as late (the worker sends it to the DLQ with that reason), never
 dropped silently.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,14 +58,20 @@ def new_state(node_id: str) -> dict:
 
 
 def _pending_entry(reading: GpuReading, ts_ms: int, offset: int) -> list:
-    return [ts_ms, reading.energy_mj, reading.power_mw, reading.util_gpu_pct,
-            reading.counter_reset, reading.error, offset]
+    return [
+        ts_ms,
+        reading.energy_mj,
+        reading.power_mw,
+        reading.util_gpu_pct,
+        reading.counter_reset,
+        reading.error,
+        offset,
+    ]
 
 
 def _reading_from_entry(entry: list) -> GpuReading:
     _, energy, power, util, reset, error, _ = entry
-    return GpuReading("", "", power_mw=power, energy_mj=energy, util_gpu_pct=util,
-                      counter_reset=reset, error=error)
+    return GpuReading("", "", power_mw=power, energy_mj=energy, util_gpu_pct=util, counter_reset=reset, error=error)
 
 
 class NodeRollup:
@@ -99,8 +106,9 @@ class NodeRollup:
             if reading.energy_mj is not None and sample.ts_ms > gpu.get("newest", [-1])[0]:
                 gpu["newest"] = [sample.ts_ms, reading.energy_mj]
             gpu["max_ts"] = max(gpu["max_ts"], sample.ts_ms)
-            outcome.records.extend(self._advance(state["node_id"], reading.gpu_uuid, gpu,
-                                                 gpu["max_ts"] - self.config.lateness_ms))
+            outcome.records.extend(
+                self._advance(state["node_id"], reading.gpu_uuid, gpu, gpu["max_ts"] - self.config.lateness_ms)
+            )
         return outcome
 
     @staticmethod
@@ -165,8 +173,11 @@ class NodeRollup:
             if interval is not None:
                 self._accumulate(uuid, gpu, interval, entry[6])
         frontier = gpu["cursor"][0] if gpu["cursor"] is not None else None
-        closed = [ws for ws in gpu["windows"]
-                  if close_all or (frontier is not None and int(ws) + self.config.window_ms <= frontier)]
+        closed = [
+            ws
+            for ws in gpu["windows"]
+            if close_all or (frontier is not None and int(ws) + self.config.window_ms <= frontier)
+        ]
         records: list[UsageRecord] = []
         for ws in sorted(closed, key=int):
             revision = 0
@@ -180,8 +191,7 @@ class NodeRollup:
         points = cut_points(start, end, self.config.window_ms, self.leases.boundaries(uuid, start, end))
         for a, b in zip(points, points[1:]):
             lease = self.leases.lease_at(uuid, a)
-            key = (f"{KIND_USAGE}|{lease.tenant_id}|{lease.lease_id}|{lease.plan}" if lease
-                   else f"{KIND_IDLE}|||")
+            key = f"{KIND_USAGE}|{lease.tenant_id}|{lease.lease_id}|{lease.plan}" if lease else f"{KIND_IDLE}|||"
             window = gpu["windows"].setdefault(str(window_start(a, self.config.window_ms)), {})
             acc = window.get(key)
             if acc is None:
@@ -198,22 +208,39 @@ class NodeRollup:
             acc[OFF_MIN] = min(acc[OFF_MIN], offset)
             acc[OFF_MAX] = max(acc[OFF_MAX], offset)
 
-    def _records(self, node_id: str, uuid: str, model: str, ws: int, window: dict,
-                 revision: int = 0) -> list[UsageRecord]:
+    def _records(
+        self, node_id: str, uuid: str, model: str, ws: int, window: dict, revision: int = 0
+    ) -> list[UsageRecord]:
         """Records of a closed window; revision > 0: what arrived after it was first emitted
         (leased time becomes an `adjustment` to add on the tenant's next invoice)."""
         records = []
         for key, acc in sorted(window.items()):
             kind, tenant, lease_id, plan = key.split("|")
             suffix = f"/r{revision}" if revision else ""
-            records.append(UsageRecord(
-                record_id=f"{uuid}/{ws}/{kind}/{tenant}/{lease_id}{suffix}",
-                kind=KIND_ADJUSTMENT if revision and kind == KIND_USAGE else kind, tenant_id=tenant, lease_id=lease_id, plan=plan, node_id=node_id,
-                gpu_uuid=uuid, model=model, window_start_ms=ws, window_end_ms=ws + self.config.window_ms,
-                tou_period=self.config.calendar.period(ws),
-                allocated_gpu_ms=acc[ALLOC], busy_gpu_ms=acc[BUSY], energy_mj=acc[ENERGY],
-                avg_power_mw=avg_power_mw(acc[ENERGY], acc[ALLOC]), peak_power_mw=acc[PEAK],
-                sample_count=acc[SAMPLES], observed_ms=acc[ALLOC], unmetered_ms=acc[UNMETERED],
-                source_partition=self.partition, source_offset_min=acc[OFF_MIN], source_offset_max=acc[OFF_MAX],
-            ))
+            records.append(
+                UsageRecord(
+                    record_id=f"{uuid}/{ws}/{kind}/{tenant}/{lease_id}{suffix}",
+                    kind=KIND_ADJUSTMENT if revision and kind == KIND_USAGE else kind,
+                    tenant_id=tenant,
+                    lease_id=lease_id,
+                    plan=plan,
+                    node_id=node_id,
+                    gpu_uuid=uuid,
+                    model=model,
+                    window_start_ms=ws,
+                    window_end_ms=ws + self.config.window_ms,
+                    tou_period=self.config.calendar.period(ws),
+                    allocated_gpu_ms=acc[ALLOC],
+                    busy_gpu_ms=acc[BUSY],
+                    energy_mj=acc[ENERGY],
+                    avg_power_mw=avg_power_mw(acc[ENERGY], acc[ALLOC]),
+                    peak_power_mw=acc[PEAK],
+                    sample_count=acc[SAMPLES],
+                    observed_ms=acc[ALLOC],
+                    unmetered_ms=acc[UNMETERED],
+                    source_partition=self.partition,
+                    source_offset_min=acc[OFF_MIN],
+                    source_offset_max=acc[OFF_MAX],
+                )
+            )
         return records

@@ -1,4 +1,5 @@
 """Worker settings, from the environment (WATTMETER_*) with command-line overrides."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,8 @@ class StreamsSettings:
     valley_hours: str = field(default_factory=lambda: os.environ.get("WATTMETER_VALLEY_HOURS", "0-6"))
     # at_least_once plus idempotent outputs: see docs/design-notes.md for why not Faust's exactly_once
     processing_guarantee: str = field(
-        default_factory=lambda: os.environ.get("WATTMETER_PROCESSING_GUARANTEE", "at_least_once"))
+        default_factory=lambda: os.environ.get("WATTMETER_PROCESSING_GUARANTEE", "at_least_once")
+    )
     # how soon a dead worker's partitions move to the others (Kafka group session timeout)
     session_timeout_s: float = field(default_factory=lambda: float(os.environ.get("WATTMETER_SESSION_TIMEOUT_S", "30")))
     # table store: memory:// (restored from the changelog on start) or rocksdb:// where
@@ -39,6 +41,10 @@ class StreamsSettings:
 
     def rollup_config(self) -> RollupConfig:
         check_window(self.window_ms)
-        return RollupConfig(window_ms=self.window_ms, lateness_ms=self.lateness_ms, max_gap_ms=self.max_gap_ms,
-                            idle_close_ms=self.idle_close_ms,
-                            calendar=TouCalendar.parse(self.valley_hours))
+        return RollupConfig(
+            window_ms=self.window_ms,
+            lateness_ms=self.lateness_ms,
+            max_gap_ms=self.max_gap_ms,
+            idle_close_ms=self.idle_close_ms,
+            calendar=TouCalendar.parse(self.valley_hours),
+        )

@@ -9,6 +9,7 @@ at or after its partition's manifest offset (a batch cut short by a crash), then
 reads from the manifest offset. A batch is therefore either wholly visible and
 recorded, or wholly redone with the same offsets and file names.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,12 @@ class ParquetSink:
             tmp.unlink(missing_ok=True)
         for path in self.data_files():
             match = FILE_RE.match(path.name)
-            if match and match["topic"] == self.topic and int(match["partition"]) == partition \
-                    and int(match["first"]) >= resume:
+            if (
+                match
+                and match["topic"] == self.topic
+                and int(match["partition"]) == partition
+                and int(match["first"]) >= resume
+            ):
                 path.unlink()
         return resume
 

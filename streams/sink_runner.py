@@ -4,6 +4,7 @@ A plain kafka-python consumer rather than a Faust agent: the sink must seek each
 partition to the offset in its manifest on every assignment and decide itself when
 offsets count as done, which kafka-python exposes directly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,15 @@ class RecentIds:
 
 
 class SinkRunner:
-    def __init__(self, bootstrap: str, root: Path, batch_records: int = 50_000, batch_seconds: float = 5.0,
-                 group_id: str = "wattmeter-parquet-sink", topic: str = USAGE_RECORDS) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        root: Path,
+        batch_records: int = 50_000,
+        batch_seconds: float = 5.0,
+        group_id: str = "wattmeter-parquet-sink",
+        topic: str = USAGE_RECORDS,
+    ) -> None:
         self.bootstrap = bootstrap
         self.sink = ParquetSink(root, topic)
         self.batch_records = batch_records
@@ -83,10 +91,15 @@ class SinkRunner:
     def run(self, stop: threading.Event) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","), group_id=self.group_id,
-                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                 isolation_level="read_committed",  # only records of committed transactions
-                                 max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap.split(","),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",  # only records of committed transactions
+            max_poll_records=5000,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
         buffers: dict[int, list[tuple[int, dict]]] = defaultdict(list)
         sink = self.sink
         runner = self
@@ -111,8 +124,9 @@ class SinkRunner:
                             row = UsageRecord.from_dict(parse_json(message.value)).to_dict()
                         except (InvalidMessage, KeyError, TypeError) as exc:
                             self.rejected += 1
-                            log.error("skipping bad usage record at %s-%d@%d: %s", tp.topic, tp.partition,
-                                      message.offset, exc)
+                            log.error(
+                                "skipping bad usage record at %s-%d@%d: %s", tp.topic, tp.partition, message.offset, exc
+                            )
                             row = None
                         buffers[tp.partition].append((message.offset, row))
                 full = sum(len(b) for b in buffers.values()) >= self.batch_records

@@ -1,4 +1,5 @@
 """Pure: tumbling windows, time-of-use periods, and exact integer splitting."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ class TouCalendar:
     valley_hours: frozenset[int] = frozenset(range(0, 6))
 
     @classmethod
-    def parse(cls, spec: str) -> "TouCalendar":
+    def parse(cls, spec: str) -> TouCalendar:
         """'0-6,22-24' -> valley from 00:00 to 06:00 and 22:00 to 24:00 UTC."""
         hours: set[int] = set()
         for part in filter(None, (p.strip() for p in spec.split(","))):

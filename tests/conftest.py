@@ -1,4 +1,5 @@
 """Session fixtures: one real Kafka broker per test run, started by the project's launcher."""
+
 from __future__ import annotations
 
 import os

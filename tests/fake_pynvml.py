@@ -7,6 +7,7 @@ the device calls are faked, with the behaviours that matter: an energy counter t
 advances with power and can reset or wrap, devices that get lost and come back, fields
 that are unsupported, a driver without the field-values API, MIG instances.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -143,8 +144,7 @@ class FakeNvml(ModuleType):
         for slot, field_id in zip(out, field_ids):
             slot.fieldId = field_id
             if field_id == pynvml.NVML_FI_DEV_POWER_INSTANT:
-                slot.nvmlReturn = (pynvml.NVML_SUCCESS if gpu.power_field_supported
-                                   else pynvml.NVML_ERROR_NOT_SUPPORTED)
+                slot.nvmlReturn = pynvml.NVML_SUCCESS if gpu.power_field_supported else pynvml.NVML_ERROR_NOT_SUPPORTED
                 slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
                 slot.value.uiVal = gpu.power_mw
             elif field_id == pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:

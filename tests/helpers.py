@@ -1,4 +1,5 @@
 """Small builders shared by the tests."""
+
 from __future__ import annotations
 
 from agents.backends.simulated import SimulatedBackend
@@ -10,8 +11,15 @@ from schemas.samples import NodeSample
 T0 = 1_793_577_600_000
 
 
-def simulated_samples(node_id: str, gpus: int, ticks: int, util: int | None = 50, start_ms: int = T0,
-                      seed: int = 0, interval_ms: int = 1000) -> tuple[list[NodeSample], SimulatedBackend]:
+def simulated_samples(
+    node_id: str,
+    gpus: int,
+    ticks: int,
+    util: int | None = 50,
+    start_ms: int = T0,
+    seed: int = 0,
+    interval_ms: int = 1000,
+) -> tuple[list[NodeSample], SimulatedBackend]:
     """`ticks` samples one interval apart from a simulated node, starting at `start_ms`."""
     backend = SimulatedBackend(gpus=gpus, node_id=node_id, constant_util=util, seed=seed)
     clock = SimulatedClock(start_ms)

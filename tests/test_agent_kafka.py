@@ -1,4 +1,5 @@
 """The agent daemon against a real broker: SIGTERM flush, kill -9 and restart, a broker outage."""
+
 from __future__ import annotations
 
 import json
@@ -22,17 +23,41 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_agent(bootstrap: str, node: str, spool: Path, log: Path, interval_ms: int = 50) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "agents.cli", "--backend", "simulated", "--gpus", "2",
-                                 "--node-id", node, "--interval-ms", str(interval_ms), "--bootstrap", bootstrap,
-                                 "--spool-dir", str(spool)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agents.cli",
+                "--backend",
+                "simulated",
+                "--gpus",
+                "2",
+                "--node-id",
+                node,
+                "--interval-ms",
+                str(interval_ms),
+                "--bootstrap",
+                bootstrap,
+                "--spool-dir",
+                str(spool),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def node_samples(bootstrap: str, node: str, expect_at_least: int, timeout_s: float = 60) -> list[dict]:
     """Every sample of `node` on gpu.samples, in partition order."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(GPU_SAMPLES, bootstrap_servers=[bootstrap], auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        GPU_SAMPLES,
+        bootstrap_servers=[bootstrap],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     found: list[dict] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -49,8 +74,10 @@ def node_samples(bootstrap: str, node: str, expect_at_least: int, timeout_s: flo
 def spool_seqs(spool_dir: Path) -> list[tuple[str, int]]:
     db = sqlite3.connect(spool_dir / "spool.sqlite3")
     try:
-        return [(json.loads(v)["boot_id"], json.loads(v)["seq"]) for (v,) in db.execute(
-            "SELECT value FROM spool ORDER BY id")]
+        return [
+            (json.loads(v)["boot_id"], json.loads(v)["seq"])
+            for (v,) in db.execute("SELECT value FROM spool ORDER BY id")
+        ]
     finally:
         db.close()
 

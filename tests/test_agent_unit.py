@@ -1,4 +1,5 @@
 """The node agent without Kafka: simulated NVML behaviour, clock steps, spool bounds, config."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -107,8 +108,10 @@ def test_spool_bounds_drop_oldest_with_a_log_line(tmp_path: Path, caplog):
 
 def test_config_layers_and_errors(tmp_path: Path):
     path = tmp_path / "agent.toml"
-    path.write_text('node_id = "from-file"\ninterval_ms = 500\n[kafka]\nbootstrap_servers = "k:9092"\n'
-                    'security_protocol = "SASL_SSL"\n')
+    path.write_text(
+        'node_id = "from-file"\ninterval_ms = 500\n[kafka]\nbootstrap_servers = "k:9092"\n'
+        'security_protocol = "SASL_SSL"\n'
+    )
     config = load_config(path, {"interval_ms": 250}, environ={"WATTMETER_NODE_ID": "from-env"})
     assert (config.node_id, config.interval_ms, config.bootstrap) == ("from-env", 250, "k:9092")
     assert config.kafka["security_protocol"] == "SASL_SSL"

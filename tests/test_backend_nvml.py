@@ -1,4 +1,5 @@
 """The NVML backend: against a faithful fake of pynvml here, against the real one where a GPU is."""
+
 from __future__ import annotations
 
 import time
@@ -70,8 +71,18 @@ def test_a_lost_gpu_is_reported_retried_and_recovers_without_touching_the_others
     lost = backend.read(1000)
     a = lost[0]
     assert (a.gpu_uuid, a.model, a.error) == ("GPU-0000-a", "NVIDIA H100 80GB HBM3", "GPU is lost")
-    assert all(getattr(a, name) is None for name in ("power_mw", "energy_mj", "util_gpu_pct", "util_mem_pct",
-                                                     "mem_used_bytes", "mem_total_bytes", "temperature_c"))
+    assert all(
+        getattr(a, name) is None
+        for name in (
+            "power_mw",
+            "energy_mj",
+            "util_gpu_pct",
+            "util_mem_pct",
+            "mem_used_bytes",
+            "mem_total_bytes",
+            "temperature_c",
+        )
+    )
     assert lost[1].error is None and lost[1].power_mw == 600_000
     nvml.advance(2000)
     again = backend.read(2000)  # re-acquiring the handle uses up the second lost call: still an error ...
@@ -114,13 +125,19 @@ def test_unsupported_energy_counter_gives_none():
 
 
 def test_mig_instances_get_their_own_uuid_memory_and_a_share_of_power():
-    nvml = FakeNvml([FakeGpu("GPU-mig", power_mw=400_000, energy_mj=8_000,
-                             mig=[("MIG-1", 10 * GIB), ("MIG-2", 30 * GIB)]),
-                     FakeGpu("GPU-plain")])
+    nvml = FakeNvml(
+        [
+            FakeGpu("GPU-mig", power_mw=400_000, energy_mj=8_000, mig=[("MIG-1", 10 * GIB), ("MIG-2", 30 * GIB)]),
+            FakeGpu("GPU-plain"),
+        ]
+    )
     backend = NvmlBackend(nvml=nvml)
     readings = backend.read(0)
     assert [(r.gpu_uuid, r.parent_uuid, r.util_gpu_pct, r.util_mem_pct) for r in readings] == [
-        ("MIG-1", "GPU-mig", None, None), ("MIG-2", "GPU-mig", None, None), ("GPU-plain", None, 50, 25)]
+        ("MIG-1", "GPU-mig", None, None),
+        ("MIG-2", "GPU-mig", None, None),
+        ("GPU-plain", None, 50, 25),
+    ]
     mig = readings[:2]
     assert [r.power_mw for r in mig] == [100_000, 300_000]
     assert [r.energy_mj for r in mig] == [2_000, 6_000]

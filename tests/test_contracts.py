@@ -1,4 +1,5 @@
 """The contracts: validation reasons, and agreement with the published JSON Schema files."""
+
 from __future__ import annotations
 
 import json
@@ -63,13 +64,16 @@ def test_good_sample_passes_both_validators():
     jsonschema.validate(data, load_schema("node_sample.v1.json"))
 
 
-@pytest.mark.parametrize("raw,reason", [
-    (b"{not json", "not valid JSON"),
-    (b'{"x": NaN}', "non-finite number NaN"),
-    (b"[1, 2]", "expected a JSON object"),
-    (None, "empty message"),
-    (b"\xff\xfe", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"x": NaN}', "non-finite number NaN"),
+        (b"[1, 2]", "expected a JSON object"),
+        (None, "empty message"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
 def test_garbage_is_refused_with_a_reason(raw, reason):
     with pytest.raises(InvalidMessage, match=reason):
         parse_sample(raw)

@@ -1,4 +1,5 @@
 """Unit tests of the pure core: units, deltas, windows, leases, dedupe, rollup."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -108,7 +109,9 @@ def test_rollup_hand_computed_split_at_lease_and_windows():
     records += rollup.flush(state)
     acme = [r for r in records if r.tenant_id == "acme"]
     assert [(r.window_start_ms - T0, r.allocated_gpu_ms, r.energy_mj, r.busy_gpu_ms) for r in acme] == [
-        (0, 30_000, 11_550_000, 15_000), (60_000, 30_000, 11_550_000, 15_000)]
+        (0, 30_000, 11_550_000, 15_000),
+        (60_000, 30_000, 11_550_000, 15_000),
+    ]
     assert all(r.avg_power_mw == 385_000 and r.peak_power_mw == 385_000 for r in acme)
     assert sum(r.allocated_gpu_ms for r in records) == 2 * 120_000
     assert sum(r.energy_mj for r in records) == 2 * 120 * 385_000
@@ -117,6 +120,7 @@ def test_rollup_hand_computed_split_at_lease_and_windows():
 
 def test_rollup_reorder_within_lateness_and_duplicates_give_same_totals():
     samples, _ = simulated_samples("n1", gpus=1, ticks=200, util=None, seed=3)
+
     def totals(order):
         rollup = NodeRollup(RollupConfig(lateness_ms=10_000), LeaseIndex())
         state = new_state("n1")
@@ -125,6 +129,7 @@ def test_rollup_reorder_within_lateness_and_duplicates_give_same_totals():
             out += rollup.apply(state, s, offset).records
         out += rollup.flush(state)
         return sum(r.energy_mj for r in out), sum(r.allocated_gpu_ms for r in out), sum(r.busy_gpu_ms for r in out)
+
     in_order = list(enumerate(samples))
     swapped = list(in_order)
     for i in range(0, 190, 7):  # swap neighbours 3 s apart: within the 10 s lateness
@@ -170,6 +175,7 @@ def test_a_silent_gpu_is_closed_and_what_it_sends_later_is_an_adjustment():
     later = [r for i, s in enumerate(samples[30:], 30) for r in rollup.apply(state, s, i).records] + rollup.flush(state)
     adjustment = [r for r in later if r.window_start_ms == T0]
     assert [(r.kind, r.allocated_gpu_ms, r.record_id.endswith("/r1")) for r in adjustment] == [
-        ("adjustment", 31_000, True)]
+        ("adjustment", 31_000, True)
+    ]
     assert sum(r.allocated_gpu_ms for r in closed + later) == 99_000  # nothing lost, nothing twice
     assert sum(r.energy_mj for r in closed + later) == 99 * 385_000

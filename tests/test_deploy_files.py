@@ -1,4 +1,5 @@
 """The operator's files: systemd unit, example config, Kubernetes manifests."""
+
 from __future__ import annotations
 
 import configparser

@@ -1,5 +1,6 @@
 """Property: arrival order within the lateness, duplicates, and restarts from the changelog
 at any point (state through JSON) never change a single usage record."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,11 @@ def scenario(draw):
     boundary = draw(st.integers(0, TICKS * 1000))
     leases = LeaseIndex()
     gpu = backend.uuids[0]
-    leases.put(GpuLeaseTimeline(gpu, [Lease("a", "t1", gpu, T0, T0 + boundary),
-                                      Lease("b", "t2", gpu, T0 + boundary + 1, None)]))
+    leases.put(
+        GpuLeaseTimeline(
+            gpu, [Lease("a", "t1", gpu, T0, T0 + boundary), Lease("b", "t2", gpu, T0 + boundary + 1, None)]
+        )
+    )
     return samples, shuffled, cuts, leases
 
 

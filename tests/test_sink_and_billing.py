@@ -1,4 +1,5 @@
 """Parquet sink (durable batches, crash recovery) and billing arithmetic, without Kafka."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -35,7 +36,8 @@ def test_sink_files_are_read_by_duckdb_with_the_same_totals(tmp_path: Path):
     assert sink.next_offset(0) == len(rows)
     total = duckdb.sql(
         f"select sum(allocated_gpu_ms), sum(energy_mj) from read_parquet('{tmp_path}/date=*/*.parquet', "
-        "hive_partitioning=true) where tenant_id = 'acme'").fetchall()[0]
+        "hive_partitioning=true) where tenant_id = 'acme'"
+    ).fetchall()[0]
     assert total == (2 * 180_000, 2 * 180 * 385_000)
     assert [u.energy_mj for u in tenant_usage(tmp_path, T0, T0 + 3_600_000)] == [2 * 180 * 385_000]
 
@@ -47,7 +49,9 @@ def test_crash_between_rename_and_manifest_is_redone_without_double_counting(tmp
     # a crash after the next batch's rename but before its manifest: simulate by rolling the manifest back
     sink.write_batch(0, 3, len(rows) - 1, rows[3:])
     (tmp_path / "_manifests" / "usage.records-0.json").write_text('{"next_offset": 3}')
-    (tmp_path / "date=2026-11-02" / "usage.records-p0-00000000000000000099-00000000000000000100.parquet.tmp").write_bytes(b"half")
+    (
+        tmp_path / "date=2026-11-02" / "usage.records-p0-00000000000000000099-00000000000000000100.parquet.tmp"
+    ).write_bytes(b"half")
     assert sink.recover(0) == 3
     assert len(sink.data_files()) == 1 and not list(tmp_path.glob("date=*/*.tmp"))
     sink.write_batch(0, 3, len(rows) - 1, rows[3:])

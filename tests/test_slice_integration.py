@@ -1,9 +1,9 @@
 """The thin slice on real parts: a hand-computable load through the real broker, the
 real Faust worker and the Parquet sink, priced by billing, read back by DuckDB."""
+
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -38,33 +38,67 @@ def test_known_load_gives_exact_gpu_ms_energy_and_invoice(kafka_broker, run_id, 
     plan = FleetPlan(nodes=[node], gpus_per_node=2, start_ms=T0, ticks=190, util=50)
     gpu0, gpu1 = plan.gpu_uuids()
     tenant_a, tenant_b = f"a-{run_id}", f"b-{run_id}"
-    publish_leases(kafka_broker.bootstrap, [Lease("la", tenant_a, gpu0, T0 + 30_000, T0 + 90_000),
-                                            Lease("lb", tenant_b, gpu1, T0, None)])
+    publish_leases(
+        kafka_broker.bootstrap,
+        [Lease("la", tenant_a, gpu0, T0 + 30_000, T0 + 90_000), Lease("lb", tenant_b, gpu1, T0, None)],
+    )
     assert publish_samples(kafka_broker.bootstrap, plan) == 190
     usage_dir = tmp_path / "usage"
-    env = service_env(kafka_broker.bootstrap, f"it-{run_id}", usage_dir, tmp_path / "state",
-                      WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="1")
+    env = service_env(
+        kafka_broker.bootstrap,
+        f"it-{run_id}",
+        usage_dir,
+        tmp_path / "state",
+        WATTMETER_CHECK_FUTURE="0",
+        WATTMETER_SINK_SECONDS="1",
+    )
     services = (start_worker(env, tmp_path / "worker.log"), start_sink(env, tmp_path / "sink.log"))
     try:
-        wait_for(lambda: windows_written(usage_dir, T0, T0 + 180_000, [gpu0, gpu1]) >= 6, 120,
-                 "6 GPU-windows in Parquet", services)
+        wait_for(
+            lambda: windows_written(usage_dir, T0, T0 + 180_000, [gpu0, gpu1]) >= 6,
+            120,
+            "6 GPU-windows in Parquet",
+            services,
+        )
     finally:
         for service in services:
             service.stop()
     card = tmp_path / "card.toml"
     card.write_text('name = "test"\ncurrency = "EUR"\ngpu_hour = "90.00"\nkwh = "30.00"\n')
     capsys.readouterr()
-    assert billing_main(["invoice", "--usage-dir", str(usage_dir), "--from", ms_to_datetime(T0).isoformat(),
-                         "--to", ms_to_datetime(T0 + 180_000).isoformat(), "--rate-card", str(card), "--json"]) == 0
-    invoices = {i["tenant_id"]: i for i in json.loads(capsys.readouterr().out) if i["tenant_id"] in (tenant_a, tenant_b)}
+    assert (
+        billing_main(
+            [
+                "invoice",
+                "--usage-dir",
+                str(usage_dir),
+                "--from",
+                ms_to_datetime(T0).isoformat(),
+                "--to",
+                ms_to_datetime(T0 + 180_000).isoformat(),
+                "--rate-card",
+                str(card),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    invoices = {
+        i["tenant_id"]: i for i in json.loads(capsys.readouterr().out) if i["tenant_id"] in (tenant_a, tenant_b)
+    }
     assert (invoices[tenant_a]["allocated_gpu_ms"], invoices[tenant_a]["energy_mj"]) == (60_000, 23_100_000)
     assert (invoices[tenant_b]["allocated_gpu_ms"], invoices[tenant_b]["energy_mj"]) == (180_000, 69_300_000)
     assert [line["amount"] for line in invoices[tenant_a]["lines"]] == ["1.50", "0.19"]
     assert [line["amount"] for line in invoices[tenant_b]["lines"]] == ["4.50", "0.58"]
-    assert (Decimal(invoices[tenant_a]["total"]), Decimal(invoices[tenant_b]["total"])) == (Decimal("1.69"), Decimal("5.08"))
+    assert (Decimal(invoices[tenant_a]["total"]), Decimal(invoices[tenant_b]["total"])) == (
+        Decimal("1.69"),
+        Decimal("5.08"),
+    )
     # idle time on GPU 0 outside the lease is recorded for the operator, not billed
-    idle = duckdb.sql(f"select sum(allocated_gpu_ms) from read_parquet('{usage_dir}/date=*/*.parquet') "
-                      f"where kind = 'idle' and gpu_uuid = '{gpu0}' and window_start_ms < {T0 + 180_000}").fetchall()
+    idle = duckdb.sql(
+        f"select sum(allocated_gpu_ms) from read_parquet('{usage_dir}/date=*/*.parquet') "
+        f"where kind = 'idle' and gpu_uuid = '{gpu0}' and window_start_ms < {T0 + 180_000}"
+    ).fetchall()
     assert idle == [(120_000,)]
 
 
@@ -78,28 +112,49 @@ def test_demo_parquet_read_back_by_duckdb_matches_the_invoices(kafka_broker, tmp
     rows = duckdb.sql(
         f"select tenant_id, sum(allocated_gpu_ms), sum(energy_mj) from read_parquet('{usage}/date=*/*.parquet', "
         f"hive_partitioning=true) where kind = 'usage' and window_start_ms >= {DEMO_START_MS} "
-        f"and window_start_ms < {end} and tenant_id in ('acme', 'globex', 'initech') group by 1 order by 1").fetchall()
+        f"and window_start_ms < {end} and tenant_id in ('acme', 'globex', 'initech') group by 1 order by 1"
+    ).fetchall()
     assert [r[0] for r in rows] == ["acme", "globex", "initech"]
     assert rows[0][1] == 3 * 5 * 60_000  # acme: 3 GPUs, all 5 minutes
-    assert billing_main(["invoice", "--usage-dir", str(usage), "--from", ms_to_datetime(DEMO_START_MS).isoformat(),
-                         "--to", ms_to_datetime(end).isoformat(), "--json"]) == 0
+    assert (
+        billing_main(
+            [
+                "invoice",
+                "--usage-dir",
+                str(usage),
+                "--from",
+                ms_to_datetime(DEMO_START_MS).isoformat(),
+                "--to",
+                ms_to_datetime(end).isoformat(),
+                "--json",
+            ]
+        )
+        == 0
+    )
     # the session's broker also holds other tests' nodes: compare the demo's tenants
     invoices = [i for i in json.loads(capsys.readouterr().out) if i["tenant_id"] in ("acme", "globex", "initech")]
-    assert [(i["tenant_id"], i["allocated_gpu_ms"], i["energy_mj"]) for i in invoices] == \
-        [(tenant, gpu_ms, mj) for tenant, gpu_ms, mj in rows]
+    assert [(i["tenant_id"], i["allocated_gpu_ms"], i["energy_mj"]) for i in invoices] == [
+        (tenant, gpu_ms, mj) for tenant, gpu_ms, mj in rows
+    ]
 
 
 def test_broker_launcher_fails_fast_and_clearly_without_java_docker_or_bootstrap(tmp_path: Path):
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-m", "deploy.local.kafka_broker", "start", "--state-dir",
-                             str(tmp_path / "k")], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.local.kafka_broker", "start", "--state-dir", str(tmp_path / "k")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "KAFKA_BOOTSTRAP_SERVERS is not set" in result.stderr and "java and mvn" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_a_host_that_goes_silent_is_billed_and_its_late_samples_become_an_adjustment(kafka_broker, run_id, tmp_path,
-                                                                                      capsys):
+def test_a_host_that_goes_silent_is_billed_and_its_late_samples_become_an_adjustment(
+    kafka_broker, run_id, tmp_path, capsys
+):
     from kafka import KafkaProducer
 
     from tests.helpers import simulated_samples
@@ -116,16 +171,25 @@ def test_a_host_that_goes_silent_is_billed_and_its_late_samples_become_an_adjust
         producer.flush()
 
     usage_dir = tmp_path / "usage"
-    env = service_env(kafka_broker.bootstrap, f"silent-{run_id}", usage_dir, tmp_path / "state",
-                      WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="0.5", WATTMETER_IDLE_CLOSE_MS="2000")
+    env = service_env(
+        kafka_broker.bootstrap,
+        f"silent-{run_id}",
+        usage_dir,
+        tmp_path / "state",
+        WATTMETER_CHECK_FUTURE="0",
+        WATTMETER_SINK_SECONDS="0.5",
+        WATTMETER_IDLE_CLOSE_MS="2000",
+    )
     services = (start_worker(env, tmp_path / "worker.log"), start_sink(env, tmp_path / "sink.log"))
 
     def rows():
         files = [str(p) for p in usage_dir.glob("date=*/*.parquet")]
         if not files:
             return []
-        return duckdb.sql(f"select kind, window_start_ms, allocated_gpu_ms, energy_mj from read_parquet({files}) "
-                          f"where gpu_uuid = '{gpu}' order by record_id").fetchall()
+        return duckdb.sql(
+            f"select kind, window_start_ms, allocated_gpu_ms, energy_mj from read_parquet({files}) "
+            f"where gpu_uuid = '{gpu}' order by record_id"
+        ).fetchall()
 
     try:
         send(samples[:30])  # 29 s of use, then the host falls silent mid-window
@@ -141,6 +205,21 @@ def test_a_host_that_goes_silent_is_billed_and_its_late_samples_become_an_adjust
     assert ("adjustment", T0, 31_000, 31 * 385_000) in got  # the rest of the first minute, on top
     assert sum(r[2] for r in got if r[1] < T0 + 60_000) == 60_000  # the first minute: nothing lost, nothing twice
     capsys.readouterr()
-    assert billing_main(["invoice", "--usage-dir", str(usage_dir), "--from", ms_to_datetime(T0).isoformat(),
-                         "--to", ms_to_datetime(T0 + 60_000).isoformat(), "--tenant", tenant, "--json"]) == 0
+    assert (
+        billing_main(
+            [
+                "invoice",
+                "--usage-dir",
+                str(usage_dir),
+                "--from",
+                ms_to_datetime(T0).isoformat(),
+                "--to",
+                ms_to_datetime(T0 + 60_000).isoformat(),
+                "--tenant",
+                tenant,
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)[0]["allocated_gpu_ms"] == 60_000

@@ -1,5 +1,6 @@
 """Exactly once on the real broker: SIGKILLed workers and sinks, two workers sharing the
 topic, and malformed messages, all compared with an undisturbed run of the same rollup."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,21 @@ from streams.rollup import NodeRollup, RollupConfig, new_state
 from tests.helpers import T0, simulated_samples
 
 pytestmark = pytest.mark.broker
-COMPARED = ("record_id", "kind", "tenant_id", "lease_id", "gpu_uuid", "window_start_ms", "allocated_gpu_ms",
-            "busy_gpu_ms", "energy_mj", "peak_power_mw", "sample_count", "observed_ms", "unmetered_ms")
+COMPARED = (
+    "record_id",
+    "kind",
+    "tenant_id",
+    "lease_id",
+    "gpu_uuid",
+    "window_start_ms",
+    "allocated_gpu_ms",
+    "busy_gpu_ms",
+    "energy_mj",
+    "peak_power_mw",
+    "sample_count",
+    "observed_ms",
+    "unmetered_ms",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +51,10 @@ def fault_broker(tmp_path_factory):
 def fleet(tag: str, ticks: int = 600) -> FleetPlan:
     plan = FleetPlan(nodes=[f"{tag}-{i}" for i in range(4)], gpus_per_node=4, start_ms=T0, ticks=ticks, seed=11)
     gpus = plan.gpu_uuids()
-    plan.leases = [Lease(f"{tag}-l{i}", f"tenant-{i % 3}", gpu, T0 + 45_000 * (i % 4), T0 + 400_000 + 7_000 * i)
-                   for i, gpu in enumerate(gpus[:12])]
+    plan.leases = [
+        Lease(f"{tag}-l{i}", f"tenant-{i % 3}", gpu, T0 + 45_000 * (i % 4), T0 + 400_000 + 7_000 * i)
+        for i, gpu in enumerate(gpus[:12])
+    ]
     return plan
 
 
@@ -92,8 +108,15 @@ def messages_in(bootstrap: str, topic: str) -> int:
 
 
 def run_env(broker, app: str, tmp: Path) -> dict[str, str]:
-    return service_env(broker.bootstrap, app, tmp / f"{app}-usage", tmp / f"{app}-state",
-                       WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="0.5", WATTMETER_SESSION_TIMEOUT_S="6")
+    return service_env(
+        broker.bootstrap,
+        app,
+        tmp / f"{app}-usage",
+        tmp / f"{app}-state",
+        WATTMETER_CHECK_FUTURE="0",
+        WATTMETER_SINK_SECONDS="0.5",
+        WATTMETER_SESSION_TIMEOUT_S="6",
+    )
 
 
 def test_sigkilled_workers_and_sink_give_the_undisturbed_totals(fault_broker, tmp_path):
@@ -115,8 +138,13 @@ def test_sigkilled_workers_and_sink_give_the_undisturbed_totals(fault_broker, tm
             before = progress_at_kills[-1] if progress_at_kills else 0
             if before >= len(expected):
                 break
-            wait_for(lambda: messages_in(fault_broker.bootstrap, USAGE_RECORDS) > before, 120, "progress after a restart",
-                     (worker, sink), poll_s=0.05)
+            wait_for(
+                lambda before=before: messages_in(fault_broker.bootstrap, USAGE_RECORDS) > before,
+                120,
+                "progress after a restart",
+                (worker, sink),
+                poll_s=0.05,
+            )
             time.sleep(rng.uniform(0.0, 0.3))
             progress_at_kills.append(messages_in(fault_broker.bootstrap, USAGE_RECORDS))
             print(f"kill {len(progress_at_kills)} at {progress_at_kills[-1]} of {len(expected)} records", flush=True)
@@ -125,13 +153,14 @@ def test_sigkilled_workers_and_sink_give_the_undisturbed_totals(fault_broker, tm
                 sink.kill()
                 sink = start_sink(env, tmp_path / "sink.log")
             worker = start_worker(env, tmp_path / f"worker-{len(progress_at_kills)}.log")
-        wait_for(lambda: len(parquet_rows(usage_dir, gpus)) >= len(expected), 240, "all usage rows",
-                 (worker, sink))
+        wait_for(lambda: len(parquet_rows(usage_dir, gpus)) >= len(expected), 240, "all usage rows", (worker, sink))
         time.sleep(2)  # anything duplicated would show up now
     finally:
         worker.stop()
         sink.stop()
-    assert messages_in(fault_broker.bootstrap, GPU_SAMPLES_DLQ) == 0  # a valid load is never refused, not even as "late"
+    assert (
+        messages_in(fault_broker.bootstrap, GPU_SAMPLES_DLQ) == 0
+    )  # a valid load is never refused, not even as "late"
     got = parquet_rows(usage_dir, gpus)
     print("extra", sorted(set(got) - set(expected))[:6], "missing", sorted(set(expected) - set(got))[:6])
     assert sum(0 < n < len(expected) for n in progress_at_kills) >= 3, progress_at_kills
@@ -147,14 +176,25 @@ def test_two_workers_give_the_same_totals_as_one(fault_broker, tmp_path):
     expected = reference_rows(plan)
     gpus = set(plan.gpu_uuids())
     env = run_env(fault_broker, "pair", tmp_path)
-    services = (start_worker(env, tmp_path / "w1.log"), start_worker(env, tmp_path / "w2.log"),
-                start_sink(env, tmp_path / "sink.log"))
+    services = (
+        start_worker(env, tmp_path / "w1.log"),
+        start_worker(env, tmp_path / "w2.log"),
+        start_sink(env, tmp_path / "sink.log"),
+    )
     assert rows_when_done(services, tmp_path / "pair-usage", gpus, len(expected)) == expected
 
 
 def malformed(kind: int, i: int, node: str, ts_ms: int) -> bytes:
-    good = {"schema_version": 1, "node_id": node, "boot_id": "junk", "seq": i, "ts_ms": ts_ms, "mono_ms": 1,
-            "interval_ms": 1000, "gpus": [{"gpu_uuid": f"GPU-junk-{i}", "model": "x", "power_mw": 1}]}
+    good = {
+        "schema_version": 1,
+        "node_id": node,
+        "boot_id": "junk",
+        "seq": i,
+        "ts_ms": ts_ms,
+        "mono_ms": 1,
+        "interval_ms": 1000,
+        "gpus": [{"gpu_uuid": f"GPU-junk-{i}", "model": "x", "power_mw": 1}],
+    }
     if kind == 0:
         return b"\x00\xff not json at all " + str(i).encode()
     if kind == 1:
@@ -183,8 +223,10 @@ def test_ten_thousand_malformed_messages_go_to_the_dlq_and_leave_totals_alone(fa
     publish_leases(fault_broker.bootstrap, plan.leases)
     expected = reference_rows(plan)
     producer = KafkaProducer(bootstrap_servers=[fault_broker.bootstrap], acks="all", linger_ms=20)
-    per_node = {node: simulated_samples(node, plan.gpus_per_node, plan.ticks, util=plan.util, seed=plan.seed)[0]
-                for node in plan.nodes}
+    per_node = {
+        node: simulated_samples(node, plan.gpus_per_node, plan.ticks, util=plan.util, seed=plan.seed)[0]
+        for node in plan.nodes
+    }
     backwards_total = len(plan.nodes) * len([t for t in range(plan.ticks - 1) if t % 5 == 2])
     backwards = junk = 0
     for tick in range(plan.ticks):
@@ -210,8 +252,12 @@ def test_ten_thousand_malformed_messages_go_to_the_dlq_and_leave_totals_alone(fa
     gpus = set(plan.gpu_uuids())
     services = (start_worker(env, tmp_path / "w.log"), start_sink(env, tmp_path / "sink.log"))
     assert rows_when_done(services, tmp_path / "mixed-usage", gpus, len(expected)) == expected
-    consumer = KafkaConsumer(GPU_SAMPLES_DLQ, bootstrap_servers=[fault_broker.bootstrap],
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(
+        GPU_SAMPLES_DLQ,
+        bootstrap_servers=[fault_broker.bootstrap],
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
     reasons = Counter()
     entries = 0
     for message in consumer:

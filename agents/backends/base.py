@@ -1,4 +1,5 @@
 """The interface every GPU backend (real NVML, simulated, replay) offers the sampler."""
+
 from __future__ import annotations
 
 from typing import Protocol

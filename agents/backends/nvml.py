@@ -17,6 +17,7 @@ and re-acquired on the next read, so a GPU that comes back is read again; `read(
 never raises. A cumulative energy counter lower than the last one read for that uuid
 (driver reload, GPU reset) is flagged with `counter_reset`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,9 +61,11 @@ class NvmlBackend:
         self._static: dict[int, tuple[str, str]] = {}  # index -> (uuid, name), kept across lost handles
         self._mig_names: dict[str, str] = {}  # MIG uuid -> name
         self._last_energy: dict[str, int] = {}
-        self._fields_ok = (callable(getattr(self.nvml, "nvmlDeviceGetFieldValues", None))
-                           and hasattr(self.nvml, "NVML_FI_DEV_POWER_INSTANT")
-                           and hasattr(self.nvml, "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION"))
+        self._fields_ok = (
+            callable(getattr(self.nvml, "nvmlDeviceGetFieldValues", None))
+            and hasattr(self.nvml, "NVML_FI_DEV_POWER_INSTANT")
+            and hasattr(self.nvml, "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
+        )
         for index in range(self.count):
             try:
                 self._handle(index)
@@ -79,8 +82,10 @@ class NvmlBackend:
         handle = self._handles.get(index)
         if handle is None:
             handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
-            self._static[index] = (_text(self.nvml.nvmlDeviceGetUUID(handle)),
-                                   _text(self.nvml.nvmlDeviceGetName(handle)))
+            self._static[index] = (
+                _text(self.nvml.nvmlDeviceGetUUID(handle)),
+                _text(self.nvml.nvmlDeviceGetName(handle)),
+            )
             self._handles[index] = handle
         return handle
 
@@ -99,18 +104,22 @@ class NvmlBackend:
         if self._fields_ok:
             try:
                 power_field, energy_field = nvml.nvmlDeviceGetFieldValues(
-                    handle, [nvml.NVML_FI_DEV_POWER_INSTANT, nvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION])
+                    handle, [nvml.NVML_FI_DEV_POWER_INSTANT, nvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION]
+                )
             except nvml.NVMLError as exc:
-                if not self._is(exc, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND",
-                                "NVML_ERROR_INVALID_ARGUMENT"):
+                if not self._is(
+                    exc, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT"
+                ):
                     raise
                 self._fields_ok = False  # old driver: the single calls from now on
             else:
                 power = self._field(power_field, nvml.nvmlDeviceGetPowerUsage, handle)
                 energy = self._field(energy_field, nvml.nvmlDeviceGetTotalEnergyConsumption, handle)
                 return power, energy
-        return (self._optional(nvml.nvmlDeviceGetPowerUsage, handle),
-                self._optional(nvml.nvmlDeviceGetTotalEnergyConsumption, handle))
+        return (
+            self._optional(nvml.nvmlDeviceGetPowerUsage, handle),
+            self._optional(nvml.nvmlDeviceGetTotalEnergyConsumption, handle),
+        )
 
     def _field(self, field: Any, fallback, handle: Any) -> int | None:
         """A field value, or else the single call's (a driver may know the call but not the
@@ -134,11 +143,21 @@ class NvmlBackend:
         if self.include_mig and self._mig_enabled(handle):
             return self._mig_readings(handle, uuid, name, power, energy, temperature)
         util = self._optional(nvml.nvmlDeviceGetUtilizationRates, handle)
-        return [self._with_reset(GpuReading(
-            gpu_uuid=uuid, model=name, power_mw=power, energy_mj=energy,
-            util_gpu_pct=util.gpu if util is not None else None,
-            util_mem_pct=util.memory if util is not None else None,
-            mem_used_bytes=memory.used, mem_total_bytes=memory.total, temperature_c=temperature))]
+        return [
+            self._with_reset(
+                GpuReading(
+                    gpu_uuid=uuid,
+                    model=name,
+                    power_mw=power,
+                    energy_mj=energy,
+                    util_gpu_pct=util.gpu if util is not None else None,
+                    util_mem_pct=util.memory if util is not None else None,
+                    mem_used_bytes=memory.used,
+                    mem_total_bytes=memory.total,
+                    temperature_c=temperature,
+                )
+            )
+        ]
 
     def _mig_enabled(self, handle: Any) -> bool:
         getter = getattr(self.nvml, "nvmlDeviceGetMigMode", None)
@@ -147,14 +166,16 @@ class NvmlBackend:
         try:
             current, _pending = getter(handle)
         except self.nvml.NVMLError as exc:
-            if self._is(exc, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND",
-                        "NVML_ERROR_INVALID_ARGUMENT"):
+            if self._is(
+                exc, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT"
+            ):
                 return False  # not MIG-capable
             raise
         return current == self.nvml.NVML_DEVICE_MIG_ENABLE
 
-    def _mig_readings(self, handle: Any, parent: str, name: str, power: int | None, energy: int | None,
-                      temperature: int | None) -> list[GpuReading]:
+    def _mig_readings(
+        self, handle: Any, parent: str, name: str, power: int | None, energy: int | None, temperature: int | None
+    ) -> list[GpuReading]:
         """One reading per MIG instance.
 
         NVML gives no per-instance utilization (util fields are None) and no per-instance
@@ -179,13 +200,23 @@ class NvmlBackend:
                     self._mig_names[uuid] = f"{name} MIG"
             instances.append((uuid, nvml.nvmlDeviceGetMemoryInfo(mig)))
         total_mem = sum(mem.total for _, mem in instances) or 1
-        return [self._with_reset(GpuReading(
-            gpu_uuid=uuid, model=self._mig_names[uuid], parent_uuid=parent,
-            power_mw=power * mem.total // total_mem if power is not None else None,
-            energy_mj=energy * mem.total // total_mem if energy is not None else None,
-            util_gpu_pct=None, util_mem_pct=None,
-            mem_used_bytes=mem.used, mem_total_bytes=mem.total, temperature_c=temperature))
-            for uuid, mem in instances]
+        return [
+            self._with_reset(
+                GpuReading(
+                    gpu_uuid=uuid,
+                    model=self._mig_names[uuid],
+                    parent_uuid=parent,
+                    power_mw=power * mem.total // total_mem if power is not None else None,
+                    energy_mj=energy * mem.total // total_mem if energy is not None else None,
+                    util_gpu_pct=None,
+                    util_mem_pct=None,
+                    mem_used_bytes=mem.used,
+                    mem_total_bytes=mem.total,
+                    temperature_c=temperature,
+                )
+            )
+            for uuid, mem in instances
+        ]
 
     def _with_reset(self, reading: GpuReading) -> GpuReading:
         if reading.energy_mj is not None:

@@ -26,6 +26,7 @@ after the start; speed 0 means as fast as possible.
 
 Any unreadable row raises `TraceError` naming the file, the line and the problem.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,17 @@ from schemas.units import datetime_to_ms, watts_to_mw
 MIB = 1024**2
 TICK_SPREAD_MS = 500  # rows of one tick lie within this much of the tick's first row
 _EPOCH_MS_MIN = 10**11  # epoch-ms values below this (before 1973) are surely epoch seconds
-_MISSING = {"", "[n/a]", "n/a", "[not supported]", "not supported", "[unknown error]", "[gpu is lost]",
-            "[insufficient permissions]", "[gpu requires reset]"}
+_MISSING = {
+    "",
+    "[n/a]",
+    "n/a",
+    "[not supported]",
+    "not supported",
+    "[unknown error]",
+    "[gpu is lost]",
+    "[insufficient permissions]",
+    "[gpu requires reset]",
+}
 _COLUMNS: dict[str, tuple[str, ...]] = {
     "timestamp": ("timestamp", "time", "ts", "ts_ms"),
     "gpu": ("uuid", "gpu_uuid", "gpu", "gpu_id", "pci.bus_id", "index"),
@@ -210,8 +220,12 @@ class ReplayBackend:
                 reading.counter_reset = energy < last_energy.get(reading.gpu_uuid, energy)
                 last_energy[reading.gpu_uuid] = energy
             reading.energy_mj = energy
-            if (not current or ts - tick_ts > TICK_SPREAD_MS or ts < tick_ts
-                    or any(r.gpu_uuid == reading.gpu_uuid for r in current)):
+            if (
+                not current
+                or ts - tick_ts > TICK_SPREAD_MS
+                or ts < tick_ts
+                or any(r.gpu_uuid == reading.gpu_uuid for r in current)
+            ):
                 current = [reading]
                 tick_ts = ts
                 ticks.append((ts, current))

@@ -6,6 +6,7 @@ integrates power exactly (sub-mJ remainders are carried, as the hardware does) a
 starts again from zero on an injected driver reload. Errors can be injected per GPU
 for a number of reads, as NVML_ERROR_GPU_IS_LOST or similar would.
 """
+
 from __future__ import annotations
 
 import random

@@ -3,6 +3,7 @@
 broker (local KRaft) -> leases + simulated agents -> Faust worker -> Parquet sink
 -> billing invoices. Prints each tenant's invoice and where the Parquet lies.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def windows_written(usage_dir: Path, start_ms: int, end_ms: int, gpus: list[str]
         return 0
     table = ds.dataset(files, format="parquet").to_table(
         columns=["gpu_uuid", "window_start_ms"],
-        filter=(pc.field("window_start_ms") >= start_ms) & (pc.field("window_start_ms") < end_ms)
-        & pc.field("gpu_uuid").isin(gpus))
+        filter=(pc.field("window_start_ms") >= start_ms)
+        & (pc.field("window_start_ms") < end_ms)
+        & pc.field("gpu_uuid").isin(gpus),
+    )
     return len(set(zip(table["gpu_uuid"].to_pylist(), table["window_start_ms"].to_pylist())))
 
 
@@ -55,19 +58,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = demo_plan(DEMO_START_MS, args.minutes)
         publish_leases(broker.bootstrap, plan.leases)
-        print(f"2/5 published {len(plan.leases)} leases; simulating {len(plan.gpu_uuids())} GPUs on "
-              f"{len(plan.nodes)} nodes for {args.minutes} minutes ...", flush=True)
+        print(
+            f"2/5 published {len(plan.leases)} leases; simulating {len(plan.gpu_uuids())} GPUs on "
+            f"{len(plan.nodes)} nodes for {args.minutes} minutes ...",
+            flush=True,
+        )
         sent = publish_samples(broker.bootstrap, plan)
         print(f"    {sent} node samples ({sent * plan.gpus_per_node} GPU-samples) sent to gpu.samples", flush=True)
-        env = service_env(broker.bootstrap, f"wattmeter-demo-{uuid.uuid4().hex[:8]}", usage_dir, out / "state",
-                          WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="1")
+        env = service_env(
+            broker.bootstrap,
+            f"wattmeter-demo-{uuid.uuid4().hex[:8]}",
+            usage_dir,
+            out / "state",
+            WATTMETER_CHECK_FUTURE="0",
+            WATTMETER_SINK_SECONDS="1",
+        )
         print("3/5 running the Faust worker and the Parquet sink ...", flush=True)
         services = [start_worker(env, out / "logs" / "worker.log"), start_sink(env, out / "logs" / "sink.log")]
         end_ms = DEMO_START_MS + args.minutes * 60_000
         expected = len(plan.gpu_uuids()) * args.minutes
         gpus = plan.gpu_uuids()
-        wait_for(lambda: windows_written(usage_dir, DEMO_START_MS, end_ms, gpus) >= expected, 600,
-                 f"{expected} GPU-windows in Parquet", tuple(services))
+        wait_for(
+            lambda: windows_written(usage_dir, DEMO_START_MS, end_ms, gpus) >= expected,
+            600,
+            f"{expected} GPU-windows in Parquet",
+            tuple(services),
+        )
         print(f"    {expected} GPU-minutes rolled up and written", flush=True)
         for service in services:
             service.stop()
@@ -75,10 +91,21 @@ def main(argv: list[str] | None = None) -> int:
         from billing.cli import main as billing_main
         from schemas.units import ms_to_datetime
 
-        code = billing_main(["invoice", "--usage-dir", str(usage_dir), "--from", ms_to_datetime(DEMO_START_MS).isoformat(),
-                             "--to", ms_to_datetime(end_ms).isoformat()])
-        print(f"5/5 Parquet: {usage_dir}/date=YYYY-MM-DD/*.parquet (read it with DuckDB: "
-              f"select tenant_id, sum(energy_mj) from read_parquet('{usage_dir}/date=*/*.parquet') group by 1)")
+        code = billing_main(
+            [
+                "invoice",
+                "--usage-dir",
+                str(usage_dir),
+                "--from",
+                ms_to_datetime(DEMO_START_MS).isoformat(),
+                "--to",
+                ms_to_datetime(end_ms).isoformat(),
+            ]
+        )
+        print(
+            f"5/5 Parquet: {usage_dir}/date=YYYY-MM-DD/*.parquet (read it with DuckDB: "
+            f"select tenant_id, sum(energy_mj) from read_parquet('{usage_dir}/date=*/*.parquet') group by 1)"
+        )
         print(f"    demo took {time.monotonic() - began:.0f} s", flush=True)
         return code
     finally:

@@ -1,5 +1,6 @@
 """A simulated fleet for the demo, the tests and the benchmarks: leases and node samples
 published to the real broker through the agent's own code (simulated NVML, simulated clock)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -40,8 +41,7 @@ def demo_plan(start_ms: int, minutes: int = 60, tail_s: int = 70) -> FleetPlan:
     the valley plan from minute 20 and the second of globex's GPUs after it is freed.
     Samples run `tail_s` past the end so that the last windows close.
     """
-    plan = FleetPlan(nodes=["node-a", "node-b"], gpus_per_node=4, start_ms=start_ms,
-                     ticks=minutes * 60 + tail_s + 1)
+    plan = FleetPlan(nodes=["node-a", "node-b"], gpus_per_node=4, start_ms=start_ms, ticks=minutes * 60 + tail_s + 1)
     gpus = plan.gpu_uuids()
     end = start_ms + minutes * 60_000
     half = start_ms + minutes * 30_000
@@ -71,8 +71,10 @@ def publish_leases(bootstrap: str, leases: list[Lease]) -> None:
 
 def fleet_samples(plan: FleetPlan) -> Iterator[NodeSample]:
     """Every node's samples for the plan, interleaved tick by tick as a fleet would send them."""
-    samplers = [Sampler(plan.backend(node), SimulatedClock(plan.start_ms), node, plan.interval_ms,
-                        boot_id=f"{node}-boot") for node in plan.nodes]
+    samplers = [
+        Sampler(plan.backend(node), SimulatedClock(plan.start_ms), node, plan.interval_ms, boot_id=f"{node}-boot")
+        for node in plan.nodes
+    ]
     for _ in range(plan.ticks):
         for sampler in samplers:
             yield sampler.tick()

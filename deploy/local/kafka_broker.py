@@ -18,6 +18,7 @@ Otherwise ``BrokerUnavailable`` says what is missing. Nothing here waits forever
 Only the standard library is imported here; kafka-python is imported lazily, for
 creating the topics of ``schemas.topics``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 KAFKA_VERSION = "4.1.0"
 KAFKA_COORDINATES = f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}"
@@ -53,8 +54,13 @@ MODES = ("external", "testcontainers", "jars")
 # The broker keeps the C2 compiler (it starts as fast without it and serves the
 # benchmarks faster with it); the one-shot storage tool stops at C1.
 JVM_OPTS = [
-    "-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-Xss512k", "-XX:+ExitOnOutOfMemoryError",
-    "-Djava.awt.headless=true", "-Dlog4j2.disable.jmx=true",
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-Xss512k",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+    "-Dlog4j2.disable.jmx=true",
 ]
 TOOL_JVM_OPTS = ["-XX:TieredStopAtLevel=1", "-Xmx256m"]
 
@@ -199,8 +205,7 @@ def _docker_status() -> str | None:
     if docker is None:
         return "docker is not on PATH"
     try:
-        result = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=5,
-                                stdin=subprocess.DEVNULL)
+        result = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return "`docker info` did not answer within 5 s"
     except OSError as exc:
@@ -231,15 +236,20 @@ def create_topics(bootstrap: str, timeout_s: float = 30) -> None:
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError, TopicAlreadyExistsError
     except ImportError:
-        raise BrokerUnavailable("creating the topics needs kafka-python: `pip install -e '.[dev]'` "
-                                "(or pass create_topics=False / --no-topics)") from None
+        raise BrokerUnavailable(
+            "creating the topics needs kafka-python: `pip install -e '.[dev]'` "
+            "(or pass create_topics=False / --no-topics)"
+        ) from None
 
     from schemas.topics import TOPIC_SPECS
 
     deadline = time.monotonic() + timeout_s
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="wattmeter-topics",
-                                 request_timeout_ms=int(timeout_s * 1000))
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","),
+            client_id="wattmeter-topics",
+            request_timeout_ms=int(timeout_s * 1000),
+        )
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot create the topics: no Kafka broker answers at {bootstrap} ({exc!r})") from None
     try:
@@ -248,8 +258,13 @@ def create_topics(bootstrap: str, timeout_s: float = 30) -> None:
         if wanted:
             if int(kafka.__version__.split(".")[0]) >= 3:
                 result = admin.create_topics(
-                    {s.name: {"num_partitions": s.partitions, "replication_factor": 1, "configs": dict(s.configs)}
-                     for s in wanted}, timeout_ms=int(timeout_s * 1000), raise_errors=False)
+                    {
+                        s.name: {"num_partitions": s.partitions, "replication_factor": 1, "configs": dict(s.configs)}
+                        for s in wanted
+                    },
+                    timeout_ms=int(timeout_s * 1000),
+                    raise_errors=False,
+                )
                 codes = [(t["name"], t["error_code"], t.get("error_message")) for t in result["topics"]]
             else:  # kafka-python 2.x
                 from kafka.admin import NewTopic
@@ -257,13 +272,17 @@ def create_topics(bootstrap: str, timeout_s: float = 30) -> None:
                 try:
                     response = admin.create_topics(
                         [NewTopic(s.name, s.partitions, 1, topic_configs=dict(s.configs)) for s in wanted],
-                        timeout_ms=int(timeout_s * 1000))
+                        timeout_ms=int(timeout_s * 1000),
+                    )
                     codes = [(t[0], t[1], t[2] if len(t) > 2 else None) for t in response.topic_errors]
                 except TopicAlreadyExistsError:
                     codes = []
             already = TopicAlreadyExistsError.errno
-            failures = [f"{name}: error {code} {message or ''}".strip()
-                        for name, code, message in codes if code not in (0, already)]
+            failures = [
+                f"{name}: error {code} {message or ''}".strip()
+                for name, code, message in codes
+                if code not in (0, already)
+            ]
         if failures:
             raise BrokerUnavailable(f"the broker at {bootstrap} refused to create topics: {'; '.join(failures)}")
         names = {s.name for s in TOPIC_SPECS}
@@ -325,20 +344,33 @@ def fetch_jars() -> Path:
         stamp.unlink(missing_ok=True)
         partial = root / f"lib.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        command = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                   f"-DoutputDirectory={partial}", "-DincludeScope=runtime"]
+        command = [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={partial}",
+            "-DincludeScope=runtime",
+        ]
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S,
-                                    stdin=subprocess.DEVNULL)
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired:
             shutil.rmtree(partial, ignore_errors=True)
-            raise BrokerUnavailable(f"Maven did not fetch the Apache Kafka {KAFKA_VERSION} jars within "
-                                    f"{MAVEN_TIMEOUT_S:.0f} s (set WATTMETER_MAVEN_TIMEOUT_S to wait longer)") from None
+            raise BrokerUnavailable(
+                f"Maven did not fetch the Apache Kafka {KAFKA_VERSION} jars within "
+                f"{MAVEN_TIMEOUT_S:.0f} s (set WATTMETER_MAVEN_TIMEOUT_S to wait longer)"
+            ) from None
         if result.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
             shutil.rmtree(partial, ignore_errors=True)
-            raise BrokerUnavailable(f"Maven could not fetch {KAFKA_COORDINATES} from Maven Central "
-                                    f"(exit {result.returncode}); is the network or ~/.m2/settings.xml right?",
-                                    (result.stdout + result.stderr).strip()[-3000:])
+            raise BrokerUnavailable(
+                f"Maven could not fetch {KAFKA_COORDINATES} from Maven Central "
+                f"(exit {result.returncode}); is the network or ~/.m2/settings.xml right?",
+                (result.stdout + result.stderr).strip()[-3000:],
+            )
         old = root / f"lib.old-{os.getpid()}"
         if lib.exists():
             lib.rename(old)  # swapped, not deleted first: a JVM starting now still finds jars
@@ -366,49 +398,58 @@ def _stamp_ok(stamp: Path, lib: Path, pom_hash: str) -> bool:
 
 def _java_command(lib: Path, state_dir: Path, extra: list[str]) -> list[str]:
     user_opts = shlex.split(os.environ.get("WATTMETER_KAFKA_JVM_OPTS", ""))
-    return ["java", *JVM_OPTS, *user_opts, f"-Dkafka.logs.dir={state_dir / 'logs'}",
-            f"-Dlog4j2.configurationFile={state_dir / 'log4j2.properties'}",
-            "-cp", f"{lib}{os.sep}*", *extra]
+    return [
+        "java",
+        *JVM_OPTS,
+        *user_opts,
+        f"-Dkafka.logs.dir={state_dir / 'logs'}",
+        f"-Dlog4j2.configurationFile={state_dir / 'log4j2.properties'}",
+        "-cp",
+        f"{lib}{os.sep}*",
+        *extra,
+    ]
 
 
 def _server_properties(state_dir: Path, port: int, controller_port: int) -> str:
-    return "\n".join([
-        "# written by deploy/local/kafka_broker.py: a single-node KRaft broker on loopback",
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        f"log.dirs={state_dir / 'data'}",
-        "num.partitions=1",
-        "default.replication.factor=1",
-        "min.insync.replicas=1",
-        "offsets.topic.replication.factor=1",
-        "offsets.topic.num.partitions=4",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "transaction.state.log.num.partitions=4",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "share.coordinator.state.topic.num.partitions=1",
-        "group.initial.rebalance.delay.ms=0",
-        "auto.create.topics.enable=false",
-        # after a SIGKILL the old registration must expire before the broker is back:
-        # 4 s rather than the default 9 s
-        "broker.heartbeat.interval.ms=500",
-        "broker.session.timeout.ms=4000",
-        "log.cleaner.backoff.ms=1000",
-        "log.cleaner.threads=1",
-        "log.cleaner.dedupe.buffer.size=33554432",
-        "num.network.threads=2",
-        "num.io.threads=4",
-        "num.recovery.threads.per.data.dir=1",
-        "background.threads=4",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# written by deploy/local/kafka_broker.py: a single-node KRaft broker on loopback",
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={state_dir / 'data'}",
+            "num.partitions=1",
+            "default.replication.factor=1",
+            "min.insync.replicas=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "share.coordinator.state.topic.num.partitions=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            # after a SIGKILL the old registration must expire before the broker is back:
+            # 4 s rather than the default 9 s
+            "broker.heartbeat.interval.ms=500",
+            "broker.session.timeout.ms=4000",
+            "log.cleaner.backoff.ms=1000",
+            "log.cleaner.threads=1",
+            "log.cleaner.dedupe.buffer.size=33554432",
+            "num.network.threads=2",
+            "num.io.threads=4",
+            "num.recovery.threads.per.data.dir=1",
+            "background.threads=4",
+            "",
+        ]
+    )
 
 
 def _cluster_id() -> str:
@@ -522,14 +563,22 @@ class BrokerHandle:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         for port in (self.port, self.controller_port):
             if not _wait_bindable(port, 5):
-                raise BrokerUnavailable(f"port {port} of the Kafka broker in {self.state_dir} is taken by "
-                                        "another process", log_path=log_path)
+                raise BrokerUnavailable(
+                    f"port {port} of the Kafka broker in {self.state_dir} is taken by another process",
+                    log_path=log_path,
+                )
         command = _java_command(lib, self.state_dir, ["kafka.Kafka", str(self.state_dir / "server.properties")])
         with open(log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shlex.join(command)}\n".encode())
             log.flush()
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             start_new_session=True, cwd=self.state_dir)
+            self._process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.state_dir,
+            )
         self.pid = self._process.pid
         deadline = time.monotonic() + timeout_s
         try:
@@ -537,13 +586,17 @@ class BrokerHandle:
                 code = self._process.poll()
                 if code is not None:
                     self._forget()
-                    raise BrokerUnavailable(f"the Kafka broker exited with status {code} while starting",
-                                            _tail(log_path), log_path)
+                    raise BrokerUnavailable(
+                        f"the Kafka broker exited with status {code} while starting", _tail(log_path), log_path
+                    )
                 if broker_answers(self.bootstrap, 2):
                     break
                 if time.monotonic() > deadline:
-                    raise BrokerUnavailable(f"the Kafka broker did not answer on {self.bootstrap} within "
-                                            f"{timeout_s:g} s", _tail(log_path), log_path)
+                    raise BrokerUnavailable(
+                        f"the Kafka broker did not answer on {self.bootstrap} within {timeout_s:g} s",
+                        _tail(log_path),
+                        log_path,
+                    )
                 time.sleep(0.2)
         except BaseException:  # timeout, Ctrl-C: leave nothing running behind
             self.stop()
@@ -552,11 +605,18 @@ class BrokerHandle:
 
     def _write_info(self) -> None:
         assert self.state_dir is not None
-        info = {"pid": self.pid, "bootstrap": self.bootstrap, "mode": self.mode, "port": self.port,
-                "controller_port": self.controller_port, "container_id": self.container_id,
-                "state_dir": str(self.state_dir), "log": str(self.log_path) if self.mode == "jars" else None,
-                "kafka_version": KAFKA_VERSION if self.mode == "jars" else None,
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        info = {
+            "pid": self.pid,
+            "bootstrap": self.bootstrap,
+            "mode": self.mode,
+            "port": self.port,
+            "controller_port": self.controller_port,
+            "container_id": self.container_id,
+            "state_dir": str(self.state_dir),
+            "log": str(self.log_path) if self.mode == "jars" else None,
+            "kafka_version": KAFKA_VERSION if self.mode == "jars" else None,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         tmp = self.state_dir / "broker.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.state_dir / "broker.json")
@@ -591,8 +651,9 @@ def _is_broker_process(pid: int, state_dir: Path | None) -> bool:
             return False
     else:  # no /proc (macOS): ask ps
         try:
-            out = subprocess.run(["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True,
-                                 timeout=5).stdout.strip()
+            out = subprocess.run(
+                ["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return True
         if not out or out.startswith("Z"):
@@ -628,8 +689,15 @@ def load_handle(state_dir: Path) -> BrokerHandle | None:
     state_dir = Path(state_dir).resolve()
     try:
         info = json.loads((state_dir / "broker.json").read_text())
-        handle = BrokerHandle(info["bootstrap"], info["mode"], state_dir, int(info.get("port") or 0),
-                              int(info.get("controller_port") or 0), info.get("pid"), info.get("container_id"))
+        handle = BrokerHandle(
+            info["bootstrap"],
+            info["mode"],
+            state_dir,
+            int(info.get("port") or 0),
+            int(info.get("controller_port") or 0),
+            info.get("pid"),
+            info.get("container_id"),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if handle.mode == "jars":
@@ -658,15 +726,29 @@ def start_jar_broker(state_dir: Path, timeout_s: float = 90) -> BrokerHandle:
     (state_dir / "server.properties").write_text(_server_properties(state_dir, port, controller_port))
     (state_dir / "log4j2.properties").write_text(LOG4J2)
     lib = fetch_jars()
-    command = _java_command(lib, state_dir, [*TOOL_JVM_OPTS, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-                                             "-c", str(state_dir / "server.properties")])
+    command = _java_command(
+        lib,
+        state_dir,
+        [
+            *TOOL_JVM_OPTS,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(state_dir / "server.properties"),
+        ],
+    )
     try:
         fmt = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise BrokerUnavailable("formatting the KRaft storage did not finish within 120 s") from None
     if fmt.returncode != 0:
-        raise BrokerUnavailable(f"formatting the KRaft storage in {state_dir / 'data'} failed "
-                                f"(exit {fmt.returncode}; is `java` 17 or newer?)", (fmt.stdout + fmt.stderr)[-3000:])
+        raise BrokerUnavailable(
+            f"formatting the KRaft storage in {state_dir / 'data'} failed "
+            f"(exit {fmt.returncode}; is `java` 17 or newer?)",
+            (fmt.stdout + fmt.stderr)[-3000:],
+        )
     handle = BrokerHandle(f"127.0.0.1:{port}", "jars", state_dir, port, controller_port)
     handle._launch(timeout_s)
     return handle
@@ -680,9 +762,13 @@ def _start_container(state_dir: Path | None) -> BrokerHandle:
         container = container.with_kraft()
     container.start()
     wrapped = container.get_wrapped_container()
-    handle = BrokerHandle(container.get_bootstrap_server(), "testcontainers",
-                          Path(state_dir).resolve() if state_dir else None,
-                          container_id=getattr(wrapped, "id", None), _container=container)
+    handle = BrokerHandle(
+        container.get_bootstrap_server(),
+        "testcontainers",
+        Path(state_dir).resolve() if state_dir else None,
+        container_id=getattr(wrapped, "id", None),
+        _container=container,
+    )
     if handle.state_dir is not None:
         handle.state_dir.mkdir(parents=True, exist_ok=True)
         handle._write_info()
@@ -691,17 +777,22 @@ def _start_container(state_dir: Path | None) -> BrokerHandle:
 
 def _missing(docker_why: str | None) -> BrokerUnavailable:
     tools = [t for t in ("java", "mvn") if shutil.which(t) is None]
-    docker = (f"no Docker engine answers ({docker_why})" if docker_why
-              else "a Docker engine answers but the testcontainers package is not installed")
+    docker = (
+        f"no Docker engine answers ({docker_why})"
+        if docker_why
+        else "a Docker engine answers but the testcontainers package is not installed"
+    )
     return BrokerUnavailable(
         f"cannot start a Kafka broker: KAFKA_BOOTSTRAP_SERVERS is not set; {docker}; java and mvn are not both "
         f"on PATH (missing: {', '.join(tools) or 'none'}). Install a JDK 17+ and Maven 3 (the Kafka jars are "
         "fetched from Maven Central once), or start Docker and `pip install testcontainers`, or set "
-        "KAFKA_BOOTSTRAP_SERVERS=host:port to use a running broker.")
+        "KAFKA_BOOTSTRAP_SERVERS=host:port to use a running broker."
+    )
 
 
-def start_broker(state_dir: Path | None = None, *, create_topics: bool = True, timeout_s: float = 90,
-                 create: bool | None = None) -> BrokerHandle:
+def start_broker(
+    state_dir: Path | None = None, *, create_topics: bool = True, timeout_s: float = 90, create: bool | None = None
+) -> BrokerHandle:
     """A broker to talk to, started if need be, with the wattmeter topics created
     (``create_topics=False`` skips that; ``create`` is its older name).
 
@@ -720,8 +811,10 @@ def start_broker(state_dir: Path | None = None, *, create_topics: bool = True, t
         if not external:
             raise BrokerUnavailable("WATTMETER_KAFKA_MODE=external but KAFKA_BOOTSTRAP_SERVERS is not set")
         if not _wait_answers(external, min(timeout_s, 15)):
-            raise BrokerUnavailable(f"KAFKA_BOOTSTRAP_SERVERS={external} does not answer a Kafka metadata request "
-                                    "(unset it to start a local broker instead)")
+            raise BrokerUnavailable(
+                f"KAFKA_BOOTSTRAP_SERVERS={external} does not answer a Kafka metadata request "
+                "(unset it to start a local broker instead)"
+            )
         handle = BrokerHandle(external, "external")
     docker_why: str | None = "not tried"
     if handle is None and mode in ("auto", "testcontainers"):
@@ -732,8 +825,7 @@ def start_broker(state_dir: Path | None = None, *, create_topics: bool = True, t
             except Exception as exc:  # noqa: BLE001 - an image pull or engine failure: fall back to the jars
                 if mode == "testcontainers" or not _jars_usable():
                     raise BrokerUnavailable(f"the testcontainers Kafka container did not start: {exc!r}") from None
-                print(f"kafka_broker: the Kafka container did not start ({exc!r}); using the jars",
-                      file=sys.stderr)
+                print(f"kafka_broker: the Kafka container did not start ({exc!r}); using the jars", file=sys.stderr)
         elif mode == "testcontainers":
             why = docker_why or "the testcontainers package is not installed"
             raise BrokerUnavailable(f"WATTMETER_KAFKA_MODE=testcontainers but {why}")
@@ -768,8 +860,9 @@ def _wait_answers(bootstrap: str, timeout_s: float) -> bool:
 
 
 @contextlib.contextmanager
-def running_broker(state_dir: Path | None = None, *, create_topics: bool = True,
-                   timeout_s: float = 90) -> Iterator[BrokerHandle]:
+def running_broker(
+    state_dir: Path | None = None, *, create_topics: bool = True, timeout_s: float = 90
+) -> Iterator[BrokerHandle]:
     """``with running_broker(tmp) as broker:`` a started broker, stopped at the end."""
     handle = start_broker(state_dir, create_topics=create_topics, timeout_s=timeout_s)
     try:
@@ -782,11 +875,17 @@ def running_broker(state_dir: Path | None = None, *, create_topics: bool = True,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local.kafka_broker",
-                                     description="Start or stop wattmeter's local single-node Kafka broker (KRaft).")
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local.kafka_broker",
+        description="Start or stop wattmeter's local single-node Kafka broker (KRaft).",
+    )
     parser.add_argument("command", choices=["start", "stop", "status", "run"])
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help=f"data, config, log and broker.json (default {DEFAULT_STATE_DIR})")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"data, config, log and broker.json (default {DEFAULT_STATE_DIR})",
+    )
     parser.add_argument("--timeout", type=float, default=90, help="seconds to wait for the broker (default 90)")
     parser.add_argument("--no-topics", action="store_true", help="do not create the wattmeter topics")
     args = parser.parse_args(argv)
@@ -814,8 +913,11 @@ def main(argv: list[str] | None = None) -> int:
                         create_topics(handle.bootstrap)
                 else:
                     handle = start_broker(state_dir, create_topics=not args.no_topics, timeout_s=args.timeout)
-            print(f"Kafka broker ({handle.mode}) at {handle.bootstrap}"
-                  + (f", pid {handle.pid}, log {handle.log_path}" if handle.mode == "jars" else ""), file=sys.stderr)
+            print(
+                f"Kafka broker ({handle.mode}) at {handle.bootstrap}"
+                + (f", pid {handle.pid}, log {handle.log_path}" if handle.mode == "jars" else ""),
+                file=sys.stderr,
+            )
             print(handle.bootstrap, flush=True)
             return 0
         return _run(state_dir, args)
@@ -832,16 +934,20 @@ def _status(state_dir: Path) -> int:
         print("not running")
         return 1
     state = "answering" if broker_answers(handle.bootstrap, 3) else "not answering"
-    print(f"running ({handle.mode}, {state}) at {handle.bootstrap}"
-          + (f", pid {handle.pid}, ports {handle.port}/{handle.controller_port}" if handle.mode == "jars" else ""))
+    print(
+        f"running ({handle.mode}, {state}) at {handle.bootstrap}"
+        + (f", pid {handle.pid}, ports {handle.port}/{handle.controller_port}" if handle.mode == "jars" else "")
+    )
     return 0
 
 
 def _run(state_dir: Path, args: argparse.Namespace) -> int:
     running = load_handle(state_dir)
     if running is not None:
-        raise BrokerUnavailable(f"a broker from {state_dir} is already running at {running.bootstrap} "
-                                f"(pid {running.pid}); `stop` it first or use another --state-dir")
+        raise BrokerUnavailable(
+            f"a broker from {state_dir} is already running at {running.bootstrap} "
+            f"(pid {running.pid}); `stop` it first or use another --state-dir"
+        )
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     handle = start_broker(state_dir, create_topics=not args.no_topics, timeout_s=args.timeout)
