@@ -1,0 +1,293 @@
+"""The billing database: SQLAlchemy 2 typed ORM models (the schema itself is in Alembic migrations).
+
+Units follow the contracts: instants are integer ms since the epoch (UTC), usage is integer
+ms and mJ. Money and prices are `Decimal` through `ExactDecimal`, never a float: NUMERIC on
+PostgreSQL, exact decimal text on SQLite (whose NUMERIC affinity would round through a
+double).
+
+Finalized invoices never change: the ORM refuses it (`billing.ledger.immutability`) and so
+do database triggers (migration 0001), so that no path around the ORM can either.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+INVOICE_DRAFT = "draft"
+INVOICE_FINALIZED = "finalized"
+INVOICE_VOID = "void"
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """A Decimal column that is exact on every backend and refuses floats."""
+
+    impl = Numeric(38, 12)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(64))
+        return dialect.type_descriptor(Numeric(38, 12, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError(f"money and prices must be Decimal, not {type(value).__name__} ({value!r})")
+        if not value.is_finite():
+            raise TypeError(f"money must be finite, got {value}")
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(value)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {Decimal: ExactDecimal(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    currency: Mapped[str] = mapped_column(String(3))
+    timezone: Mapped[str] = mapped_column(String(64))
+    tax_jurisdiction: Mapped[str] = mapped_column(String(32))
+    contact_email: Mapped[str | None] = mapped_column(String(320))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RateCard(Base):
+    """One version of a rate card: the canonical JSON of `billing.pricing.ratecards.RateCardVersion`."""
+
+    __tablename__ = "rate_cards"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_rate_card_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    effective_from_ms: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(Text, default="")
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Contract(Base):
+    """Which rate card applies to a tenant from when (to when, exclusive; None: open)."""
+
+    __tablename__ = "contracts"
+    __table_args__ = (Index("ix_contracts_tenant", "tenant_id", "start_ms"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    rate_card: Mapped[str] = mapped_column(String(128))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Lease(Base):
+    """The system of record of leases; published to `gpu.leases` through `LeaseOutbox`."""
+
+    __tablename__ = "leases"
+    __table_args__ = (Index("ix_leases_gpu_start", "gpu_uuid", "start_ms"), Index("ix_leases_tenant", "tenant_id"))
+
+    lease_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    gpu_uuid: Mapped[str] = mapped_column(String(128))
+    plan: Mapped[str] = mapped_column(String(32))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeaseOutbox(Base):
+    """A GPU whose timeline changed in the same transaction; the publisher sends its current
+    timeline to `gpu.leases` and then stamps `published_ms`."""
+
+    __tablename__ = "lease_outbox"
+    __table_args__ = (Index("ix_lease_outbox_pending", "published_ms", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gpu_uuid: Mapped[str] = mapped_column(String(128))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    published_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Credit(Base):
+    """A prepaid credit grant, drawn down earliest expiry first."""
+
+    __tablename__ = "credits"
+
+    credit_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[Decimal]
+    granted_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class CreditDrawdown(Base):
+    """What an invoice drew from a credit grant (a voided invoice's drawdowns are released)."""
+
+    __tablename__ = "credit_drawdowns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    credit_id: Mapped[str] = mapped_column(ForeignKey("credits.credit_id"))
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"))
+    amount: Mapped[Decimal]
+
+
+class Invoice(Base):
+    """One invoice per tenant per period (unique among invoices that are not void)."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        Index(
+            "uq_invoice_tenant_period",
+            "tenant_id",
+            "period",
+            unique=True,
+            sqlite_where=text("status <> 'void'"),
+            postgresql_where=text("status <> 'void'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    period: Mapped[str] = mapped_column(String(16))  # "2026-11": a calendar month in the tenant's time zone
+    period_start_ms: Mapped[int] = mapped_column(BigInteger)
+    period_end_ms: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=INVOICE_DRAFT)
+    number: Mapped[str | None] = mapped_column(String(32), unique=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    subtotal: Mapped[Decimal]
+    tax: Mapped[Decimal]
+    total: Mapped[Decimal]
+    credits_applied: Mapped[Decimal]
+    amount_due: Mapped[Decimal]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    usage_cutoff: Mapped[dict[str, Any]] = mapped_column(JSON)  # {usage.records partition: next offset}
+    rated_ms: Mapped[int] = mapped_column(BigInteger)
+    finalized_ms: Mapped[int | None] = mapped_column(BigInteger)
+    voided_ms: Mapped[int | None] = mapped_column(BigInteger)
+    void_reason: Mapped[str | None] = mapped_column(Text)
+
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        back_populates="invoice", order_by="InvoiceLine.position", cascade="all, delete-orphan"
+    )
+
+
+class InvoiceLine(Base):
+    __tablename__ = "invoice_lines"
+    __table_args__ = (UniqueConstraint("invoice_id", "position", name="uq_invoice_line_position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text)
+    service_start_ms: Mapped[int] = mapped_column(BigInteger)
+    service_end_ms: Mapped[int] = mapped_column(BigInteger)
+    service_period: Mapped[str] = mapped_column(String(16))
+    correction: Mapped[bool] = mapped_column(Boolean, default=False)
+    card_name: Mapped[str] = mapped_column(String(128), default="")
+    card_version: Mapped[int] = mapped_column(Integer, default=0)
+    plan: Mapped[str] = mapped_column(String(32), default="")
+    model: Mapped[str] = mapped_column(String(128), default="")
+    tou_period: Mapped[str] = mapped_column(String(32), default="")
+    tier: Mapped[int | None] = mapped_column(Integer)
+    quantity_base: Mapped[int] = mapped_column(BigInteger, default=0)
+    base_unit: Mapped[str] = mapped_column(String(8), default="")
+    quantity: Mapped[Decimal]
+    unit: Mapped[str] = mapped_column(String(16), default="")
+    unit_price: Mapped[Decimal]
+    amount: Mapped[Decimal]
+    usage_query: Mapped[dict[str, Any]] = mapped_column(JSON)  # what `explain` re-runs over the Parquet
+
+    invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class CreditNote(Base):
+    """Lowers what a tenant owes for an issued invoice; numbered in its own gap-free sequence."""
+
+    __tablename__ = "credit_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"))
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[Decimal]  # positive: what is credited
+    reason: Mapped[str] = mapped_column(Text)
+    lines: Mapped[list[Any]] = mapped_column(JSON)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageConsumption(Base):
+    """Which usage an invoice (or credit note) counted: a tenant's service period, over the
+    Parquet files whose usage.records offsets lie in [cutoff_from, cutoff_to) per partition.
+
+    For one tenant and service period the consumptions chain (each starts where the last
+    ended), so every usage record counts on exactly one invoice.
+    """
+
+    __tablename__ = "usage_consumption"
+    __table_args__ = (Index("ix_consumption_tenant_period", "tenant_id", "service_period"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    service_period: Mapped[str] = mapped_column(String(16))
+    invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
+    credit_note_id: Mapped[int | None] = mapped_column(ForeignKey("credit_notes.id"))
+    cutoff_from: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cutoff_to: Mapped[dict[str, Any]] = mapped_column(JSON)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)  # False once its invoice is voided
+
+
+class NumberSequence(Base):
+    """Gap-free numbering: the next number is taken in the transaction that finalizes."""
+
+    __tablename__ = "number_sequences"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_value: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditEntry(Base):
+    """Append-only (triggers refuse UPDATE and DELETE): who changed what, when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    entity: Mapped[str] = mapped_column(String(64))
+    entity_id: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
