@@ -1,4 +1,4 @@
-"""wattmeter-billing: turn metered usage into invoices."""
+"""wattmeter-billing: finance's command line over the billing ledger (wiring only)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,36 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
-from billing.ratecards import DEFAULT_CARD, RateCardError, load_rate_card
-from billing.rating import Invoice, rate
-from billing.usage_reader import UsageDataError, tenant_usage
-from schemas.units import datetime_to_ms, ms_to_datetime
+from billing.ledger.db import Ledger, default_actor
 
 DESCRIPTION = """\
-The wattmeter billing service.
+The wattmeter billing service: tenants, rate cards, contracts, leases, credits, invoices.
 
-  invoice  Reads the usage Parquet (written by `wattmeter-streams sink`) for a period,
-           sums each tenant's GPU time and energy, and prices them with a rate card
-           (flat price per GPU-hour and per kWh; Decimal money, rounded per line to the
-           cent, half to even). Prints one invoice per tenant, or JSON with --json.
+  tenants       add, list                     ratecards  load FILE, list, show NAME
+  contracts     add, list                     credits    grant, list
+  leases        open, end, list, import, publish (to gpu.leases)
+  run           rate a period into draft invoices (again: only what changed)
+  invoices      list, show, finalize, void    credit-notes list
+  explain       the usage behind an invoice line, re-run over the Parquet
 
-example:
-  wattmeter-billing invoice --usage-dir .wattmeter/usage --from 2026-11-01 --to 2026-12-01
+The database is $WATTMETER_BILLING_DB (default sqlite:///.wattmeter/billing.db; PostgreSQL:
+postgresql+psycopg://user@host/db); the usage Parquet is $WATTMETER_USAGE_DIR.
+
+example (a month close):
+  wattmeter-billing run --period 2026-11
+  wattmeter-billing invoices list --period 2026-11
+  wattmeter-billing invoices finalize --period 2026-11
 """
+
+
+class CliError(Exception):
+    """Bad input: printed as one line, exit 2."""
 
 
 def parse_instant(text: str) -> int:
@@ -35,86 +46,384 @@ def parse_instant(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or date-time (e.g. 2026-11-01T00:00Z)") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return datetime_to_ms(value)
+    return int(value.timestamp() * 1000)
 
 
-def format_invoice(invoice: Invoice) -> str:
-    start = ms_to_datetime(invoice.period_start_ms).isoformat()
-    end = ms_to_datetime(invoice.period_end_ms).isoformat()
-    out = [f"INVOICE  tenant {invoice.tenant_id}   period {start} .. {end}   rate card {invoice.rate_card}"]
+def parse_money(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal amount (such as 100.00)") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite amount")
+    return value
+
+
+def iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(text())
+
+
+# --- tenants, rate cards, contracts, credits -------------------------------------------------
+
+
+def cmd_tenants(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.ledger.store import list_tenants, upsert_tenant
+
+    with ledger.transaction() as session:
+        if args.action == "add":
+            tenant = upsert_tenant(session, args.actor, args.tenant_id, name=args.name, currency=args.currency,
+                                   timezone=args.timezone, tax_jurisdiction=args.tax_jurisdiction,
+                                   contact_email=args.email)  # fmt: skip
+            rows = [tenant]
+        else:
+            rows = list_tenants(session)
+        data = [{"tenant_id": t.tenant_id, "name": t.name, "currency": t.currency, "timezone": t.timezone,
+                 "tax_jurisdiction": t.tax_jurisdiction, "contact_email": t.contact_email} for t in rows]  # fmt: skip
+    _emit(args, data, lambda: "\n".join(
+        f"{d['tenant_id']:<16} {d['currency']} {d['timezone']:<20} tax {d['tax_jurisdiction']:<8} {d['name']}"
+        for d in data) or "no tenants")  # fmt: skip
+    return 0
+
+
+def cmd_ratecards(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.ledger.store import list_rate_cards, rate_card_versions, store_rate_card
+    from billing.pricing.ratecards import load_rate_card
+
+    if args.action == "load":
+        card = load_rate_card(args.file)
+        with ledger.transaction() as session:
+            _row, created = store_rate_card(session, args.actor, card, source=Path(args.file).read_text())
+        message = f"rate card {card.name} version {card.version} {'stored' if created else 'already stored'}"
+        _emit(args, {"name": card.name, "version": card.version, "stored": created}, lambda: message)
+        return 0
+    with ledger.transaction() as session:
+        if args.action == "show":
+            versions = rate_card_versions(session, args.name)
+            if not versions:
+                raise CliError(f"unknown rate card {args.name!r}")
+            data: Any = [v.to_dict() for v in versions]
+            _emit(args, data, lambda: json.dumps(data, indent=2))
+            return 0
+        rows = [{"name": r.name, "version": r.version, "effective_from": iso(r.effective_from_ms),
+                 "currency": r.currency, "content_hash": r.content_hash[:12]} for r in list_rate_cards(session)]  # fmt: skip
+    _emit(args, rows, lambda: "\n".join(
+        f"{r['name']:<20} v{r['version']:<4} from {r['effective_from']}  {r['currency']}  {r['content_hash']}"
+        for r in rows) or "no rate cards")  # fmt: skip
+    return 0
+
+
+def cmd_contracts(args: argparse.Namespace, ledger: Ledger) -> int:
+    from sqlalchemy import select
+
+    from billing.ledger.models import Contract
+    from billing.ledger.store import add_contract
+
+    with ledger.transaction() as session:
+        if args.action == "add":
+            add_contract(session, args.actor, args.tenant, args.rate_card, args.start, args.end)
+        query = select(Contract).order_by(Contract.tenant_id, Contract.start_ms)
+        if args.tenant:
+            query = query.where(Contract.tenant_id == args.tenant)
+        rows = [{"id": c.id, "tenant_id": c.tenant_id, "rate_card": c.rate_card, "from": iso(c.start_ms),
+                 "to": iso(c.end_ms)} for c in session.scalars(query)]  # fmt: skip
+    _emit(args, rows, lambda: "\n".join(
+        f"{r['tenant_id']:<16} {r['rate_card']:<20} {r['from']} .. {r['to']}" for r in rows) or "no contracts")  # fmt: skip
+    return 0
+
+
+def cmd_credits(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.ledger.store import credit_balances, grant_credit
+
+    with ledger.transaction() as session:
+        if args.action == "grant":
+            grant_credit(session, args.actor, args.tenant, args.credit_id, args.amount, args.expires, args.note)
+        rows = [{"credit_id": b.credit_id, "remaining": str(b.remaining), "expires": iso(b.expires_ms)}
+                for b in credit_balances(session, args.tenant)]  # fmt: skip
+    _emit(args, rows, lambda: "\n".join(
+        f"{r['credit_id']:<20} remaining {r['remaining']:>12}  expires {r['expires']}" for r in rows)
+        or "no credit left")  # fmt: skip
+    return 0
+
+
+# --- invoices ---------------------------------------------------------------------------------
+
+
+def invoice_json(invoice: Any) -> dict[str, Any]:
+    return {
+        "id": invoice.id,
+        "number": invoice.number,
+        "tenant_id": invoice.tenant_id,
+        "period": invoice.period,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "period_start": iso(invoice.period_start_ms),
+        "period_end": iso(invoice.period_end_ms),
+        "subtotal": str(invoice.subtotal),
+        "tax": str(invoice.tax),
+        "total": str(invoice.total),
+        "credits_applied": str(invoice.credits_applied),
+        "amount_due": str(invoice.amount_due),
+        "content_hash": invoice.content_hash,
+        "void_reason": invoice.void_reason,
+        "lines": [
+            {"position": line.position, "kind": line.kind, "description": line.description,
+             "service_period": line.service_period, "correction": line.correction, "quantity": str(line.quantity),
+             "unit": line.unit, "unit_price": str(line.unit_price), "amount": str(line.amount)}
+            for line in invoice.lines
+        ],
+    }  # fmt: skip
+
+
+def format_invoice(invoice: Any) -> str:
+    title = invoice.number or f"DRAFT #{invoice.id}"
+    out = [
+        f"INVOICE {title}  tenant {invoice.tenant_id}  period {invoice.period} "
+        f"({iso(invoice.period_start_ms)} .. {iso(invoice.period_end_ms)})  {invoice.status}"
+    ]
     for line in invoice.lines:
-        out.append(
-            f"  {line.description:<10} {line.quantity:>16.6f} {line.unit:<9} x {line.unit_price:>8} "
-            f"{invoice.currency} = {line.amount:>12} {invoice.currency}"
-        )
-    out.append(f"  {'TOTAL':<10} {'':>16} {'':<9}   {'':>8}     = {invoice.total:>12} {invoice.currency}")
+        quantity = f"{line.quantity:>14} {line.unit:<8} x {line.unit_price:>10}" if line.unit else " " * 37
+        mark = f" [service {line.service_period}]" if line.correction else ""
+        out.append(f"  {line.position:>3} {line.description[:58]:<58} {quantity} = {line.amount:>12}{mark}")
+    for label, value in (("subtotal", invoice.subtotal), ("tax", invoice.tax), ("total", invoice.total),
+                         ("credits", -invoice.credits_applied), ("amount due", invoice.amount_due)):  # fmt: skip
+        out.append(f"  {label:>100} {value:>12} {invoice.currency}")
     return "\n".join(out)
 
 
-def invoice_json(invoice: Invoice) -> dict:
-    return {
-        "tenant_id": invoice.tenant_id,
-        "period_start_ms": invoice.period_start_ms,
-        "period_end_ms": invoice.period_end_ms,
-        "currency": invoice.currency,
-        "rate_card": invoice.rate_card,
-        "allocated_gpu_ms": invoice.usage.allocated_gpu_ms,
-        "energy_mj": invoice.usage.energy_mj,
-        "lines": [
-            {
-                "description": l.description,
-                "quantity": str(l.quantity),
-                "unit": l.unit,
-                "unit_price": str(l.unit_price),
-                "amount": str(l.amount),
-            }
-            for l in invoice.lines
-        ],
-        "total": str(invoice.total),
-    }
+def cmd_run(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.invoicing.service import run_period
+
+    bar = _progress(args, "rating")
+    report = run_period(ledger, args.usage_dir, args.period, args.actor, args.tenant or None, progress=bar)
+    if bar:
+        bar.close()
+    rows = [{"tenant_id": o.tenant_id, "status": o.status, "invoice_id": o.invoice_id, "number": o.number,
+             "currency": o.currency, "total": str(o.total), "amount_due": str(o.amount_due),
+             "corrections": o.corrections, "credit_notes": o.credit_notes} for o in report.outcomes]  # fmt: skip
+    payload = {"period": args.period, "nothing_to_do": report.nothing_to_do, "tenants": rows, "flags": report.flags}
+
+    def text() -> str:
+        lines = [f"{r['tenant_id']:<16} {r['status']:<12} {r['total']:>12} {r['currency']}"
+                 + (f"  {r['corrections']} correction line(s)" if r["corrections"] else "")
+                 + (f"  credit notes {', '.join(r['credit_notes'])}" if r["credit_notes"] else "") for r in rows]  # fmt: skip
+        lines += [f"flag: {flag}" for flag in report.flags]
+        if report.nothing_to_do:
+            lines.append(f"nothing to do: every invoice of {args.period} is up to date")
+        return "\n".join(lines)
+
+    _emit(args, payload, text)
+    return 0
+
+
+def cmd_invoices(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.invoicing import service
+
+    if args.action == "finalize":
+        if bool(args.ref) == bool(args.period):
+            raise CliError("finalize takes an invoice (number or id) or --period, not both")
+        issued = [service.finalize(ledger, args.actor, args.ref)] if args.ref else service.finalize_period(
+            ledger, args.actor, args.period)  # fmt: skip
+        data = [invoice_json(i) for i in issued]
+        _emit(args, data, lambda: "\n".join(f"issued {d['number']} to {d['tenant_id']}: {d['total']} {d['currency']}"
+                                            for d in data) or "no drafts to finalize")  # fmt: skip
+        return 0
+    if args.action == "void":
+        invoice = service.void(ledger, args.actor, args.ref, args.reason or "")
+        _emit(args, invoice_json(invoice), lambda: f"voided {invoice.number}: {invoice.void_reason}")
+        return 0
+    with ledger.transaction() as session:
+        if args.action == "show":
+            if not args.ref:
+                raise CliError("invoices show takes an invoice number or id")
+            invoice = service.get_invoice(session, args.ref)
+            data: Any = invoice_json(invoice)
+            _emit(args, data, lambda: format_invoice(invoice))
+            return 0
+        invoices = service.list_invoices(session, args.period, args.tenant, args.status)
+        rows = [{k: v for k, v in invoice_json(i).items() if k != "lines"} for i in invoices]
+    _emit(args, rows, lambda: "\n".join(
+        f"{r['number'] or '(draft #' + str(r['id']) + ')':<16} {r['tenant_id']:<16} {r['period']} {r['status']:<10}"
+        f" {r['total']:>12} {r['currency']}" for r in rows) or "no invoices")  # fmt: skip
+    return 0
+
+
+def cmd_credit_notes(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.invoicing.service import list_credit_notes
+
+    with ledger.transaction() as session:
+        rows = [{"number": n.number, "tenant_id": n.tenant_id, "invoice_id": n.invoice_id, "amount": str(n.amount),
+                 "currency": n.currency, "reason": n.reason} for n in list_credit_notes(session, args.tenant)]  # fmt: skip
+    _emit(args, rows, lambda: "\n".join(
+        f"{r['number']:<16} {r['tenant_id']:<16} {r['amount']:>12} {r['currency']}  {r['reason']}" for r in rows)
+        or "no credit notes")  # fmt: skip
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.invoicing.service import get_invoice
+    from billing.usage.reader import explain
+
+    with ledger.transaction() as session:
+        invoice = get_invoice(session, args.invoice)
+        lines = [line for line in invoice.lines if line.position == args.line]
+        if not lines:
+            raise CliError(f"invoice {args.invoice} has no line {args.line}")
+        line = lines[0]
+    result = explain(args.usage_dir, line.usage_query)
+    matches = result.quantity == line.quantity_base
+    payload = {"invoice": args.invoice, "line": args.line, "description": line.description,
+               "recorded_quantity": line.quantity_base, "unit": line.base_unit, "query_quantity": result.quantity,
+               "matches": matches, "records": result.records, "files": result.files, "query": line.usage_query,
+               "per_gpu": [{"gpu_uuid": g, "lease_id": lease, "records": n, "quantity": q}
+                           for g, lease, n, q in result.per_gpu]}  # fmt: skip
+
+    def text() -> str:
+        out = [f"line {line.position}: {line.description}",
+               f"  recorded {line.quantity_base} {line.base_unit}; re-run over {result.files} Parquet file(s): "
+               f"{result.quantity} {line.base_unit} from {result.records} usage records "
+               f"({'same' if matches else 'DIFFERENT: usage behind this line changed'})"]  # fmt: skip
+        out += [f"  {g:<28} {lease:<24} {n:>7} records {q:>16} {line.base_unit}" for g, lease, n, q in result.per_gpu]
+        return "\n".join(out)
+
+    _emit(args, payload, text)
+    return 0 if matches or line.kind not in ("gpu_time", "energy") or line.tier is not None else 1
+
+
+def _progress(args: argparse.Namespace, what: str) -> Any:
+    if args.json or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(desc=what, unit=" tenant", file=sys.stderr, leave=False)
+
+    class _Bar:
+        def __call__(self, message: str) -> None:
+            bar.set_postfix_str(message[:40])
+            bar.update(1)
+
+        def close(self) -> None:
+            bar.close()
+
+    return _Bar()
+
+
+# --- wiring -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wattmeter-billing", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="wattmeter-billing", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help="database URL (default $WATTMETER_BILLING_DB or sqlite:///.wattmeter/billing.db)")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument("--actor", default=default_actor(), help="who is acting, for the audit log (default $USER)")
+    common.add_argument("--usage-dir", type=Path, default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
+                        help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
-    inv = sub.add_parser("invoice", help="print each tenant's invoice for a period")
-    inv.add_argument(
-        "--usage-dir",
-        type=Path,
-        default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
-        help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)",
-    )
-    inv.add_argument("--from", dest="start", type=parse_instant, required=True, help="period start (UTC, inclusive)")
-    inv.add_argument("--to", dest="end", type=parse_instant, required=True, help="period end (UTC, exclusive)")
-    inv.add_argument("--rate-card", type=Path, default=DEFAULT_CARD, help="TOML rate card (default: flat)")
-    inv.add_argument("--tenant", help="only this tenant")
-    inv.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    tenants = sub.add_parser("tenants", parents=[common], help="add or list tenants")
+    tenants.add_argument("action", choices=["add", "list"])
+    tenants.add_argument("tenant_id", nargs="?")
+    tenants.add_argument("--name")
+    tenants.add_argument("--currency", default="USD", help="ISO 4217 code (default USD)")
+    tenants.add_argument("--timezone", default="UTC", help="IANA zone: periods are months in it (default UTC)")
+    tenants.add_argument("--tax-jurisdiction", default="*", help="key into the rate card's [tax] table")
+    tenants.add_argument("--email")
+    tenants.set_defaults(handler=cmd_tenants)
+
+    cards = sub.add_parser("ratecards", parents=[common], help="load, list or show rate cards")
+    cards.add_argument("action", choices=["load", "list", "show"])
+    cards.add_argument("file", nargs="?", help="load: a TOML rate card")
+    cards.add_argument("--name", help="show: the card's name")
+    cards.set_defaults(handler=cmd_ratecards)
+
+    contracts = sub.add_parser("contracts", parents=[common], help="put a tenant on a rate card from a date")
+    contracts.add_argument("action", choices=["add", "list"])
+    contracts.add_argument("--tenant")
+    contracts.add_argument("--rate-card")
+    contracts.add_argument("--from", dest="start", type=parse_instant)
+    contracts.add_argument("--to", dest="end", type=parse_instant)
+    contracts.set_defaults(handler=cmd_contracts)
+
+    credits = sub.add_parser("credits", parents=[common], help="grant or list prepaid credits")
+    credits.add_argument("action", choices=["grant", "list"])
+    credits.add_argument("--tenant", required=True)
+    credits.add_argument("--id", dest="credit_id")
+    credits.add_argument("--amount", type=parse_money)
+    credits.add_argument("--expires", type=parse_instant)
+    credits.add_argument("--note", default="")
+    credits.set_defaults(handler=cmd_credits)
+
+    run = sub.add_parser("run", parents=[common], help="rate a period into draft invoices")
+    run.add_argument("--period", required=True, help="a month, YYYY-MM (in each tenant's time zone)")
+    run.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    run.set_defaults(handler=cmd_run)
+
+    invoices = sub.add_parser("invoices", parents=[common], help="list, show, finalize or void invoices")
+    invoices.add_argument("action", choices=["list", "show", "finalize", "void"])
+    invoices.add_argument("ref", nargs="?", help="an invoice number (WM-000001) or id")
+    invoices.add_argument("--period")
+    invoices.add_argument("--tenant")
+    invoices.add_argument("--status", choices=["draft", "finalized", "void"])
+    invoices.add_argument("--reason", help="void: why")
+    invoices.set_defaults(handler=cmd_invoices)
+
+    notes = sub.add_parser("credit-notes", parents=[common], help="list credit notes")
+    notes.add_argument("action", choices=["list"])
+    notes.add_argument("--tenant")
+    notes.set_defaults(handler=cmd_credit_notes)
+
+    explain = sub.add_parser("explain", parents=[common], help="the usage behind an invoice line")
+    explain.add_argument("invoice", help="invoice number or id")
+    explain.add_argument("line", type=int, help="line position (see invoices show)")
+    explain.set_defaults(handler=cmd_explain)
+
+    db = sub.add_parser("db", parents=[common], help="migrate the database to the newest schema")
+    db.add_argument("action", choices=["upgrade"])
+    db.set_defaults(handler=lambda args, ledger: 0)
     return parser
 
 
+def _check_required(args: argparse.Namespace) -> None:
+    required = {
+        ("tenants", "add"): ["tenant_id"],
+        ("ratecards", "load"): ["file"],
+        ("ratecards", "show"): ["name"],
+        ("contracts", "add"): ["tenant", "rate_card", "start"],
+        ("credits", "grant"): ["credit_id", "amount"],
+    }.get((args.command, getattr(args, "action", None)), [])
+    for name in required:
+        if getattr(args, name, None) in (None, ""):
+            raise CliError(f"{args.command} {args.action} needs --{name.replace('_', '-')}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from billing.invoicing.errors import InvoicingError
+    from billing.ledger.errors import LedgerError
+    from billing.pricing.errors import PricingError
+    from billing.usage.errors import UsageDataError
+
     args = build_parser().parse_args(argv)
-    if args.end <= args.start:
-        print("wattmeter-billing: --to must be after --from", file=sys.stderr)
-        return 2
     try:
-        card = load_rate_card(args.rate_card)
-        usages = tenant_usage(args.usage_dir, args.start, args.end)
-    except (RateCardError, UsageDataError) as exc:
+        _check_required(args)
+        ledger = Ledger(args.db)
+        try:
+            code: int = args.handler(args, ledger)
+            return code
+        finally:
+            ledger.dispose()
+    except (CliError, LedgerError, PricingError, UsageDataError, InvoicingError) as exc:
         print(f"wattmeter-billing: {exc}", file=sys.stderr)
         return 2
-    invoices = [rate(u, card, args.start, args.end) for u in usages if args.tenant in (None, u.tenant_id)]
-    if args.json:
-        print(json.dumps([invoice_json(i) for i in invoices], indent=2))
-    else:
-        if not invoices:
-            print("no billable usage in this period")
-        for invoice in invoices:
-            print(format_invoice(invoice))
-            print()
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+"""Billing benchmark: rate 10 million usage records, from Parquet to invoice lines, beside
+DuckDB computing the same grouped sums over the same files in the same run.
+
+The load is a month (November 2026) of one-minute usage records for 232 GPUs (10,022,400
+records) rented by 20 tenants on daily leases, written once in the sink's own layout
+(hive folders, offset-named files, manifests) and cached under .wattmeter/.
+
+Each side runs in a fresh process so that its peak memory (ru_maxrss) is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.results import BenchResult
+
+ROOT = Path(__file__).resolve().parents[1]
+LOAD_DIR = ROOT / ".wattmeter" / "bench-usage-10m"
+PERIOD = "2026-11"
+PERIOD_START_MS = 1_793_491_200_000  # 2026-11-01T00:00:00Z
+MINUTES = 30 * 24 * 60
+GPUS = 232
+TENANTS = 20
+MODELS = ("H100", "A100", "L40S")
+FILES_PER_PARTITION = 10
+PARTITIONS = 4
+CARD = ROOT / "billing" / "ratecards" / "demo.toml"
+
+
+def write_load(root: Path = LOAD_DIR) -> int:
+    """Write the load once (about a minute); returns the record count."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from schemas.parquet import usage_arrow_schema
+
+    marker = root / "_complete.json"
+    if marker.exists():
+        return int(json.loads(marker.read_text())["records"])
+    schema = usage_arrow_schema()
+    total = GPUS * MINUTES
+    chunks = PARTITIONS * FILES_PER_PARTITION
+    per_chunk = -(-total // chunks)
+    (root / "_manifests").mkdir(parents=True, exist_ok=True)
+    offsets = [0] * PARTITIONS
+    rng = np.random.default_rng(7)
+    for chunk in range(chunks):
+        index = np.arange(chunk * per_chunk, min(total, (chunk + 1) * per_chunk), dtype=np.int64)
+        gpu = index % GPUS
+        minute = index // GPUS
+        start = PERIOD_START_MS + minute * 60_000
+        tenant = gpu % TENANTS
+        day = minute // 1440
+        n = len(index)
+        energy = rng.integers(12_000_000, 42_000_000, n, dtype=np.int64)
+        busy = rng.integers(0, 60_001, n, dtype=np.int64)
+        strings = {
+            "record_id": pa.array(np.char.add(np.char.add(gpu.astype("U4"), "-"), minute.astype("U6"))),
+            "kind": pa.array(["usage"] * n),
+            "tenant_id": pa.array(np.char.add("tenant-", tenant.astype("U2"))),
+            "lease_id": pa.array(
+                np.char.add(np.char.add(np.char.add("lease-", gpu.astype("U4")), "-"), day.astype("U2"))
+            ),
+            "plan": pa.array(np.where(gpu % 5 == 0, "valley", "on_demand")),
+            "node_id": pa.array(np.char.add("node-", (gpu // 8).astype("U3"))),
+            "gpu_uuid": pa.array(np.char.add("GPU-", gpu.astype("U4"))),
+            "model": pa.array(np.array(MODELS)[gpu % len(MODELS)]),
+            "tou_period": pa.array(["peak"] * n),
+        }
+        ints = {
+            "window_start_ms": start,
+            "window_end_ms": start + 60_000,
+            "allocated_gpu_ms": np.full(n, 60_000, dtype=np.int64),
+            "busy_gpu_ms": busy,
+            "energy_mj": energy,
+            "avg_power_mw": energy // 60,
+            "peak_power_mw": energy // 50,
+            "sample_count": np.full(n, 60, dtype=np.int64),
+            "observed_ms": np.full(n, 60_000, dtype=np.int64),
+            "unmetered_ms": np.zeros(n, dtype=np.int64),
+            "source_offset_min": index,
+            "source_offset_max": index,
+        }
+        columns = {**strings, **{k: pa.array(v) for k, v in ints.items()}}
+        columns["source_partition"] = pa.array(np.zeros(n, dtype=np.int32))
+        columns["schema_version"] = pa.array(np.ones(n, dtype=np.int16))
+        table = pa.table([columns[f.name] for f in schema], schema=schema)
+        partition = chunk % PARTITIONS
+        first, last = offsets[partition], offsets[partition] + n - 1
+        offsets[partition] = last + 1
+        folder = root / "date=2026-11-01"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / f"usage.records-p{partition}-{first:020d}-{last:020d}.parquet",
+                       row_group_size=128 * 1024)  # fmt: skip
+    for partition, offset in enumerate(offsets):
+        (root / "_manifests" / f"usage.records-{partition}.json").write_text(json.dumps({"next_offset": offset}))
+    marker.write_text(json.dumps({"records": total}))
+    return total
+
+
+WATTMETER_SIDE = """
+import resource, sys, time, json
+from pathlib import Path
+from billing.ledger.db import Ledger
+from billing.ledger.store import add_contract, store_rate_card, upsert_tenant
+from billing.pricing.ratecards import load_rate_card
+from billing.invoicing.service import run_period
+db, usage, card_path, tenants, period_start = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ledger = Ledger(db)
+card = load_rate_card(Path(card_path))
+with ledger.transaction() as s:
+    store_rate_card(s, "bench", card)
+    for t in range(tenants):
+        upsert_tenant(s, "bench", f"tenant-{t}", currency=card.currency, timezone="UTC", tax_jurisdiction="*")
+        add_contract(s, "bench", f"tenant-{t}", card.name, period_start - 86_400_000 * 60)
+began = time.perf_counter()
+report = run_period(ledger, usage, "2026-11", "bench")
+elapsed = time.perf_counter() - began
+with ledger.transaction() as s:
+    from sqlalchemy import func, select
+    from billing.ledger.models import InvoiceLine
+    lines = s.scalar(select(func.count()).select_from(InvoiceLine))
+print(json.dumps({"seconds": elapsed, "lines": lines, "invoices": len(report.outcomes),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+DUCKDB_SIDE = """
+import resource, sys, time, json
+import duckdb
+usage = sys.argv[1]
+began = time.perf_counter()
+con = duckdb.connect(config={"threads": 2})
+rows = con.execute(f'''
+    SELECT tenant_id, plan, model, sum(allocated_gpu_ms), sum(busy_gpu_ms), sum(energy_mj), count(*)
+    FROM read_parquet('{usage}/date=*/*.parquet')
+    WHERE kind IN ('usage', 'adjustment') AND window_start_ms >= 1793491200000 AND window_start_ms < 1796083200000
+    GROUP BY tenant_id, plan, model''').fetchall()
+elapsed = time.perf_counter() - began
+print(json.dumps({"seconds": elapsed, "groups": len(rows),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _side(code: str, *argv: str) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark side failed:\n{done.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run(bootstrap: str | None = None) -> list[BenchResult]:
+    began = time.monotonic()
+    records = write_load()
+    print(f"billing bench: {records:,} usage records ready in {time.monotonic() - began:.0f} s", flush=True)
+    baseline = _side(DUCKDB_SIDE, str(LOAD_DIR))
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = _side(WATTMETER_SIDE, f"sqlite:///{tmp}/bench.db", str(LOAD_DIR), str(CARD), str(TENANTS),
+                     str(PERIOD_START_MS))  # fmt: skip
+    return [
+        BenchResult(
+            name="rate_10m_usage_records_s",
+            value=round(ours["seconds"], 3),
+            unit=f"s for {records:,} records -> {int(ours['lines'])} invoice lines ({int(ours['invoices'])} invoices)",
+            baseline="DuckDB grouped sums (tenant, plan, model) over the same files, same run",
+            baseline_value=round(baseline["seconds"], 3),
+            target="within 2x of DuckDB (ratio <= 2)",
+        ),
+        BenchResult(
+            name="rate_10m_usage_records_peak_rss",
+            value=round(ours["peak_rss_mib"], 1),
+            unit="MiB peak RSS of the rating process",
+            baseline="DuckDB grouped sums process, peak RSS",
+            baseline_value=round(baseline["peak_rss_mib"], 1),
+            target="reported",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    from bench.results import table
+
+    print(table(run()))

@@ -1,0 +1,567 @@
+"""Invoices: draft (deterministically regenerated), finalize (gap-free number, content hash),
+void, late-usage corrections and credit notes, explain.
+
+The invariants are BILLING.md's:
+1. one invoice per tenant per period: a unique index among invoices that are not void, and a
+   row lock while a draft is regenerated, so two `run`s at once make one;
+2. regenerating a draft with no new usage writes nothing and says so (content hash);
+3. an issued invoice never changes (the ORM and database triggers refuse it);
+4. usage that lands after its period's invoice was issued is found by offset ranges
+   (`billing.invoicing.consumption`) and becomes correction lines that keep their service
+   period on the tenant's next invoice, or a credit note when it lowers the amount;
+5. every line records the query that `explain` re-runs over the Parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from billing.invoicing.consumption import overlaps, unconsumed
+from billing.invoicing.errors import ImmutableInvoice, InvoicingError
+from billing.invoicing.periods import parse_period, period_bounds, period_of
+from billing.ledger.db import Ledger, audit, now_ms
+from billing.ledger.errors import NotFound
+from billing.ledger.models import (
+    INVOICE_DRAFT,
+    INVOICE_FINALIZED,
+    INVOICE_VOID,
+    CreditDrawdown,
+    CreditNote,
+    Invoice,
+    InvoiceLine,
+    Lease,
+    NumberSequence,
+    Tenant,
+    UsageConsumption,
+)
+from billing.ledger.store import card_spans, credit_balances
+from billing.pricing.rating import CreditGrant, LeaseQuantity, PricedLine, RatedInvoice, rate_correction, rate_tenant
+from billing.pricing.segments import CardSpan, PricingSegment, pricing_segments
+from billing.usage.reader import Cutoff, OffsetRange, UsageRequest, UsageResult, aggregate, read_cutoff
+
+INVOICE_SEQUENCE = "invoice"
+CREDIT_NOTE_SEQUENCE = "credit_note"
+Progress = Callable[[str], None]
+
+
+def _prefix(sequence: str) -> str:
+    if sequence == INVOICE_SEQUENCE:
+        return os.environ.get("WATTMETER_INVOICE_PREFIX", "WM-")
+    return os.environ.get("WATTMETER_CREDIT_NOTE_PREFIX", "WM-CN-")
+
+
+@dataclass
+class TenantOutcome:
+    tenant_id: str
+    period: str
+    status: str  # created | updated | unchanged | issued | no contract
+    invoice_id: int | None = None
+    number: str | None = None
+    currency: str = ""
+    total: Decimal = Decimal(0)
+    amount_due: Decimal = Decimal(0)
+    corrections: int = 0
+    credit_notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    period: str
+    cutoff: Cutoff
+    outcomes: list[TenantOutcome] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return all(o.status in ("unchanged", "issued", "no contract") for o in self.outcomes) and not any(
+            o.credit_notes for o in self.outcomes
+        )
+
+
+@dataclass(frozen=True)
+class _Correction:
+    service_period: str
+    start_ms: int
+    end_ms: int
+    spans: list[CardSpan]
+    segments: list[PricingSegment]
+    late: tuple[OffsetRange, ...]  # what no issued document counted yet
+    billed: list[PricedLine]
+
+
+@dataclass(frozen=True)
+class _TenantPlan:
+    tenant: Tenant
+    period: str
+    start_ms: int
+    end_ms: int
+    spans: list[CardSpan]
+    segments: list[PricingSegment]
+    own_ranges: tuple[OffsetRange, ...]  # empty when the period's invoice is already issued
+    corrections: list[_Correction]
+    issued: Invoice | None
+
+
+def _ranges_taken(session: Session, tenant_id: str, period: str, exclude_invoice: int | None) -> list[OffsetRange]:
+    """Ranges counted by issued invoices, by credit notes, and by drafts other than `exclude_invoice`."""
+    rows = session.execute(
+        select(UsageConsumption, Invoice.status)
+        .outerjoin(Invoice, Invoice.id == UsageConsumption.invoice_id)
+        .where(UsageConsumption.tenant_id == tenant_id, UsageConsumption.service_period == period)
+        .where(UsageConsumption.active.is_(True))
+    ).all()
+    taken = []
+    for row, status in rows:
+        if row.invoice_id is not None and (row.invoice_id == exclude_invoice or status == INVOICE_DRAFT):
+            continue
+        taken.append(OffsetRange.from_json({"from": row.cutoff_from, "to": row.cutoff_to}))
+    return taken
+
+
+def _segment_starts(segments: Sequence[PricingSegment]) -> tuple[int, ...]:
+    return tuple(s.start_ms for s in segments)
+
+
+def _current_invoice(session: Session, tenant_id: str, period: str, lock: bool = False) -> Invoice | None:
+    query = select(Invoice).where(
+        Invoice.tenant_id == tenant_id, Invoice.period == period, Invoice.status != INVOICE_VOID
+    )
+    if lock:
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def _plan_tenant(session: Session, tenant: Tenant, period: str, cutoff: Cutoff) -> _TenantPlan | None:
+    start, end = period_bounds(period, tenant.timezone)
+    spans = card_spans(session, tenant.tenant_id, start, end)
+    if not spans:
+        return None
+    segments = pricing_segments(spans, spans[0].start_ms, spans[-1].end_ms)
+    current = _current_invoice(session, tenant.tenant_id, period)
+    issued = current if current is not None and current.status == INVOICE_FINALIZED else None
+    own: tuple[OffsetRange, ...] = ()
+    if issued is None:
+        taken = _ranges_taken(session, tenant.tenant_id, period, current.id if current else None)
+        own = unconsumed(taken, cutoff)
+    corrections = []
+    earlier = session.execute(
+        select(Invoice.period)
+        .where(Invoice.tenant_id == tenant.tenant_id, Invoice.status == INVOICE_FINALIZED, Invoice.period < period)
+        .distinct()
+        .order_by(Invoice.period)
+    ).scalars()
+    for service_period in earlier:
+        s_start, s_end = period_bounds(service_period, tenant.timezone)
+        s_spans = card_spans(session, tenant.tenant_id, s_start, s_end)
+        if not s_spans:
+            continue
+        taken = _ranges_taken(session, tenant.tenant_id, service_period, current.id if current else None)
+        late = unconsumed(taken, cutoff)
+        if late:
+            corrections.append(
+                (service_period, s_start, s_end, s_spans, pricing_segments(s_spans, s_start, s_end), late)
+            )
+    return _TenantPlan(tenant, period, start, end, spans, segments, own, corrections, issued)
+
+
+def _usage_query(
+    tenant_id: str, line: PricedLine, ranges: tuple[OffsetRange, ...], start_ms: int, end_ms: int
+) -> dict[str, Any]:
+    measure = {"ms": "allocated_gpu_ms", "mJ": "energy_mj"}.get(line.base_unit, "")
+    return {
+        "tenant_id": tenant_id,
+        "measure": measure,
+        "plan": line.plan or None,
+        "model": line.model or None,
+        "segments": [list(s) for s in line.segments],
+        "ranges": [r.to_json() for r in ranges],
+        "service_start_ms": start_ms,
+        "service_end_ms": end_ms,
+    }
+
+
+@dataclass
+class _Draft:
+    lines: list[dict[str, Any]]
+    rated: RatedInvoice | None
+    consumptions: list[tuple[str, OffsetRange]]  # (service period, range)
+    credit_notes: list[tuple[str, list[dict[str, Any]], Decimal, tuple[OffsetRange, ...]]]
+    drawdowns: list[tuple[str, Decimal]]
+
+    def content_hash(self, currency: str, period: str, totals: dict[str, str]) -> str:
+        body = {"currency": currency, "period": period, "totals": totals, "lines": self.lines,
+                "consumptions": [[p, r.to_json()] for p, r in self.consumptions]}  # fmt: skip
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+_LINE_COLUMNS = (
+    "kind", "description", "service_start_ms", "service_end_ms", "service_period", "correction", "card_name",
+    "card_version", "plan", "model", "tou_period", "tier", "quantity_base", "base_unit", "quantity", "unit",
+    "unit_price", "amount",
+)  # fmt: skip
+
+
+def _line_dict(line: PricedLine, service_period: str, correction: bool, query: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": line.kind,
+        "description": line.description,
+        "service_start_ms": line.service_start_ms,
+        "service_end_ms": line.service_end_ms,
+        "service_period": service_period,
+        "correction": correction or line.correction,
+        "card_name": line.card_name,
+        "card_version": line.card_version,
+        "plan": line.plan,
+        "model": line.model,
+        "tou_period": line.period,
+        "tier": line.tier,
+        "quantity_base": line.quantity_base,
+        "base_unit": line.base_unit,
+        "quantity": str(line.quantity),
+        "unit": line.unit,
+        "unit_price": str(line.unit_price),
+        "amount": str(line.amount),
+        "usage_query": query,
+    }
+
+
+def _query_key(line: PricedLine) -> tuple[Any, ...]:
+    return (line.kind, line.service_start_ms, line.card_name, line.card_version, line.plan, line.model, line.period,
+            line.tier, line.correction)  # fmt: skip
+
+
+def _lease_starts(session: Session, leases: list[LeaseQuantity]) -> list[LeaseQuantity]:
+    """Leases with their start from the ledger: a lease's minimum is charged in the period it starts."""
+    ids = [lease.lease_id for lease in leases]
+    starts = (
+        dict(session.execute(select(Lease.lease_id, Lease.start_ms).where(Lease.lease_id.in_(ids))).all())
+        if ids
+        else {}
+    )
+    return [replace(lease, lease_start_ms=starts.get(lease.lease_id)) for lease in leases]
+
+
+def _build_draft(
+    session: Session, plan: _TenantPlan, results: dict[str, UsageResult], credits: list[CreditGrant]
+) -> tuple[_Draft, dict[str, Decimal]]:
+    tenant = plan.tenant
+    draft = _Draft([], None, [], [], [])
+    corrections: list[PricedLine] = []
+    queries: dict[int, dict[str, Any]] = {}
+    for correction in plan.corrections:
+        complete = results[f"{tenant.tenant_id}/{correction.service_period}/complete"]
+        lines = rate_correction(
+            tenant_id=tenant.tenant_id, usage=complete.usage, leases=_lease_starts(session, complete.leases),
+            segments=correction.segments, spans=correction.spans, service_start_ms=correction.start_ms,
+            service_end_ms=correction.end_ms, billed=correction.billed,
+        )  # fmt: skip
+        if not lines:
+            continue
+        dicts = [_line_dict(line, correction.service_period, True, _usage_query(tenant.tenant_id, line, correction.late,
+                                                                              correction.start_ms, correction.end_ms))
+                 for line in lines]  # fmt: skip
+        if sum((line.amount for line in lines), Decimal(0)) < 0:
+            draft.credit_notes.append((correction.service_period, dicts, -sum((line.amount for line in lines), Decimal(0)),
+                                       correction.late))  # fmt: skip
+            continue
+        for line, as_dict in zip(lines, dicts):
+            queries[_query_key(line)] = as_dict["usage_query"]
+        corrections += lines
+        draft.consumptions.extend((correction.service_period, r) for r in correction.late)
+    if plan.issued is not None:
+        return draft, {}
+    result = results[f"{tenant.tenant_id}/{plan.period}"]
+    rated = rate_tenant(
+        tenant_id=tenant.tenant_id, usage=result.usage, leases=_lease_starts(session, result.leases),
+        segments=plan.segments, spans=plan.spans, tax_jurisdiction=tenant.tax_jurisdiction, credits=credits,
+        service_start_ms=plan.start_ms, service_end_ms=plan.end_ms, corrections=corrections,
+    )  # fmt: skip
+    draft.rated = rated
+    for line in rated.lines:
+        service_period = period_of(line.service_start_ms, tenant.timezone) if line.correction else plan.period
+        query = queries.get(_query_key(line)) or _usage_query(
+            tenant.tenant_id, line, plan.own_ranges, plan.start_ms, plan.end_ms
+        )
+        draft.lines.append(_line_dict(line, service_period, line.correction, query))
+    draft.consumptions.extend((plan.period, r) for r in plan.own_ranges)
+    draft.drawdowns = list(rated.credit_drawdowns)
+    totals = {"subtotal": rated.subtotal, "tax": rated.tax, "total": rated.total,
+              "credits_applied": rated.credits_applied, "amount_due": rated.amount_due}  # fmt: skip
+    return draft, totals
+
+
+def _usage_requests(plans: Sequence[_TenantPlan], plan_cutoff: Cutoff) -> list[UsageRequest]:
+    requests = []
+    for plan in plans:
+        tenant_id = plan.tenant.tenant_id
+        if plan.issued is None:
+            requests.append(UsageRequest(f"{tenant_id}/{plan.period}", tenant_id, plan.start_ms, plan.end_ms,
+                                         _segment_starts(plan.segments), plan.own_ranges))  # fmt: skip
+        for c in plan.corrections:  # the period's complete usage: rating subtracts what was billed
+            everything = (OffsetRange({}, dict(plan_cutoff)),)
+            requests.append(UsageRequest(f"{tenant_id}/{c.service_period}/complete", tenant_id, c.start_ms, c.end_ms,
+                                         _segment_starts(c.segments), everything))  # fmt: skip
+    return requests
+
+
+def _take_number(session: Session, sequence: str) -> str:
+    """The next number of a gap-free sequence, taken under a row lock in the caller's transaction."""
+    row = session.scalar(select(NumberSequence).where(NumberSequence.name == sequence).with_for_update())
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(NumberSequence(name=sequence, next_value=1))
+        except IntegrityError:
+            pass
+        row = session.scalar(select(NumberSequence).where(NumberSequence.name == sequence).with_for_update())
+        assert row is not None
+    value = row.next_value
+    row.next_value = value + 1
+    return f"{_prefix(sequence)}{value:06d}"
+
+
+def _issue_credit_note(
+    session: Session,
+    actor: str,
+    tenant: Tenant,
+    service_period: str,
+    lines: list[dict[str, Any]],
+    amount: Decimal,
+    ranges: tuple[OffsetRange, ...],
+) -> str:
+    original = session.scalar(
+        select(Invoice).where(
+            Invoice.tenant_id == tenant.tenant_id, Invoice.period == service_period, Invoice.status == INVOICE_FINALIZED
+        )  # fmt: skip
+    )
+    if original is None:
+        raise InvoicingError(f"no issued invoice of {tenant.tenant_id} for {service_period} to credit")
+    number = _take_number(session, CREDIT_NOTE_SEQUENCE)
+    note = CreditNote(number=number, tenant_id=tenant.tenant_id, invoice_id=original.id, currency=tenant.currency,
+                      amount=amount, reason=f"usage for {service_period} corrected after {original.number} was issued",
+                      lines=lines, created_ms=now_ms())  # fmt: skip
+    session.add(note)
+    session.flush()
+    for offset_range in ranges:
+        session.add(UsageConsumption(tenant_id=tenant.tenant_id, service_period=service_period, credit_note_id=note.id,
+                                     cutoff_from=offset_range.to_json()["from"], cutoff_to=offset_range.to_json()["to"]))  # fmt: skip
+    audit(session, actor, "credit_note.issue", "credit_note", number, invoice=original.number, amount=str(amount))
+    return number
+
+
+def _write_draft(session: Session, actor: str, plan: _TenantPlan, cutoff: Cutoff, draft: _Draft,
+                 totals: dict[str, Decimal], outcome: TenantOutcome) -> None:  # fmt: skip
+    tenant = plan.tenant
+    for service_period, lines, amount, ranges in draft.credit_notes:
+        outcome.credit_notes.append(_issue_credit_note(session, actor, tenant, service_period, lines, amount, ranges))
+    if plan.issued is not None:
+        outcome.status = "issued"
+        outcome.invoice_id, outcome.number = plan.issued.id, plan.issued.number
+        return
+    str_totals = {k: str(v) for k, v in totals.items()}
+    digest = draft.content_hash(tenant.currency, plan.period, str_totals)
+    invoice = _current_invoice(session, tenant.tenant_id, plan.period, lock=True)
+    if invoice is None:
+        try:
+            with session.begin_nested():
+                invoice = Invoice(tenant_id=tenant.tenant_id, period=plan.period, period_start_ms=plan.start_ms,
+                                  period_end_ms=plan.end_ms, status=INVOICE_DRAFT, currency=tenant.currency,
+                                  content_hash="", usage_cutoff={str(p): o for p, o in cutoff.items()},
+                                  rated_ms=now_ms(), **totals)  # fmt: skip
+                session.add(invoice)
+            outcome.status = "created"
+        except IntegrityError:  # another run created it a moment ago: regenerate that one
+            invoice = _current_invoice(session, tenant.tenant_id, plan.period, lock=True)
+            assert invoice is not None
+            outcome.status = "updated"
+    else:
+        outcome.status = "updated"
+    outcome.invoice_id, outcome.currency = invoice.id, tenant.currency
+    outcome.total, outcome.amount_due = totals["total"], totals["amount_due"]
+    outcome.corrections = sum(1 for line in draft.lines if line["correction"])
+    if invoice.status == INVOICE_FINALIZED:
+        outcome.status, outcome.number = "issued", invoice.number
+        return
+    if invoice.content_hash == digest:
+        outcome.status = "unchanged"
+        return
+    invoice.lines.clear()
+    session.flush()
+    for position, line in enumerate(draft.lines):
+        values = dict(line)
+        for key in ("quantity", "unit_price", "amount"):
+            values[key] = Decimal(values[key])
+        invoice.lines.append(InvoiceLine(position=position, **values))
+    for key, value in totals.items():
+        setattr(invoice, key, value)
+    invoice.content_hash = digest
+    invoice.usage_cutoff = {str(p): o for p, o in cutoff.items()}
+    invoice.rated_ms = now_ms()
+    session.query(UsageConsumption).filter(UsageConsumption.invoice_id == invoice.id).delete()
+    session.query(CreditDrawdown).filter(CreditDrawdown.invoice_id == invoice.id).delete()
+    for service_period, offset_range in draft.consumptions:
+        json_range = offset_range.to_json()
+        session.add(UsageConsumption(tenant_id=tenant.tenant_id, service_period=service_period, invoice_id=invoice.id,
+                                     cutoff_from=json_range["from"], cutoff_to=json_range["to"]))  # fmt: skip
+    for credit_id, amount in draft.drawdowns:
+        session.add(CreditDrawdown(credit_id=credit_id, invoice_id=invoice.id, amount=amount))
+    audit(session, actor, f"invoice.{outcome.status}", "invoice", str(invoice.id), tenant_id=tenant.tenant_id,
+          period=plan.period, total=str(totals["total"]), content_hash=digest)  # fmt: skip
+
+
+def run_period(
+    ledger: Ledger,
+    usage_root: Path,
+    period: str,
+    actor: str,
+    tenant_ids: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Rate every tenant with a contract in `period` into its draft invoice (or corrections)."""
+    parse_period(period)
+    cutoff = read_cutoff(usage_root)
+    report = RunReport(period, cutoff)
+    with ledger.transaction() as session:
+        query = select(Tenant).order_by(Tenant.tenant_id)
+        if tenant_ids:
+            query = query.where(Tenant.tenant_id.in_(tenant_ids))
+            missing = set(tenant_ids) - {t.tenant_id for t in session.scalars(query)}
+            if missing:
+                raise NotFound(f"unknown tenant {sorted(missing)[0]!r}")
+        tenants = list(session.scalars(query))
+        plans = []
+        for tenant in tenants:
+            plan = _plan_tenant(session, tenant, period, cutoff)
+            if plan is None:
+                report.outcomes.append(TenantOutcome(tenant.tenant_id, period, "no contract"))
+                continue
+            plans.append(plan)
+    if progress:
+        progress(f"aggregating usage for {len(plans)} tenants")
+    results = aggregate(usage_root, _usage_requests(plans, cutoff)) if plans else {}
+    for plan in plans:
+        if progress:
+            progress(plan.tenant.tenant_id)
+        outcome = TenantOutcome(plan.tenant.tenant_id, period, "unchanged", currency=plan.tenant.currency)
+        with ledger.transaction() as session:
+            tenant = session.get(Tenant, plan.tenant.tenant_id)
+            assert tenant is not None
+            plan = replace(plan, tenant=tenant)
+            invoice = _current_invoice(session, tenant.tenant_id, period)
+            credits = [
+                CreditGrant(b.credit_id, b.remaining, b.expires_ms, b.granted_ms)
+                for b in credit_balances(session, tenant.tenant_id, exclude_invoice=invoice.id if invoice else None)
+            ]
+            draft, totals = _build_draft(session, plan, results, credits)
+            if plan.issued is not None:
+                # the period is issued: late usage waits for the tenant's next invoice; credit notes go now
+                draft.consumptions = []
+            _write_draft(session, actor, plan, cutoff, draft, totals, outcome)
+        report.outcomes.append(outcome)
+    report.flags += [f"tenant {o.tenant_id} has no contract in {period}: not rated"
+                     for o in report.outcomes if o.status == "no contract"]  # fmt: skip
+    return report
+
+
+def _find_invoice(session: Session, ref: str | int, lock: bool = False) -> Invoice:
+    query = select(Invoice)
+    text = str(ref)
+    query = query.where(Invoice.id == int(text)) if text.isdigit() else query.where(Invoice.number == text)
+    if lock:
+        query = query.with_for_update()
+    invoice = session.scalar(query)
+    if invoice is None:
+        raise NotFound(f"no invoice {ref!r} (give its number, such as WM-000001, or its id)")
+    return invoice
+
+
+def finalize(ledger: Ledger, actor: str, ref: str | int) -> Invoice:
+    """Issue a draft: take the next number, fix the content hash. An issued invoice never changes."""
+    with ledger.transaction() as session:
+        invoice = _find_invoice(session, ref, lock=True)
+        if invoice.status != INVOICE_DRAFT:
+            raise ImmutableInvoice(
+                f"invoice {invoice.number or invoice.id} is {invoice.status}: it cannot be finalized"
+            )
+        for row in session.scalars(select(UsageConsumption).where(UsageConsumption.invoice_id == invoice.id)):
+            mine = OffsetRange.from_json({"from": row.cutoff_from, "to": row.cutoff_to})
+            for other in _ranges_taken(session, invoice.tenant_id, row.service_period, invoice.id):
+                if overlaps(mine, other):
+                    raise InvoicingError(
+                        f"usage of {row.service_period} on draft {invoice.id} was counted elsewhere meanwhile: "
+                        f"run the period {invoice.period} again, then finalize"
+                    )
+        invoice.number = _take_number(session, INVOICE_SEQUENCE)
+        invoice.status = INVOICE_FINALIZED
+        invoice.finalized_ms = now_ms()
+        audit(session, actor, "invoice.finalize", "invoice", invoice.number, id=invoice.id,
+              content_hash=invoice.content_hash, total=str(invoice.total))  # fmt: skip
+        session.flush()
+        session.refresh(invoice)
+        _ = invoice.lines
+        return invoice
+
+
+def finalize_period(ledger: Ledger, actor: str, period: str) -> list[Invoice]:
+    with ledger.transaction() as session:
+        ids = session.scalars(
+            select(Invoice.id)
+            .where(Invoice.period == period, Invoice.status == INVOICE_DRAFT)
+            .order_by(Invoice.tenant_id)
+        ).all()
+    return [finalize(ledger, actor, invoice_id) for invoice_id in ids]
+
+
+def void(ledger: Ledger, actor: str, ref: str | int, reason: str) -> Invoice:
+    if not reason.strip():
+        raise InvoicingError("voiding an invoice needs a reason (--reason)")
+    with ledger.transaction() as session:
+        invoice = _find_invoice(session, ref, lock=True)
+        if invoice.status != INVOICE_FINALIZED:
+            raise ImmutableInvoice(
+                f"invoice {invoice.number or invoice.id} is {invoice.status}: only an issued invoice is voided "
+                "(a draft is simply run again)"
+            )
+        invoice.status = INVOICE_VOID
+        invoice.voided_ms = now_ms()
+        invoice.void_reason = reason
+        for row in session.scalars(select(UsageConsumption).where(UsageConsumption.invoice_id == invoice.id)):
+            row.active = False
+        audit(session, actor, "invoice.void", "invoice", str(invoice.number), reason=reason)
+        return invoice
+
+
+def list_invoices(session: Session, period: str | None = None, tenant_id: str | None = None,
+                  status: str | None = None) -> list[Invoice]:  # fmt: skip
+    query = select(Invoice).order_by(Invoice.period, Invoice.tenant_id, Invoice.id)
+    if period:
+        query = query.where(Invoice.period == period)
+    if tenant_id:
+        query = query.where(Invoice.tenant_id == tenant_id)
+    if status:
+        query = query.where(Invoice.status == status)
+    return list(session.scalars(query))
+
+
+def get_invoice(session: Session, ref: str | int) -> Invoice:
+    invoice = _find_invoice(session, ref)
+    _ = invoice.lines
+    return invoice
+
+
+def list_credit_notes(session: Session, tenant_id: str | None = None) -> list[CreditNote]:
+    query = select(CreditNote).order_by(CreditNote.id)
+    if tenant_id:
+        query = query.where(CreditNote.tenant_id == tenant_id)
+    return list(session.scalars(query))
