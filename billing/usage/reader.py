@@ -19,6 +19,7 @@ segments and with leases, never with GPUs × minutes.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,86 +143,130 @@ def _aggregate_group(
     scanned, selected = _files_in(files, ranges)
     if not any(selected):
         return
-    lo = min(r.start_ms for r in group)
-    hi = max(r.end_ms for r in group)
-    segments = [(r.tenant_id, start, r.end_ms) for r in group for start in r.segment_starts]
-    rows = _query(
-        scanned,
-        selected,
-        segments,
-        f"""
-        SELECT tenant_id, plan, model, seg_start, lease_id, GROUPING(lease_id) AS lease_aggregated,
-               sum(allocated_gpu_ms)::BIGINT, sum(busy_gpu_ms)::BIGINT, sum(energy_mj)::BIGINT,
-               count(*)::BIGINT, max(seg_start)
-        FROM {_placed_rows(lo, hi, [r.tenant_id for r in group], all(selected))}
-        GROUP BY GROUPING SETS ((tenant_id, plan, model, seg_start), (tenant_id, lease_id, plan, model))
-        """,
-    )
+    tenants = [(r.tenant_id, r.start_ms, r.end_ms, _grain(r)) for r in group]
+    segments = [(r.tenant_id, start) for r in group for start in r.segment_starts]
+    with _Scan(scanned, selected, tenants, segments) as scan:
+        # 1) group the counted rows by a time bucket that no segment boundary cuts (per tenant,
+        #    the gcd of its boundaries: an hour for most calendars), streaming, no join per row;
+        # 2) place the few bucket rows into pricing segments with an ASOF join.
+        rows = scan.fetch(
+            f"""
+            WITH grouped AS (
+                SELECT tenant_id, plan, model, lease_id, GROUPING(lease_id) AS lease_aggregated,
+                       bucket, sum(allocated_gpu_ms) AS allocated, sum(busy_gpu_ms) AS busy,
+                       sum(energy_mj) AS energy, count(*) AS records, max(window_start_ms) AS last_window
+                FROM (SELECT c.*, c.window_start_ms - c.window_start_ms % c.grain AS bucket
+                      FROM {scan.counted_rows()} c)
+                GROUP BY GROUPING SETS ((tenant_id, plan, model, bucket), (tenant_id, lease_id, plan, model))
+            )
+            SELECT g.tenant_id, g.plan, g.model, g.lease_id, g.lease_aggregated, s.seg_start,
+                   sum(g.allocated)::BIGINT, sum(g.busy)::BIGINT, sum(g.energy)::BIGINT, sum(g.records)::BIGINT
+            FROM grouped g
+            ASOF JOIN segs s ON g.tenant_id = s.tenant_id
+                AND (CASE WHEN g.lease_aggregated = 1 THEN g.bucket ELSE g.last_window END) >= s.seg_start
+            GROUP BY ALL
+            """
+        )
     by_tenant = {r.tenant_id: results[r.key] for r in group}
-    for tenant, plan, model, seg_start, lease_id, lease_aggregated, allocated, busy, energy, count, last_seg in rows:
+    for tenant, plan, model, lease_id, lease_aggregated, seg_start, allocated, busy, energy, count in rows:
         result = by_tenant[tenant]
-        if lease_aggregated:  # the (tenant, plan, model, seg_start) set
+        if lease_aggregated:  # the (tenant, plan, model, segment) set
             result.usage.append(UsageQuantity(tenant, plan, model, seg_start, allocated, busy, energy, count))
             result.records += count
         else:
-            result.leases.append(LeaseQuantity(lease_id, plan, model, allocated, last_seg))
+            result.leases.append(LeaseQuantity(lease_id, plan, model, allocated, seg_start))
 
 
-def _placed_rows(lo: int, hi: int, tenants: Sequence[str], all_selected: bool) -> str:
-    """A subquery: the counted copy of every usage record of `tenants` with a window in [lo, hi)
-    from the selected files, with the pricing segment it falls in (`seg_start`).
+def _grain(request: UsageRequest) -> int:
+    """The largest bucket (ms) that divides every boundary of the request: whole minutes at least."""
+    grain = 0
+    for instant in (request.start_ms, request.end_ms, *request.segment_starts):
+        grain = math.gcd(grain, instant)
+    return math.gcd(grain, 24 * 3_600_000) or 60_000
 
-    Exact dedupe on record_id without a 10-million-string hash table: rows whose 64-bit hash
-    of record_id is unique are unique; only rows sharing a hash (true duplicates, or the rare
-    collision) are compared by record_id and ranked by file.
-    """
-    in_selected = "" if all_selected else "AND f.selected"
-    return f"""(
-        WITH raw AS (
-            SELECT record_id, tenant_id, lease_id, plan, model, gpu_uuid, window_start_ms,
-                   allocated_gpu_ms, busy_gpu_ms, energy_mj, filename, hash(record_id) AS h
-            FROM read_parquet(getvariable('paths'), filename = true, hive_partitioning = false)
-            WHERE kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}')
-              AND window_start_ms >= {int(lo)} AND window_start_ms < {int(hi)}
-              AND list_contains({_sql_list(tenants)}, tenant_id)
-        ),
-        shared AS (SELECT h FROM raw GROUP BY h HAVING count(*) > 1),
-        counted AS (
-            SELECT * EXCLUDE (h, filename) FROM raw
-            WHERE h NOT IN (SELECT h FROM shared) {"" if all_selected else "AND filename IN (SELECT filename FROM files WHERE selected)"}
+
+class _Scan:
+    """One DuckDB connection over the scanned files, with the tables the queries join:
+    `files` (rank, selected), `tenants` (id, window range, bucket grain), `segs` (segment starts)
+    and `shared` (hashes of record ids seen more than once: the only rows compared by id)."""
+
+    def __init__(
+        self,
+        scanned: Sequence[UsageFile],
+        selected: Sequence[bool],
+        tenants: Sequence[tuple[str, int, int, int]],
+        segments: Sequence[tuple[str, int]],
+    ) -> None:
+        self.all_selected = all(selected)
+        self.lo = min(t[1] for t in tenants)
+        self.hi = max(t[2] for t in tenants)
+        self.con = _connect()
+        try:
+            self.con.execute("CREATE TEMP TABLE files(filename VARCHAR, file_rank BIGINT, selected BOOLEAN)")
+            self.con.executemany(
+                "INSERT INTO files VALUES (?, ?, ?)",
+                [(f.path, i, s) for i, (f, s) in enumerate(zip(scanned, selected))],
+            )
+            self.con.execute("CREATE TEMP TABLE tenants(tenant_id VARCHAR, lo BIGINT, hi BIGINT, grain BIGINT)")
+            self.con.executemany("INSERT INTO tenants VALUES (?, ?, ?, ?)", list(tenants))
+            self.con.execute("CREATE TEMP TABLE segs(tenant_id VARCHAR, seg_start BIGINT)")
+            self.con.executemany("INSERT INTO segs VALUES (?, ?)", list(segments))
+            self.con.execute("SET VARIABLE paths = ?", [[f.path for f in scanned]])
+            self.con.execute(f"CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM {self._raw('u.record_id')}) "
+                             "GROUP BY h HAVING count(*) > 1")  # fmt: skip
+            self.any_shared = bool(self.con.execute("SELECT count(*) FROM shared").fetchone()[0])
+        except Exception as exc:  # duckdb.Error: a damaged or foreign file
+            self.con.close()
+            raise UsageDataError(f"cannot read the usage Parquet: {str(exc).splitlines()[0]}") from None
+
+    def __enter__(self) -> _Scan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.con.close()
+
+    def _raw(self, columns: str = "u.*") -> str:
+        """Usage and adjustment rows of the request tenants inside their windows, from the scanned files
+        (an equality join on tenant, then the window filter: a range join per row costs twice as much)."""
+        return f"""(
+            SELECT {columns} FROM read_parquet(getvariable('paths'), filename = true, hive_partitioning = false) u
+            JOIN tenants t ON u.tenant_id = t.tenant_id
+            WHERE u.kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}')
+              AND u.window_start_ms >= {self.lo} AND u.window_start_ms < {self.hi}
+              AND u.window_start_ms >= t.lo AND u.window_start_ms < t.hi
+        )"""
+
+    def counted_rows(self) -> str:
+        """A subquery: the counted copy of every record, from the selected files.
+
+        Exact dedupe on record_id without a hash table of every record id: a row whose 64-bit
+        hash of record_id is unique is unique; only rows sharing a hash (true duplicates, or a
+        rare collision) are compared by record_id, and the copy in the earliest file counts.
+        """
+        columns = ("u.record_id, u.tenant_id, u.lease_id, u.plan, u.model, u.gpu_uuid, u.window_start_ms, "
+                   "u.allocated_gpu_ms, u.busy_gpu_ms, u.energy_mj, u.filename, t.grain")  # fmt: skip
+        plain = f"SELECT * EXCLUDE (filename) FROM {self._raw(columns)}"
+        if not self.all_selected:
+            plain += " WHERE filename IN (SELECT filename FROM files WHERE selected)"
+        if not self.any_shared:
+            return f"({plain})"
+        plain += (" AND " if not self.all_selected else " WHERE ") + "hash(record_id) NOT IN (SELECT h FROM shared)"
+        return f"""(
+            {plain}
             UNION ALL
-            SELECT * EXCLUDE (h, filename, file_rank, selected) FROM (
-                SELECT r.*, f.file_rank, f.selected FROM raw r JOIN files f ON f.filename = r.filename
-                WHERE r.h IN (SELECT h FROM shared)
+            SELECT * EXCLUDE (filename, file_rank, selected) FROM (
+                SELECT r.*, f.file_rank, f.selected FROM {self._raw(columns)} r JOIN files f USING (filename)
+                WHERE hash(r.record_id) IN (SELECT h FROM shared)
                 QUALIFY row_number() OVER (PARTITION BY r.record_id ORDER BY f.file_rank) = 1
-            ) WHERE true {in_selected}
-        )
-        SELECT c.*, s.seg_start FROM counted c
-        ASOF JOIN segs s ON c.tenant_id = s.tenant_id AND c.window_start_ms >= s.seg_start
-        WHERE c.window_start_ms < s.period_end
-    )"""
+            ) WHERE selected
+        )"""
 
-
-def _query(
-    scanned: Sequence[UsageFile], selected: Sequence[bool], segments: Sequence[tuple[str, int, int]], sql: str
-) -> list[tuple[Any, ...]]:
-    """Run `sql` with the tables `files` (the scanned files, their rank, whether selected) and
-    `segs` (tenant, segment start, period end) and the variable `paths`."""
-    con = _connect()
-    try:
-        con.execute("CREATE TEMP TABLE files(filename VARCHAR, file_rank BIGINT, selected BOOLEAN)")
-        con.executemany(
-            "INSERT INTO files VALUES (?, ?, ?)", [(f.path, i, s) for i, (f, s) in enumerate(zip(scanned, selected))]
-        )
-        con.execute("CREATE TEMP TABLE segs(tenant_id VARCHAR, seg_start BIGINT, period_end BIGINT)")
-        con.executemany("INSERT INTO segs VALUES (?, ?, ?)", list(segments))
-        con.execute("SET VARIABLE paths = ?", [[f.path for f in scanned]])
-        rows: list[tuple[Any, ...]] = con.execute(sql).fetchall()
+    def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            rows: list[tuple[Any, ...]] = self.con.execute(sql).fetchall()
+        except Exception as exc:  # duckdb.Error
+            raise UsageDataError(f"cannot read the usage Parquet: {str(exc).splitlines()[0]}") from None
         return rows
-    except Exception as exc:  # duckdb.Error: a damaged or foreign file
-        raise UsageDataError(f"cannot read the usage Parquet: {str(exc).splitlines()[0]}") from None
-    finally:
-        con.close()
 
 
 def _files_in(files: list[UsageFile], ranges: Sequence[OffsetRange]) -> tuple[list[UsageFile], list[bool]]:
@@ -245,7 +290,8 @@ class Explanation:
 
 
 def explain(root: Path, query: dict[str, Any]) -> Explanation:
-    """Re-run a line's recorded usage query over the Parquet."""
+    """Re-run a line's recorded usage query over the Parquet: the same counted rows, summed over
+    the line's time ranges, plan and model."""
     measure = query.get("measure")
     if measure not in ("allocated_gpu_ms", "energy_mj"):
         raise UsageDataError("this line is not a usage quantity (money-only lines have no usage behind them)")
@@ -254,23 +300,20 @@ def explain(root: Path, query: dict[str, Any]) -> Explanation:
     if not any(selected) or not query["segments"]:
         return Explanation(0, 0, [], 0)
     tenant = str(query["tenant_id"])
-    segments = [(tenant, int(start), int(end)) for start, end in query["segments"]]
-    lo, hi = int(query["service_start_ms"]), int(query["service_end_ms"])
-    conditions = [" OR ".join(f"(window_start_ms >= {s} AND window_start_ms < {e})" for _, s, e in segments)]
+    tenants = [(tenant, int(query["service_start_ms"]), int(query["service_end_ms"]), 60_000)]
+    conditions = [
+        " OR ".join(f"(window_start_ms >= {int(s)} AND window_start_ms < {int(e)})" for s, e in query["segments"])
+    ]
     for column in ("plan", "model"):
         if query.get(column) is not None:
             conditions.append(f"{column} = {_sql_list([str(query[column])])[1:-1]}")
-    # each segment is its own "period" here so that the ASOF join keeps rows inside the line's ranges only
-    rows = _query(
-        scanned,
-        selected,
-        segments,
-        f"""
-        SELECT gpu_uuid, lease_id, count(*)::BIGINT, sum({measure})::BIGINT
-        FROM {_placed_rows(lo, hi, [tenant], all(selected))}
-        WHERE {" AND ".join(f"({c})" for c in conditions)}
-        GROUP BY gpu_uuid, lease_id ORDER BY gpu_uuid, lease_id
-        """,
-    )
+    with _Scan(scanned, selected, tenants, []) as scan:
+        rows = scan.fetch(
+            f"""
+            SELECT gpu_uuid, lease_id, count(*)::BIGINT, sum({measure})::BIGINT FROM {scan.counted_rows()}
+            WHERE {" AND ".join(f"({c})" for c in conditions)}
+            GROUP BY gpu_uuid, lease_id ORDER BY gpu_uuid, lease_id
+            """
+        )
     per_gpu = [(str(g), str(lease), int(n), int(q)) for g, lease, n, q in rows]
     return Explanation(sum(q for *_, q in per_gpu), sum(n for _, _, n, _ in per_gpu), per_gpu, sum(selected))
