@@ -169,10 +169,36 @@ def _plan_tenant(session: Session, tenant: Tenant, period: str, cutoff: Cutoff) 
         taken = _ranges_taken(session, tenant.tenant_id, service_period, current.id if current else None)
         late = unconsumed(taken, cutoff)
         if late:
-            corrections.append(
-                (service_period, s_start, s_end, s_spans, pricing_segments(s_spans, s_start, s_end), late)
-            )
+            s_segments = pricing_segments(s_spans, s_spans[0].start_ms, s_spans[-1].end_ms)
+            billed = _billed_lines(session, tenant.tenant_id, service_period)
+            corrections.append(_Correction(service_period, s_start, s_end, s_spans, s_segments, late, billed))
     return _TenantPlan(tenant, period, start, end, spans, segments, own, corrections, issued)
+
+
+def _priced(line: dict[str, Any]) -> PricedLine:
+    """A stored line back as the rating core's type (for re-rating a period's corrections)."""
+    return PricedLine(
+        kind=line["kind"], description=line["description"], service_start_ms=line["service_start_ms"],
+        service_end_ms=line["service_end_ms"], card_name=line["card_name"], card_version=line["card_version"],
+        plan=line["plan"], model=line["model"], period=line["tou_period"], quantity_base=line["quantity_base"],
+        base_unit=line["base_unit"], quantity=Decimal(line["quantity"]), unit=line["unit"],
+        unit_price=Decimal(line["unit_price"]), amount=Decimal(line["amount"]), tier=line["tier"],
+        correction=line["correction"],
+    )  # fmt: skip
+
+
+def _billed_lines(session: Session, tenant_id: str, service_period: str) -> list[PricedLine]:
+    """What issued documents already billed for a tenant's service period: the period's invoice,
+    corrections of it on later invoices, and credit notes."""
+    rows = session.scalars(
+        select(InvoiceLine).join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .where(Invoice.tenant_id == tenant_id, Invoice.status == INVOICE_FINALIZED,
+               InvoiceLine.service_period == service_period)
+    )  # fmt: skip
+    billed = [_priced({c: getattr(row, c) for c in _LINE_COLUMNS}) for row in rows]
+    for note in session.scalars(select(CreditNote).where(CreditNote.tenant_id == tenant_id)):
+        billed += [_priced(line) for line in note.lines if line["service_period"] == service_period]
+    return billed
 
 
 def _usage_query(

@@ -1,7 +1,7 @@
 """The billing database: SQLAlchemy 2 typed ORM models (the schema itself is in Alembic migrations).
 
 Units follow the contracts: instants are integer ms since the epoch (UTC), usage is integer
-ms and mJ. Money and prices are `Decimal` through `ExactDecimal`, never a float: NUMERIC on
+ms and mJ. Money and prices are `Decimal` through `ExactDecimal`, never a float: unconstrained NUMERIC on
 PostgreSQL, exact decimal text on SQLite (whose NUMERIC affinity would round through a
 double).
 
@@ -39,13 +39,14 @@ INVOICE_VOID = "void"
 class ExactDecimal(TypeDecorator[Decimal]):
     """A Decimal column that is exact on every backend and refuses floats."""
 
-    impl = Numeric(38, 12)
+    impl = Numeric()
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(String(64))
-        return dialect.type_descriptor(Numeric(38, 12, asdecimal=True))
+        # unconstrained NUMERIC keeps each value's own scale: 3.00 comes back as 3.00, not 3.000000000000
+        return dialect.type_descriptor(Numeric(asdecimal=True))
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:

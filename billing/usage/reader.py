@@ -124,10 +124,12 @@ def aggregate(root: Path, requests: Sequence[UsageRequest]) -> dict[str, UsageRe
     if not requests:
         return results
     files = list_files(root)
-    groups: dict[str, list[UsageRequest]] = {}
-    for request in requests:
-        key = json.dumps([r.to_json() for r in request.ranges], sort_keys=True)
-        groups.setdefault(key, []).append(request)
+    groups: dict[tuple[str, int], list[UsageRequest]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for request in requests:  # one scan per offset ranges, each tenant at most once in it
+        ranges = json.dumps([r.to_json() for r in request.ranges], sort_keys=True)
+        round_ = seen[(ranges, request.tenant_id)] = seen.get((ranges, request.tenant_id), -1) + 1
+        groups.setdefault((ranges, round_), []).append(request)
     for group in groups.values():
         _aggregate_group(files, group[0].ranges, group, results)
     return results
@@ -210,7 +212,8 @@ class _Scan:
             self.con.execute("CREATE TEMP TABLE tenants(tenant_id VARCHAR, lo BIGINT, hi BIGINT, grain BIGINT)")
             self.con.executemany("INSERT INTO tenants VALUES (?, ?, ?, ?)", list(tenants))
             self.con.execute("CREATE TEMP TABLE segs(tenant_id VARCHAR, seg_start BIGINT)")
-            self.con.executemany("INSERT INTO segs VALUES (?, ?)", list(segments))
+            if segments:
+                self.con.executemany("INSERT INTO segs VALUES (?, ?)", list(segments))
             self.con.execute("SET VARIABLE paths = ?", [[f.path for f in scanned]])
             self.con.execute(f"CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM {self._raw('u.record_id')}) "
                              "GROUP BY h HAVING count(*) > 1")  # fmt: skip
