@@ -1,21 +1,24 @@
-"""Parquet sink (durable batches, crash recovery) and billing arithmetic, without Kafka."""
+"""Parquet sink (durable batches, crash recovery), read back by DuckDB and by billing's usage reader."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 
 import duckdb
-import pytest
 
-from billing.ratecards import RateCard, RateCardError, load_rate_card
-from billing.rating import TenantUsage, money, rate
-from billing.usage_reader import tenant_usage
+from billing.usage.reader import OffsetRange, UsageRequest, aggregate, read_cutoff
 from schemas.leases import GpuLeaseTimeline, Lease
 from streams.leases import LeaseIndex
 from streams.rollup import NodeRollup, RollupConfig, new_state
 from streams.sink import ParquetSink
 from tests.helpers import T0, simulated_samples
+
+
+def billed_usage(root: Path, tenant: str) -> tuple[int, int]:
+    """(GPU-ms, mJ) billing's reader counts for `tenant` in the hour from T0, from the durable files."""
+    request = UsageRequest("q", tenant, T0, T0 + 3_600_000, (T0,), (OffsetRange({}, read_cutoff(root)),))
+    usage = aggregate(root, [request])["q"].usage
+    return sum(u.allocated_gpu_ms for u in usage), sum(u.energy_mj for u in usage)
 
 
 def records_for(node: str, tenant: str, ticks: int = 181) -> list[dict]:
@@ -39,7 +42,7 @@ def test_sink_files_are_read_by_duckdb_with_the_same_totals(tmp_path: Path):
         "hive_partitioning=true) where tenant_id = 'acme'"
     ).fetchall()[0]
     assert total == (2 * 180_000, 2 * 180 * 385_000)
-    assert [u.energy_mj for u in tenant_usage(tmp_path, T0, T0 + 3_600_000)] == [2 * 180 * 385_000]
+    assert billed_usage(tmp_path, "acme") == (2 * 180_000, 2 * 180 * 385_000)
 
 
 def test_crash_between_rename_and_manifest_is_redone_without_double_counting(tmp_path: Path):
@@ -55,21 +58,4 @@ def test_crash_between_rename_and_manifest_is_redone_without_double_counting(tmp
     assert sink.recover(0) == 3
     assert len(sink.data_files()) == 1 and not list(tmp_path.glob("date=*/*.tmp"))
     sink.write_batch(0, 3, len(rows) - 1, rows[3:])
-    assert sum(u.allocated_gpu_ms for u in tenant_usage(tmp_path, T0, T0 + 3_600_000)) == 2 * 180_000
-
-
-def test_rating_is_exact_and_rounds_half_even_per_line():
-    card = RateCard("t", "USD", gpu_hour=Decimal("2.50"), kwh=Decimal("0.15"))
-    usage = TenantUsage("acme", allocated_gpu_ms=5_400_000, energy_mj=3_600_000_000 * 3 // 2)
-    invoice = rate(usage, card, T0, T0 + 3_600_000)
-    assert [line.amount for line in invoice.lines] == [Decimal("3.75"), Decimal("0.22")]  # 0.225 -> 0.22
-    assert invoice.total == Decimal("3.97")
-    assert money(Decimal("0.235")) == Decimal("0.24")
-
-
-def test_rate_card_refuses_floats(tmp_path: Path):
-    card = tmp_path / "bad.toml"
-    card.write_text('currency = "USD"\ngpu_hour = 2.5\nkwh = "0.1"\n')
-    with pytest.raises(RateCardError, match="quoted decimal"):
-        load_rate_card(card)
-    assert load_rate_card().gpu_hour == Decimal("2.50")
+    assert billed_usage(tmp_path, "acme") == (2 * 180_000, 2 * 180 * 385_000)
