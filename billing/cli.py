@@ -206,7 +206,7 @@ def cmd_run(args: argparse.Namespace, ledger: Ledger) -> int:
     report = run_period(ledger, args.usage_dir, args.period, args.actor, args.tenant or None, progress=bar)
     if bar:
         bar.close()
-    rows = [{"tenant_id": o.tenant_id, "status": o.status, "invoice_id": o.invoice_id, "number": o.number,
+    rows: list[dict[str, Any]] = [{"tenant_id": o.tenant_id, "status": o.status, "invoice_id": o.invoice_id, "number": o.number,
              "currency": o.currency, "total": str(o.total), "amount_due": str(o.amount_due),
              "corrections": o.corrections, "credit_notes": o.credit_notes} for o in report.outcomes]  # fmt: skip
     payload = {"period": args.period, "nothing_to_do": report.nothing_to_do, "tenants": rows, "flags": report.flags}
@@ -232,9 +232,9 @@ def cmd_invoices(args: argparse.Namespace, ledger: Ledger) -> int:
             raise CliError("finalize takes an invoice (number or id) or --period, not both")
         issued = [service.finalize(ledger, args.actor, args.ref)] if args.ref else service.finalize_period(
             ledger, args.actor, args.period)  # fmt: skip
-        data = [invoice_json(i) for i in issued]
-        _emit(args, data, lambda: "\n".join(f"issued {d['number']} to {d['tenant_id']}: {d['total']} {d['currency']}"
-                                            for d in data) or "no drafts to finalize")  # fmt: skip
+        done = [invoice_json(i) for i in issued]
+        _emit(args, done, lambda: "\n".join(f"issued {d['number']} to {d['tenant_id']}: {d['total']} {d['currency']}"
+                                            for d in done) or "no drafts to finalize")  # fmt: skip
         return 0
     if args.action == "void":
         invoice = service.void(ledger, args.actor, args.ref, args.reason or "")
@@ -245,8 +245,7 @@ def cmd_invoices(args: argparse.Namespace, ledger: Ledger) -> int:
             if not args.ref:
                 raise CliError("invoices show takes an invoice number or id")
             invoice = service.get_invoice(session, args.ref)
-            data: Any = invoice_json(invoice)
-            _emit(args, data, lambda: format_invoice(invoice))
+            _emit(args, invoice_json(invoice), lambda: format_invoice(invoice))
             return 0
         invoices = service.list_invoices(session, args.period, args.tenant, args.status)
         rows = [{k: v for k, v in invoice_json(i).items() if k != "lines"} for i in invoices]
@@ -394,14 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_required(args: argparse.Namespace) -> None:
-    required = {
+    needs: dict[tuple[str, str | None], list[str]] = {
         ("tenants", "add"): ["tenant_id"],
         ("ratecards", "load"): ["file"],
         ("ratecards", "show"): ["name"],
         ("contracts", "add"): ["tenant", "rate_card", "start"],
         ("credits", "grant"): ["credit_id", "amount"],
-    }.get((args.command, getattr(args, "action", None)), [])
-    for name in required:
+    }
+    for name in needs.get((args.command, getattr(args, "action", None)), []):
         if getattr(args, name, None) in (None, ""):
             raise CliError(f"{args.command} {args.action} needs --{name.replace('_', '-')}")
 

@@ -17,6 +17,7 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -102,9 +103,11 @@ class ParquetSink:
                 break
         return ids[-limit:]
 
-    def write_batch(self, partition: int, first_offset: int, last_offset: int, rows: list[dict]) -> list[Path]:
+    def write_batch(
+        self, partition: int, first_offset: int, last_offset: int, rows: list[dict[str, Any]]
+    ) -> list[Path]:
         """Write rows read from offsets [first, last] of `partition`, then advance its manifest."""
-        by_date: dict[str, list[dict]] = defaultdict(list)
+        by_date: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_date[ms_to_datetime(row["window_start_ms"]).strftime("%Y-%m-%d")].append(row)
         name = f"{self.topic}-p{partition}-{first_offset:020d}-{last_offset:020d}.parquet"

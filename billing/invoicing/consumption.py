@@ -16,7 +16,7 @@ def unconsumed(taken: Iterable[OffsetRange], cutoff: Cutoff) -> tuple[OffsetRang
     """The gaps in [0, cutoff[p]) of every partition that no range in `taken` covers."""
     gaps: dict[int, list[tuple[int, int]]] = {}
     taken = list(taken)
-    for partition, end in cutoff.items():
+    for partition, limit in cutoff.items():
         spans = sorted(
             (r.start.get(partition, 0), r.end.get(partition, 0))
             for r in taken
@@ -25,10 +25,10 @@ def unconsumed(taken: Iterable[OffsetRange], cutoff: Cutoff) -> tuple[OffsetRang
         position, free = 0, []
         for lo, hi in spans:
             if lo > position:
-                free.append((position, min(lo, end)))
+                free.append((position, min(lo, limit)))
             position = max(position, hi)
-        if position < end:
-            free.append((position, end))
+        if position < limit:
+            free.append((position, limit))
         gaps[partition] = [(lo, hi) for lo, hi in free if lo < hi]
     count = max((len(g) for g in gaps.values()), default=0)
     ranges = []

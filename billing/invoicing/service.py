@@ -284,7 +284,7 @@ def _build_draft(
     tenant = plan.tenant
     draft = _Draft([], None, [], [], [])
     corrections: list[PricedLine] = []
-    queries: dict[int, dict[str, Any]] = {}
+    queries: dict[tuple[Any, ...], dict[str, Any]] = {}
     for correction in plan.corrections:
         complete = results[f"{tenant.tenant_id}/{correction.service_period}/complete"]
         lines = rate_correction(
@@ -481,9 +481,9 @@ def run_period(
             progress(plan.tenant.tenant_id)
         outcome = TenantOutcome(plan.tenant.tenant_id, period, "unchanged", currency=plan.tenant.currency)
         with ledger.transaction() as session:
-            tenant = session.get(Tenant, plan.tenant.tenant_id)
-            assert tenant is not None
-            plan = replace(plan, tenant=tenant)
+            fresh = session.get(Tenant, plan.tenant.tenant_id)
+            assert fresh is not None
+            plan = replace(plan, tenant=fresh)
             invoice = _current_invoice(session, tenant.tenant_id, period)
             credits = [
                 CreditGrant(b.credit_id, b.remaining, b.expires_ms, b.granted_ms)
