@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test bench install lint broker-start broker-stop clean
+.PHONY: demo test bench install lint system-deps broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.10+"; exit 2; }
@@ -15,8 +16,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## system-deps: the PostgreSQL server the tests start (deploy/local/postgres.py); apt only when it is missing
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "make: installing the PostgreSQL server with apt-get"; \
+		$(SUDO) apt-get update -qq && { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 \
+			|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }; \
+	else echo "make: PostgreSQL 15+ server binaries (initdb) not found and there is no apt-get: install PostgreSQL 15+"; exit 2; fi
+
 ## demo: local broker + simulated fleet + Faust worker + Parquet sink + invoices
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(PY) -m deploy.local.demo
 
 ## lint: ruff (format and lint) and mypy (strict on schemas/ and the pure cores)
@@ -26,11 +36,11 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 ## test: lint, then the whole suite against real parts started by the suite itself
-test: lint
+test: lint system-deps
 	$(PY) -m pytest -q
 
 ## bench: every benchmark; writes bench/results.json and prints a table
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(PY) -m bench.run
 
 broker-start: $(STAMP)
