@@ -310,7 +310,9 @@ def start_jar_broker(state_dir: Path, timeout_s: float = 90) -> BrokerHandle:
         port=port, controller_port=handle.controller_port, data_dir=handle.data_dir
     )
     (state_dir / "server.properties").write_text(config)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # an id starting with "-" would be read as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = _java(
         state_dir, *TOOL_JVM_OPTS, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", handle._properties
     )
