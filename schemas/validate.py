@@ -153,6 +153,7 @@ def parse_lease_timeline(raw: bytes | str | None) -> GpuLeaseTimeline:
     if data.get("schema_version") != 1:
         raise InvalidMessage(f"unknown lease schema_version {data.get('schema_version')!r}")
     _check_str("gpu_uuid", data.get("gpu_uuid"))
+    _check_int("complete_from_ms", data.get("complete_from_ms"), 0, None, True)  # optional: absent in older messages
     leases = data.get("leases")
     if not isinstance(leases, list):
         raise InvalidMessage("leases must be a list")
