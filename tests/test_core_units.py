@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.leases import GpuLeaseTimeline, Lease
 from schemas.samples import GpuReading
@@ -85,6 +87,57 @@ def test_lease_index_lookup_and_boundaries():
     assert index.lease_at("g", 150) is None
     assert index.lease_at("g", 10_000).tenant_id == "t2"
     assert index.boundaries("g", 0, 300) == [100, 150, 200]
+
+
+def brute_force_boundaries(leases: list[Lease], start_ms: int, end_ms: int) -> list[int]:
+    """The former linear scan from the start of the history: the reference."""
+    points: list[int] = []
+    for lease in sorted(leases, key=lambda lease: lease.start_ms):
+        if lease.start_ms >= end_ms:
+            break
+        for point in (lease.start_ms, lease.end_ms):
+            if point is not None and start_ms < point < end_ms:
+                points.append(point)
+    return points
+
+
+@st.composite
+def timeline_and_intervals(draw):
+    """A non-overlapping timeline (gaps of 0 allowed: back-to-back leases; the last may be
+    open) and intervals around, across and inside it."""
+    leases, at = [], draw(st.integers(0, 50))
+    for i in range(draw(st.integers(0, 30))):
+        at += draw(st.integers(0, 40))
+        length = draw(st.integers(1, 60))
+        leases.append(Lease(f"l{i}", "t", "g", at, at + length))
+        at += length
+    if leases and draw(st.booleans()):
+        last = leases[-1]
+        leases[-1] = Lease(last.lease_id, "t", "g", last.start_ms, None)
+    intervals = draw(st.lists(st.tuples(st.integers(-10, at + 80), st.integers(0, 200)), min_size=1, max_size=20))
+    return leases, [(start, start + length) for start, length in intervals]
+
+
+@settings(max_examples=300, deadline=None)
+@given(timeline_and_intervals())
+def test_lease_index_boundaries_match_a_brute_force_scan(case):
+    leases, intervals = case
+    index = LeaseIndex()
+    index.put(GpuLeaseTimeline("g", list(reversed(leases))))
+    for start, end in intervals:
+        assert index.boundaries("g", start, end) == brute_force_boundaries(leases, start, end)
+        for ts in (start, end, (start + end) // 2):
+            assert index.lease_at("g", ts) == next((lease for lease in leases if lease.covers(ts)), None)
+    assert index.boundaries("other", 0, 10**6) == []
+
+
+def test_lease_index_overlapping_input_still_matches_the_scan():
+    """put() does not validate; overlapping leases (ends out of order) fall back to the scan."""
+    leases = [Lease("a", "t", "g", 0, 100), Lease("b", "t", "g", 10, 20), Lease("c", "t", "g", 30, None)]
+    index = LeaseIndex()
+    index.put(GpuLeaseTimeline("g", leases))
+    for start, end in [(0, 200), (15, 40), (25, 101), (50, 60)]:
+        assert index.boundaries("g", start, end) == brute_force_boundaries(leases, start, end)
 
 
 def test_dedupe_high_water_mark_and_missing():
