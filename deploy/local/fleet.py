@@ -1,19 +1,22 @@
-"""A simulated fleet for the demo, the tests and the benchmarks: leases and node samples
-published to the real broker through the agent's own code (simulated NVML, simulated clock)."""
+"""A simulated fleet for the demo, the tests and the benchmarks: leases opened through the
+billing ledger and published through its outbox, node samples through the agent's own code
+(simulated NVML, simulated clock), all to the real broker."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from agents.backends.simulated import SimulatedBackend
 from agents.clock import SimulatedClock
 from agents.kafka_sink import KafkaSampleSink
 from agents.sampler import Sampler
-from schemas.leases import GpuLeaseTimeline, Lease
+from schemas.leases import Lease
 from schemas.samples import NodeSample
-from schemas.topics import GPU_LEASES
+
+FLEET_ACTOR = "fleet-simulator"
 
 
 @dataclass
@@ -38,35 +41,78 @@ def demo_plan(start_ms: int, minutes: int = 60, tail_s: int = 70) -> FleetPlan:
     """8 GPUs on 2 nodes for `minutes`, rented by 3 tenants, one GPU left idle.
 
     acme holds 3 GPUs all along; globex 2 GPUs for the first half; initech 2 GPUs on
-    the valley plan from minute 20 and the second of globex's GPUs after it is freed.
+    the valley plan from a third of the way in (minute 20 of 60) and the second of
+    globex's GPUs after it is freed. Every lease ends after it starts, however short the run.
     Samples run `tail_s` past the end so that the last windows close.
     """
     plan = FleetPlan(nodes=["node-a", "node-b"], gpus_per_node=4, start_ms=start_ms, ticks=minutes * 60 + tail_s + 1)
     gpus = plan.gpu_uuids()
     end = start_ms + minutes * 60_000
     half = start_ms + minutes * 30_000
-    twenty = start_ms + 20 * 60_000
+    third = start_ms + minutes * 20_000
     plan.leases = [Lease(f"lease-acme-{i}", "acme", gpus[i], start_ms, end) for i in range(3)]
     plan.leases += [Lease(f"lease-globex-{i}", "globex", gpus[i], start_ms, half) for i in (3, 4)]
-    plan.leases += [Lease(f"lease-initech-{i}", "initech", gpus[i], twenty, end, "valley") for i in (5, 6)]
+    plan.leases += [Lease(f"lease-initech-{i}", "initech", gpus[i], third, end, "valley") for i in (5, 6)]
     plan.leases += [Lease("lease-initech-4b", "initech", gpus[4], half, end, "valley")]
     return plan
 
 
-def publish_leases(bootstrap: str, leases: list[Lease]) -> None:
-    """One timeline per GPU on the compacted gpu.leases topic."""
-    from kafka import KafkaProducer
+def publish_leases(
+    bootstrap: str, leases: list[Lease], ledger_url: str | None = None, *, now_ms: int | None = None
+) -> int:
+    """Open the leases in the billing ledger through the lease service, then publish each
+    GPU's timeline to the compacted gpu.leases topic through the ledger's outbox: the way
+    the operator's own leases travel, so the demo and the tests exercise it.
 
-    by_gpu: dict[str, list[Lease]] = defaultdict(list)
-    for lease in leases:
-        by_gpu[lease.gpu_uuid].append(lease)
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", enable_idempotence=True)
-    try:
-        for gpu, gpu_leases in by_gpu.items():
-            producer.send(GPU_LEASES, key=gpu.encode(), value=GpuLeaseTimeline(gpu, gpu_leases).to_json_bytes())
-    finally:
-        producer.flush()
-        producer.close()
+    `ledger_url` defaults to a fresh SQLite file in a temporary directory (removed after).
+    Tenants the ledger lacks are created with defaults (USD, UTC, jurisdiction "*").
+    `now_ms` is the instant the outbox's horizon counts back from; it defaults to the
+    simulated fleet's clock (its earliest lease start), since trimming a simulated past
+    against the wall clock would drop its leases. Returns how many timelines were sent.
+    """
+    from billing.leases.outbox import lease_horizon_ms, publish_pending
+    from billing.leases.service import open_lease
+    from billing.ledger.db import Ledger, audit
+    from billing.ledger.db import now_ms as wall_ms
+    from billing.ledger.models import Tenant
+
+    with ExitStack() as stack:
+        if ledger_url is None:
+            work = stack.enter_context(tempfile.TemporaryDirectory(prefix="wattmeter-leases-"))
+            ledger_url = f"sqlite:///{work}/billing.db"
+        ledger = Ledger(ledger_url)
+        stack.callback(ledger.dispose)
+        with ledger.transaction() as session:
+            for tenant_id in sorted({lease.tenant_id for lease in leases}):
+                if session.get(Tenant, tenant_id) is None:
+                    session.add(
+                        Tenant(
+                            tenant_id=tenant_id,
+                            name=tenant_id,
+                            currency="USD",
+                            timezone="UTC",
+                            tax_jurisdiction="*",
+                            contact_email=None,
+                            stripe_customer_id=None,
+                            created_ms=wall_ms(),
+                        )
+                    )
+                    audit(session, FLEET_ACTOR, "tenant.create", "tenant", tenant_id, defaults="fleet simulator")
+            session.flush()
+            for lease in leases:
+                open_lease(
+                    session,
+                    lease.tenant_id,
+                    lease.gpu_uuid,
+                    lease.start_ms,
+                    lease.end_ms,
+                    lease.plan,
+                    lease.lease_id,
+                    actor=FLEET_ACTOR,
+                )
+        if now_ms is None:
+            now_ms = min((lease.start_ms for lease in leases), default=wall_ms())
+        return publish_pending(ledger, bootstrap, lease_horizon_ms(), now_ms)
 
 
 def fleet_samples(plan: FleetPlan) -> Iterator[NodeSample]:
