@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import agent_bench, slice_throughput, streams_bench
+from bench import agent_bench, lease_bench, slice_throughput, streams_bench
 from bench.results import RESULTS_PATH, table, write_results
 from deploy.local.kafka_broker import BrokerUnavailable, start_broker
 
@@ -21,6 +21,7 @@ def main() -> int:
             slice_throughput.run(broker.bootstrap)
             + streams_bench.run(broker.bootstrap)
             + agent_bench.run(broker.bootstrap)
+            + lease_bench.run(broker.bootstrap)
         )
     finally:
         broker.stop()
