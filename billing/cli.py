@@ -176,7 +176,10 @@ def invoice_json(invoice: Any) -> dict[str, Any]:
         "void_reason": invoice.void_reason,
         "lines": [
             {"position": line.position, "kind": line.kind, "description": line.description,
-             "service_period": line.service_period, "correction": line.correction, "quantity": str(line.quantity),
+             "service_period": line.service_period, "correction": line.correction, "plan": line.plan,
+             "model": line.model, "tou_period": line.tou_period, "tier": line.tier,
+             "card": f"{line.card_name}@{line.card_version}" if line.card_name else None,
+             "quantity_base": line.quantity_base, "base_unit": line.base_unit, "quantity": str(line.quantity),
              "unit": line.unit, "unit_price": str(line.unit_price), "amount": str(line.amount)}
             for line in invoice.lines
         ],
@@ -192,10 +195,10 @@ def format_invoice(invoice: Any) -> str:
     for line in invoice.lines:
         quantity = f"{line.quantity:>14} {line.unit:<8} x {line.unit_price:>10}" if line.unit else " " * 37
         mark = f" [service {line.service_period}]" if line.correction else ""
-        out.append(f"  {line.position:>3} {line.description[:58]:<58} {quantity} = {line.amount:>12}{mark}")
+        out.append(f"  {line.position:>3} {line.description[:72]:<72} {quantity} = {line.amount:>12}{mark}")
     for label, value in (("subtotal", invoice.subtotal), ("tax", invoice.tax), ("total", invoice.total),
                          ("credits", -invoice.credits_applied), ("amount due", invoice.amount_due)):  # fmt: skip
-        out.append(f"  {label:>100} {value:>12} {invoice.currency}")
+        out.append(f"  {label:>114} {value:>12} {invoice.currency}")
     return "\n".join(out)
 
 
@@ -386,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("line", type=int, help="line position (see invoices show)")
     explain.set_defaults(handler=cmd_explain)
 
+    from billing.leases.cli import add_lease_commands
+
+    add_lease_commands(sub)
+
     db = sub.add_parser("db", parents=[common], help="migrate the database to the newest schema")
     db.add_argument("action", choices=["upgrade"])
     db.set_defaults(handler=lambda args, ledger: 0)
@@ -406,6 +413,8 @@ def _check_required(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from billing.invoicing.errors import InvoicingError
     from billing.ledger.errors import LedgerError
     from billing.pricing.errors import PricingError
@@ -422,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
             ledger.dispose()
     except (CliError, LedgerError, PricingError, UsageDataError, InvoicingError) as exc:
         print(f"wattmeter-billing: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:  # e.g. a trigger refusing a change, a lost connection
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"wattmeter-billing: database error: {reason}", file=sys.stderr)
         return 2
 
 

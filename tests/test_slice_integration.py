@@ -13,15 +13,58 @@ import duckdb
 import pytest
 
 from billing.cli import main as billing_main
-from deploy.local.demo import DEMO_START_MS, windows_written
+from deploy.local.demo import demo_start_ms, windows_written
 from deploy.local.demo import main as demo_main
 from deploy.local.fleet import FleetPlan, publish_leases, publish_samples
 from deploy.local.pipeline import service_env, start_sink, start_worker, wait_for
 from schemas.leases import Lease
-from schemas.units import ms_to_datetime
 from tests.helpers import T0
 
 pytestmark = pytest.mark.broker
+
+EXACT_CARD = """
+name = "exact"
+version = 1
+effective_from = "2026-01-01T00:00:00Z"
+currency = "USD"
+pue = "1"
+increment_ms = 1
+minimum_s = 0
+[calendar]
+timezone = "UTC"
+[gpu_hour."*".on_demand]
+"*" = "90.00"
+[energy_kwh]
+"*" = "30.00"
+[tax]
+"*" = "0"
+"""
+
+
+def billed(db: str, usage_dir: Path, period: str, tenants: list[str], capsys, card: str = EXACT_CARD) -> dict:
+    """Put `tenants` on `card`, run the period with `wattmeter-billing`, and return each tenant's
+    invoice as `invoices show --json` prints it."""
+    card_file = usage_dir.parent / "card.toml"
+    card_file.write_text(card)
+    common = ["--db", db, "--usage-dir", str(usage_dir), "--json"]
+    assert billing_main(["ratecards", "load", str(card_file), *common]) == 0
+    for tenant in tenants:
+        assert billing_main(["contracts", "add", "--tenant", tenant, "--rate-card", "exact", "--from",
+                             "2026-01-01", *common]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert billing_main(["run", "--period", period, *(a for t in tenants for a in ("--tenant", t)), *common]) == 0
+    run = json.loads(capsys.readouterr().out)
+    invoices = {}
+    for row in run["tenants"]:
+        assert billing_main(["invoices", "show", str(row["invoice_id"]), *common]) == 0
+        invoices[row["tenant_id"]] = json.loads(capsys.readouterr().out)
+    return invoices
+
+
+def gpu_ms_and_mj(invoice: dict) -> tuple[int, int]:
+    lines = invoice["lines"]
+    return (sum(int(line["quantity_base"]) for line in lines if line["kind"] == "gpu_time"),
+            sum(int(line["quantity_base"]) for line in lines if line["kind"] == "energy"))  # fmt: skip
 
 
 def test_known_load_gives_exact_gpu_ms_energy_and_invoice(kafka_broker, run_id, tmp_path, capsys):
@@ -30,7 +73,7 @@ def test_known_load_gives_exact_gpu_ms_energy_and_invoice(kafka_broker, run_id, 
 
     A: 60 s  -> 60,000 GPU-ms, 60 x 385,000 = 23,100,000 mJ
     B: 180 s -> 180,000 GPU-ms, 69,300,000 mJ
-    at 90.00 per GPU-hour and 30.00 per kWh:
+    at 90.00 per GPU-hour and 30.00 per kWh (no minimum, no tax), billed for November 2026:
     A: 0.01666.. h x 90 = 1.50; 0.0064166.. kWh x 30 = 0.1925 -> 0.19 (half even); total 1.69
     B: 0.05 h x 90 = 4.50; 0.01925 kWh x 30 = 0.5775 -> 0.58; total 5.08
     """
@@ -38,9 +81,14 @@ def test_known_load_gives_exact_gpu_ms_energy_and_invoice(kafka_broker, run_id, 
     plan = FleetPlan(nodes=[node], gpus_per_node=2, start_ms=T0, ticks=190, util=50)
     gpu0, gpu1 = plan.gpu_uuids()
     tenant_a, tenant_b = f"a-{run_id}", f"b-{run_id}"
+    db = f"sqlite:///{tmp_path}/billing.db"
     publish_leases(
         kafka_broker.bootstrap,
-        [Lease("la", tenant_a, gpu0, T0 + 30_000, T0 + 90_000), Lease("lb", tenant_b, gpu1, T0, None)],
+        [
+            Lease(f"la-{run_id}", tenant_a, gpu0, T0 + 30_000, T0 + 90_000),
+            Lease(f"lb-{run_id}", tenant_b, gpu1, T0, None),
+        ],
+        db,
     )
     assert publish_samples(kafka_broker.bootstrap, plan) == 190
     usage_dir = tmp_path / "usage"
@@ -63,33 +111,11 @@ def test_known_load_gives_exact_gpu_ms_energy_and_invoice(kafka_broker, run_id, 
     finally:
         for service in services:
             service.stop()
-    card = tmp_path / "card.toml"
-    card.write_text('name = "test"\ncurrency = "EUR"\ngpu_hour = "90.00"\nkwh = "30.00"\n')
-    capsys.readouterr()
-    assert (
-        billing_main(
-            [
-                "invoice",
-                "--usage-dir",
-                str(usage_dir),
-                "--from",
-                ms_to_datetime(T0).isoformat(),
-                "--to",
-                ms_to_datetime(T0 + 180_000).isoformat(),
-                "--rate-card",
-                str(card),
-                "--json",
-            ]
-        )
-        == 0
-    )
-    invoices = {
-        i["tenant_id"]: i for i in json.loads(capsys.readouterr().out) if i["tenant_id"] in (tenant_a, tenant_b)
-    }
-    assert (invoices[tenant_a]["allocated_gpu_ms"], invoices[tenant_a]["energy_mj"]) == (60_000, 23_100_000)
-    assert (invoices[tenant_b]["allocated_gpu_ms"], invoices[tenant_b]["energy_mj"]) == (180_000, 69_300_000)
-    assert [line["amount"] for line in invoices[tenant_a]["lines"]] == ["1.50", "0.19"]
-    assert [line["amount"] for line in invoices[tenant_b]["lines"]] == ["4.50", "0.58"]
+    invoices = billed(db, usage_dir, "2026-11", [tenant_a, tenant_b], capsys)
+    assert gpu_ms_and_mj(invoices[tenant_a]) == (60_000, 23_100_000)
+    assert gpu_ms_and_mj(invoices[tenant_b]) == (180_000, 69_300_000)
+    assert [line["amount"] for line in invoices[tenant_a]["lines"]] == ["1.50", "0.19", "0.00"]
+    assert [line["amount"] for line in invoices[tenant_b]["lines"]] == ["4.50", "0.58", "0.00"]
     assert (Decimal(invoices[tenant_a]["total"]), Decimal(invoices[tenant_b]["total"])) == (
         Decimal("1.69"),
         Decimal("5.08"),
@@ -104,38 +130,28 @@ def test_known_load_gives_exact_gpu_ms_energy_and_invoice(kafka_broker, run_id, 
 
 def test_demo_parquet_read_back_by_duckdb_matches_the_invoices(kafka_broker, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_broker.bootstrap)
-    assert demo_main(["--out", str(tmp_path / "demo"), "--minutes", "5"]) == 0
+    start = demo_start_ms()
+    out = tmp_path / "demo"
+    assert demo_main(["--out", str(out), "--minutes", "5", "--start-ms", str(start)]) == 0
     printed = capsys.readouterr().out
-    assert "INVOICE  tenant acme" in printed and "INVOICE  tenant initech" in printed
-    usage = tmp_path / "demo" / "usage"
-    end = DEMO_START_MS + 5 * 60_000
+    assert "INVOICE WM-000001  tenant acme" in printed and "INVOICE WM-000003  tenant initech" in printed
+    assert "nothing to do" in printed  # the second run
+    usage = out / "usage"
+    end = start + 5 * 60_000
     rows = duckdb.sql(
         f"select tenant_id, sum(allocated_gpu_ms), sum(energy_mj) from read_parquet('{usage}/date=*/*.parquet', "
-        f"hive_partitioning=true) where kind = 'usage' and window_start_ms >= {DEMO_START_MS} "
+        f"hive_partitioning=true) where kind = 'usage' and window_start_ms >= {start} "
         f"and window_start_ms < {end} and tenant_id in ('acme', 'globex', 'initech') group by 1 order by 1"
     ).fetchall()
     assert [r[0] for r in rows] == ["acme", "globex", "initech"]
     assert rows[0][1] == 3 * 5 * 60_000  # acme: 3 GPUs, all 5 minutes
-    assert (
-        billing_main(
-            [
-                "invoice",
-                "--usage-dir",
-                str(usage),
-                "--from",
-                ms_to_datetime(DEMO_START_MS).isoformat(),
-                "--to",
-                ms_to_datetime(end).isoformat(),
-                "--json",
-            ]
-        )
-        == 0
-    )
-    # the session's broker also holds other tests' nodes: compare the demo's tenants
-    invoices = [i for i in json.loads(capsys.readouterr().out) if i["tenant_id"] in ("acme", "globex", "initech")]
-    assert [(i["tenant_id"], i["allocated_gpu_ms"], i["energy_mj"]) for i in invoices] == [
-        (tenant, gpu_ms, mj) for tenant, gpu_ms, mj in rows
-    ]
+    common = ["--db", f"sqlite:///{out}/billing.db", "--json"]
+    for tenant, gpu_ms, mj in rows:
+        assert billing_main(["invoices", "list", "--tenant", tenant, *common]) == 0
+        (listed,) = json.loads(capsys.readouterr().out)
+        assert listed["status"] == "finalized"
+        assert billing_main(["invoices", "show", listed["number"], *common]) == 0
+        assert gpu_ms_and_mj(json.loads(capsys.readouterr().out)) == (gpu_ms, mj)
 
 
 def test_broker_launcher_fails_fast_and_clearly_without_java_docker_or_bootstrap(tmp_path: Path):
@@ -162,7 +178,8 @@ def test_a_host_that_goes_silent_is_billed_and_its_late_samples_become_an_adjust
     node, tenant = f"silent-{run_id}", f"s-{run_id}"
     samples, backend = simulated_samples(node, gpus=1, ticks=100, util=50)
     gpu = backend.uuids[0]
-    publish_leases(kafka_broker.bootstrap, [Lease(f"ls-{run_id}", tenant, gpu, T0, None)])
+    db = f"sqlite:///{tmp_path}/billing.db"
+    publish_leases(kafka_broker.bootstrap, [Lease(f"ls-{run_id}", tenant, gpu, T0, None)], db)
     producer = KafkaProducer(bootstrap_servers=[kafka_broker.bootstrap], acks="all")
 
     def send(batch):
@@ -204,22 +221,5 @@ def test_a_host_that_goes_silent_is_billed_and_its_late_samples_become_an_adjust
     got = rows()
     assert ("adjustment", T0, 31_000, 31 * 385_000) in got  # the rest of the first minute, on top
     assert sum(r[2] for r in got if r[1] < T0 + 60_000) == 60_000  # the first minute: nothing lost, nothing twice
-    capsys.readouterr()
-    assert (
-        billing_main(
-            [
-                "invoice",
-                "--usage-dir",
-                str(usage_dir),
-                "--from",
-                ms_to_datetime(T0).isoformat(),
-                "--to",
-                ms_to_datetime(T0 + 60_000).isoformat(),
-                "--tenant",
-                tenant,
-                "--json",
-            ]
-        )
-        == 0
-    )
-    assert json.loads(capsys.readouterr().out)[0]["allocated_gpu_ms"] == 60_000
+    invoice = billed(db, usage_dir, "2026-11", [tenant], capsys)[tenant]
+    assert gpu_ms_and_mj(invoice)[0] == sum(r[2] for r in got)  # usage and adjustment, each once

@@ -1,23 +1,54 @@
-"""`make demo`: the whole pipeline on a laptop, one simulated hour in about a minute.
+"""`make demo`: the whole pipeline on a laptop, one simulated hour in about a minute, up to
+issued invoices.
 
-broker (local KRaft) -> leases + simulated agents -> Faust worker -> Parquet sink
--> billing invoices. Prints each tenant's invoice and where the Parquet lies.
+broker (local KRaft) -> finance sets up tenants, rate cards and contracts -> the operator
+imports the leases (wattmeter-billing leases import, published to gpu.leases through the
+outbox) -> simulated agents -> Faust worker -> Parquet sink -> wattmeter-billing run,
+finalize, show. Every billing step is the `wattmeter-billing` command a person would type.
+
+The simulated hour is 05:30-06:30 New York time on the latest working day at least two
+hours ago: it crosses the rate card's valley-to-peak boundary at 06:00 local, whatever the
+season, and lies within the lease horizon of "now".
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import shutil
 import sys
 import time
 import uuid
+from datetime import date, timedelta
 from pathlib import Path
 
-from deploy.local.fleet import demo_plan, publish_leases, publish_samples
+from billing.pricing.ratecards import DEMO_CARD, RATECARDS_DIR, load_rate_card
+from deploy.local.fleet import FleetPlan, demo_plan, publish_samples
 from deploy.local.kafka_broker import BrokerUnavailable, start_broker
 from deploy.local.pipeline import service_env, start_sink, start_worker, wait_for
 
-DEMO_START_MS = 1_793_577_600_000  # 2026-11-02T00:00:00Z, a valley hour
+COMMITTED_CARD = RATECARDS_DIR / "demo-committed.toml"
+DEMO_TIMEZONE = "America/New_York"
+# who rents what: acme and globex on the demo card, initech on a committed-spend card
+DEMO_TENANTS = {
+    "acme": ("Acme Research", "demo"),
+    "globex": ("Globex Labs", "demo"),
+    "initech": ("Initech AI", "demo-committed"),
+}
+
+
+def demo_start_ms(now_ms: int | None = None) -> int:
+    """05:30 New York time on the latest working day (no weekend, no holiday) whose 06:30 is at
+    least two hours before `now_ms`."""
+    calendar = load_rate_card(DEMO_CARD).calendar
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    day: date = calendar.local_date(now)
+    while True:
+        start = calendar.local_ms(day, 5) + 30 * 60_000
+        if not calendar.is_weekend(day) and start + 60 * 60_000 <= now - 2 * 3_600_000:
+            return start
+        day -= timedelta(days=1)
 
 
 def windows_written(usage_dir: Path, start_ms: int, end_ms: int, gpus: list[str]) -> int:
@@ -37,81 +68,114 @@ def windows_written(usage_dir: Path, start_ms: int, end_ms: int, gpus: list[str]
     return len(set(zip(table["gpu_uuid"].to_pylist(), table["window_start_ms"].to_pylist())))
 
 
+def billing(*argv: str) -> None:
+    """One `wattmeter-billing` command, echoed as a person would type it; a failure stops the demo."""
+    from billing.cli import main as billing_main
+
+    print(f"    $ wattmeter-billing {' '.join(argv)}", flush=True)
+    code = billing_main(list(argv))
+    if code != 0:
+        raise SystemExit(f"demo: wattmeter-billing {argv[0]} failed with exit {code}")
+
+
+def write_lease_file(plan: FleetPlan, path: Path) -> None:
+    """The operator's scheduler export: one row per lease, times in ISO 8601."""
+    from schemas.units import ms_to_datetime
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["lease_id", "tenant_id", "gpu_uuid", "start", "end", "plan"])
+        for lease in plan.leases:
+            end = ms_to_datetime(lease.end_ms).isoformat() if lease.end_ms is not None else ""
+            writer.writerow([lease.lease_id, lease.tenant_id, lease.gpu_uuid,
+                             ms_to_datetime(lease.start_ms).isoformat(), end, lease.plan])  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where the Parquet and logs go")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where the Parquet, database and logs go")
     parser.add_argument("--minutes", type=int, default=60, help="simulated minutes (default 60)")
+    parser.add_argument("--start-ms", type=int, help="simulated start (default: 05:30 New York, latest working day)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
+    out.mkdir(parents=True)
     usage_dir = out / "usage"
+    database = f"sqlite:///{out}/billing.db"
+    start_ms = args.start_ms if args.start_ms is not None else demo_start_ms()
+    end_ms = start_ms + args.minutes * 60_000
     began = time.monotonic()
-    print("1/5 starting the Kafka broker (KRaft, loopback) ...", flush=True)
+    print("1/6 starting the Kafka broker (KRaft, loopback) ...", flush=True)
     try:
         broker = start_broker(Path(".wattmeter/demo-kafka"))
     except BrokerUnavailable as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     print(f"    broker at {broker.bootstrap} ({broker.mode})", flush=True)
+    saved_env = {k: os.environ.get(k) for k in ("KAFKA_BOOTSTRAP_SERVERS", "WATTMETER_BILLING_DB", "WATTMETER_ACTOR")}
+    os.environ.update(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, WATTMETER_BILLING_DB=database, WATTMETER_ACTOR="demo")
     services = []
     try:
-        plan = demo_plan(DEMO_START_MS, args.minutes)
-        publish_leases(broker.bootstrap, plan.leases)
-        print(
-            f"2/5 published {len(plan.leases)} leases; simulating {len(plan.gpu_uuids())} GPUs on "
-            f"{len(plan.nodes)} nodes for {args.minutes} minutes ...",
-            flush=True,
-        )
+        from billing.invoicing.periods import period_of
+
+        period = period_of(start_ms, DEMO_TIMEZONE)
+        print("2/6 finance: rate cards, tenants, contracts", flush=True)
+        billing("ratecards", "load", str(DEMO_CARD))
+        billing("ratecards", "load", str(COMMITTED_CARD))
+        for tenant, (name, card) in DEMO_TENANTS.items():
+            billing("tenants", "add", tenant, "--name", name, "--currency", "USD", "--timezone", DEMO_TIMEZONE,
+                    "--tax-jurisdiction", "US-NY")  # fmt: skip
+            billing("contracts", "add", "--tenant", tenant, "--rate-card", card, "--from", "2026-01-01T05:00Z")
+        plan = demo_plan(start_ms, args.minutes)
+        lease_file = out / "leases.csv"
+        write_lease_file(plan, lease_file)
+        print(f"3/6 operator: {len(plan.leases)} leases imported and published to gpu.leases; simulating "
+              f"{len(plan.gpu_uuids())} GPUs on {len(plan.nodes)} nodes for {args.minutes} minutes ...", flush=True)  # fmt: skip
+        billing("leases", "import", str(lease_file))
         sent = publish_samples(broker.bootstrap, plan)
         print(f"    {sent} node samples ({sent * plan.gpus_per_node} GPU-samples) sent to gpu.samples", flush=True)
-        env = service_env(
-            broker.bootstrap,
-            f"wattmeter-demo-{uuid.uuid4().hex[:8]}",
-            usage_dir,
-            out / "state",
-            WATTMETER_CHECK_FUTURE="0",
-            WATTMETER_SINK_SECONDS="1",
-        )
-        print("3/5 running the Faust worker and the Parquet sink ...", flush=True)
+        env = service_env(broker.bootstrap, f"wattmeter-demo-{uuid.uuid4().hex[:8]}", usage_dir, out / "state",
+                          WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="1")  # fmt: skip
+        print("4/6 running the Faust worker and the Parquet sink ...", flush=True)
         services = [start_worker(env, out / "logs" / "worker.log"), start_sink(env, out / "logs" / "sink.log")]
-        end_ms = DEMO_START_MS + args.minutes * 60_000
         expected = len(plan.gpu_uuids()) * args.minutes
         gpus = plan.gpu_uuids()
-        wait_for(
-            lambda: windows_written(usage_dir, DEMO_START_MS, end_ms, gpus) >= expected,
-            600,
-            f"{expected} GPU-windows in Parquet",
-            tuple(services),
-        )
+        wait_for(lambda: windows_written(usage_dir, start_ms, end_ms, gpus) >= expected, 600,
+                 f"{expected} GPU-windows in Parquet", tuple(services))  # fmt: skip
         print(f"    {expected} GPU-minutes rolled up and written", flush=True)
         for service in services:
             service.stop()
-        print("4/5 invoices (flat rate card):\n", flush=True)
-        from billing.cli import main as billing_main
-        from schemas.units import ms_to_datetime
+        print(f"5/6 finance closes {period}: rate, review, finalize", flush=True)
+        usage = ("--usage-dir", str(usage_dir))
+        billing("run", "--period", period, *usage)
+        billing("run", "--period", period, *usage)  # again: nothing to do
+        billing("invoices", "finalize", "--period", period)
+        print("6/6 the issued invoices:\n", flush=True)
+        from billing.invoicing.service import list_invoices
+        from billing.ledger.db import Ledger
 
-        code = billing_main(
-            [
-                "invoice",
-                "--usage-dir",
-                str(usage_dir),
-                "--from",
-                ms_to_datetime(DEMO_START_MS).isoformat(),
-                "--to",
-                ms_to_datetime(end_ms).isoformat(),
-            ]
-        )
-        print(
-            f"5/5 Parquet: {usage_dir}/date=YYYY-MM-DD/*.parquet (read it with DuckDB: "
-            f"select tenant_id, sum(energy_mj) from read_parquet('{usage_dir}/date=*/*.parquet') group by 1)"
-        )
+        ledger = Ledger(database)
+        with ledger.transaction() as session:
+            numbers = [i.number for i in list_invoices(session, period, status="finalized") if i.number]
+        ledger.dispose()
+        for number in numbers:
+            billing("invoices", "show", number)
+            print()
+        print(f"    explain a line:  wattmeter-billing explain {numbers[0]} 0 --db {database} --usage-dir {usage_dir}")
+        print(f"    Parquet: {usage_dir}/date=YYYY-MM-DD/*.parquet; billing database: {database}")
         print(f"    demo took {time.monotonic() - began:.0f} s", flush=True)
-        return code
+        return 0
     finally:
         for service in services:
             service.stop()
         broker.stop()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 if __name__ == "__main__":
