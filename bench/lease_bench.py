@@ -53,8 +53,9 @@ def lookup_cost() -> BenchResult:
     index.put(GpuLeaseTimeline("gpu-year", year_of_leases("gpu-year")))
     index.put(GpuLeaseTimeline("gpu-one", [Lease("one", "acme", "gpu-one", YEAR_END_MS - LEASES * HOUR_MS, None)]))
     rng = random.Random(7)
-    # late in the year: the last week, where the old scan from the start of the history was slowest
-    stamps = [YEAR_END_MS - rng.randrange(7 * 24 * HOUR_MS) for _ in range(SAMPLES)]
+    # late in the year: the last week, where the old scan from the start of the history was slowest;
+    # in order, as a GPU's samples reach the worker (keyed by node, ordered per partition)
+    stamps = sorted(YEAR_END_MS - rng.randrange(7 * 24 * HOUR_MS) for _ in range(SAMPLES))
     baseline = _lookup_ns(index, "gpu-one", stamps)
     value = _lookup_ns(index, "gpu-year", stamps)
     return BenchResult(
@@ -63,7 +64,7 @@ def lookup_cost() -> BenchResult:
         unit="ns/sample",
         baseline="the same lease_at + boundaries (1-minute interval) on a GPU with 1 lease",
         baseline_value=round(baseline, 1),
-        target="<= 2x the 1-lease GPU: O(log n + k), two binary searches, no scan of the history",
+        target="the same as the 1-lease GPU (ratio ~1): O(1) per in-order sample, no scan of the history",
     )
 
 
