@@ -263,3 +263,59 @@ def test_a_rate_card_with_a_float_price_is_refused(tmp_path: Path):
     done = subprocess.run([sys.executable, "-m", "billing.cli", "ratecards", "load", str(card), "--db",
                            f"sqlite:///{tmp_path}/cli.db"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "float" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_rate_card_change_mid_period_splits_the_lines_at_the_instant(billing_db_url: str, usage: UsageWriter):
+    """Version 2 of the card takes effect 2026-11-15 00:00 UTC at 4.00 peak. 30 peak minutes on
+    the 10th (old price, 3.00) and 30 on the 16th (new): 1.50 + 2.00."""
+    usage.write(minutes("acme", NOV_1 + 9 * 24 * HOUR + 8 * HOUR, 30))
+    usage.write(minutes("acme", NOV_1 + 15 * 24 * HOUR + 8 * HOUR, 30))
+    ledger = ledger_with(billing_db_url)
+    from billing.ledger.store import store_rate_card
+    from billing.pricing.ratecards import parse_rate_card
+    from tests.billing_fixtures import SIMPLE_CARD
+
+    v2 = SIMPLE_CARD.replace("version = 1", "version = 2").replace(
+        'effective_from = "2026-01-01T00:00:00Z"', 'effective_from = "2026-11-15T00:00:00Z"'
+    ).replace('peak = "3.00"', 'peak = "4.00"')  # fmt: skip
+    with ledger.transaction() as session:
+        store_rate_card(session, "test", parse_rate_card(v2, "v2"))
+    invoice_id = run_period(ledger, usage.root, "2026-11", "test").outcomes[0].invoice_id
+    with ledger.transaction() as session:
+        lines = [line for line in get_invoice(session, invoice_id).lines if line.kind == "gpu_time"]
+    assert [(line.card_version, line.service_start_ms, str(line.unit_price), str(line.amount)) for line in lines] == [
+        (1, NOV_1, "3.00", "1.50"),
+        (2, NOV_1 + 14 * 24 * HOUR, "4.00", "2.00"),
+    ]
+
+
+JPY_CARD = """
+name = "tokyo"
+version = 1
+effective_from = "2026-01-01T00:00:00Z"
+currency = "JPY"
+pue = "1"
+[calendar]
+timezone = "Asia/Tokyo"
+weekday = { valley = [[0, 8]] }
+weekend = { valley = [[0, 24]] }
+holidays = { country = "JP" }
+[gpu_hour."*".on_demand]
+peak = "450"
+valley = "275"
+[tax]
+"*" = "0.10"
+"""
+
+
+def test_a_yen_invoice_in_tokyo_time_has_no_minor_unit(billing_db_url: str, usage: UsageWriter):
+    """Monday 2026-11-02 07:30-08:30 JST (22:30-23:30 UTC on the 1st): 30 valley + 30 peak
+    minutes. 0.5 h x 275 = 137.5 -> 138 (half even); 0.5 h x 450 = 225; tax 10 % of 363 = 36.3 -> 36.
+    The tenant's November is the Tokyo month, so the window on 1 Nov UTC belongs to it."""
+    usage.write(minutes("kaisha", NOV_1 + 22 * HOUR + 30 * MINUTE, 60))
+    ledger = ledger_with(billing_db_url, JPY_CARD, tenants={"kaisha": {"timezone": "Asia/Tokyo"}})
+    outcome = run_period(ledger, usage.root, "2026-11", "test").outcomes[0]
+    with ledger.transaction() as session:
+        invoice = get_invoice(session, outcome.invoice_id)
+        assert amounts(invoice) == [("gpu_time", "225"), ("gpu_time", "138"), ("tax", "36")]
+        assert (invoice.currency, invoice.total, invoice.period_start_ms) == ("JPY", Decimal("399"), NOV_1 - 9 * HOUR)
