@@ -277,6 +277,41 @@ def _seconds(ms: int) -> str:
     return format(Decimal(ms).scaleb(-3).normalize(), "f")
 
 
+def _gpu_line(
+    ctx: _Context,
+    key: tuple[int, str, str, str],
+    kind: LineKind,
+    description: str,
+    quantity_ms: int,
+    unit_price: Decimal,
+    tier: int | None,
+    segments: tuple[tuple[int, int], ...],
+) -> PricedLine:
+    """A GPU-time line of one (span, model, plan, period) key: quantity_ms at unit_price per GPU-hour."""
+    span_index, model, plan, period = key
+    card = ctx.spans[span_index].card
+    lo, hi = ctx.span_range(span_index)
+    return PricedLine(
+        kind=kind,
+        description=description,
+        service_start_ms=lo,
+        service_end_ms=hi,
+        card_name=card.name,
+        card_version=card.version,
+        plan=plan,
+        model=model,
+        period=period,
+        quantity_base=quantity_ms,
+        base_unit="ms",
+        quantity=_hours(quantity_ms),
+        unit="GPU-hour",
+        unit_price=unit_price,
+        amount=round_money(Fraction(quantity_ms) * Fraction(unit_price) / MS_PER_HOUR, ctx.currency),
+        tier=tier,
+        segments=segments,
+    )
+
+
 def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable[LeaseQuantity]) -> list[PricedLine]:
     gpu_ms: dict[tuple[int, str, str, str], int] = defaultdict(int)
     gpu_segments: dict[tuple[int, str, str, str], set[int]] = defaultdict(set)
@@ -361,52 +396,16 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
             for number, tier_ms, unit_price in split:
                 tier = number if isinstance(price, Tiered) else None
                 tier_text = f", tier {number} ({price.mode})" if isinstance(price, Tiered) else ""
-                lines.append(
-                    PricedLine(
-                        kind="gpu_time",
-                        description=f"GPU time {what}{tier_text} ({card.label}{partial(span_index)})",
-                        service_start_ms=lo,
-                        service_end_ms=hi,
-                        card_name=card.name,
-                        card_version=card.version,
-                        plan=plan,
-                        model=model,
-                        period=period,
-                        quantity_base=tier_ms,
-                        base_unit="ms",
-                        quantity=_hours(tier_ms),
-                        unit="GPU-hour",
-                        unit_price=unit_price,
-                        amount=round_money(Fraction(tier_ms) * Fraction(unit_price) / MS_PER_HOUR, ctx.currency),
-                        tier=tier,
-                        segments=ranges(gpu_segments[key]),
-                    )
-                )
+                description = f"GPU time {what}{tier_text} ({card.label}{partial(span_index)})"
+                segments = ranges(gpu_segments[key])
+                lines.append(_gpu_line(ctx, key, "gpu_time", description, tier_ms, unit_price, tier, segments))
         extra = uplift.get(key, 0)
         if extra > 0:
             tier, unit_price = _marginal(price, ms)
             rule = f"{_seconds(card.increment_ms)} s increment, {_seconds(card.minimum_ms)} s minimum"
-            lines.append(
-                PricedLine(
-                    kind="gpu_time_rounding",
-                    description=f"GPU time rounding per lease ({rule}) {what} ({card.label}{partial(span_index)})",
-                    service_start_ms=lo,
-                    service_end_ms=hi,
-                    card_name=card.name,
-                    card_version=card.version,
-                    plan=plan,
-                    model=model,
-                    period=period,
-                    quantity_base=extra,
-                    base_unit="ms",
-                    quantity=_hours(extra),
-                    unit="GPU-hour",
-                    unit_price=unit_price,
-                    amount=round_money(Fraction(extra) * Fraction(unit_price) / MS_PER_HOUR, ctx.currency),
-                    tier=tier,
-                    segments=ranges(uplift_segments[key]),
-                )
-            )
+            description = f"GPU time rounding per lease ({rule}) {what} ({card.label}{partial(span_index)})"
+            segments = ranges(uplift_segments[key])
+            lines.append(_gpu_line(ctx, key, "gpu_time_rounding", description, extra, unit_price, tier, segments))
 
     for (span_index, period), mj in sorted(energy.items()):
         card = ctx.spans[span_index].card
