@@ -15,7 +15,7 @@ from billing.leases.importers import LeaseRow
 from billing.leases.outbox import current_timelines, lease_horizon_ms, publish_pending
 from billing.leases.service import import_leases, list_leases
 from billing.ledger.db import Ledger
-from billing.ledger.models import Tenant
+from billing.ledger.store import upsert_tenant
 from schemas.leases import GpuLeaseTimeline, Lease
 from streams.leases import LeaseIndex
 
@@ -78,18 +78,7 @@ def timeline_size(bootstrap: str) -> BenchResult:
         try:
             with ledger.transaction() as session:
                 for tenant in ("acme", "globex"):
-                    session.add(
-                        Tenant(
-                            tenant_id=tenant,
-                            name=tenant,
-                            currency="USD",
-                            timezone="UTC",
-                            tax_jurisdiction="*",
-                            contact_email=None,
-                            stripe_customer_id=None,
-                            created_ms=0,
-                        )
-                    )
+                    upsert_tenant(session, "bench", tenant)
                 rows = [
                     LeaseRow(lease.tenant_id, gpu, lease.start_ms, lease.end_ms, source="bench", line=i + 1)
                     for i, lease in enumerate(year_of_leases(gpu))

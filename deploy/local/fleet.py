@@ -72,9 +72,10 @@ def publish_leases(
     """
     from billing.leases.outbox import lease_horizon_ms, publish_pending
     from billing.leases.service import open_lease
-    from billing.ledger.db import Ledger, audit
+    from billing.ledger.db import Ledger
     from billing.ledger.db import now_ms as wall_ms
     from billing.ledger.models import Tenant
+    from billing.ledger.store import upsert_tenant
 
     with ExitStack() as stack:
         if ledger_url is None:
@@ -84,20 +85,8 @@ def publish_leases(
         stack.callback(ledger.dispose)
         with ledger.transaction() as session:
             for tenant_id in sorted({lease.tenant_id for lease in leases}):
-                if session.get(Tenant, tenant_id) is None:
-                    session.add(
-                        Tenant(
-                            tenant_id=tenant_id,
-                            name=tenant_id,
-                            currency="USD",
-                            timezone="UTC",
-                            tax_jurisdiction="*",
-                            contact_email=None,
-                            stripe_customer_id=None,
-                            created_ms=wall_ms(),
-                        )
-                    )
-                    audit(session, FLEET_ACTOR, "tenant.create", "tenant", tenant_id, defaults="fleet simulator")
+                if session.get(Tenant, tenant_id) is None:  # defaults: USD, UTC, jurisdiction "*"
+                    upsert_tenant(session, FLEET_ACTOR, tenant_id)
             session.flush()
             for lease in leases:
                 open_lease(
