@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -509,86 +510,143 @@ def test_a_year_of_hourly_leases_publishes_under_1_mib_and_late_samples_find_the
     assert index.boundaries(gpu, now - HOUR - 30_000, now - HOUR + 30_000) == [now - HOUR, now - HOUR]
 
 
-# ---------------------------------------------------------------------------- outbox without a broker
+# ---------------------------------------------------------------------------- outbox on the real broker
 
 
-class FakeProducer:
-    def __init__(self, fail: bool = False) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
-        self.fail = fail
-        self.closed = False
+def timelines_on_topic(bootstrap: str, gpus: set[str], timeout_s: float = 60) -> dict[str, list[GpuLeaseTimeline]]:
+    """Every timeline of each GPU (of `gpus`) on gpu.leases, oldest first, read to the end.
+    The topic is shared by the whole session: each test names its GPUs after its run_id."""
+    from kafka import KafkaConsumer, TopicPartition
 
-    def send(self, topic, key, value):
-        from kafka.errors import KafkaTimeoutError
+    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], enable_auto_commit=False, group_id=None)
+    try:
+        partitions = [TopicPartition(GPU_LEASES, p) for p in sorted(consumer.partitions_for_topic(GPU_LEASES))]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        found: dict[str, list[GpuLeaseTimeline]] = {}
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {GPU_LEASES} to its end"
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.key is not None and record.key.decode() in gpus:
+                        found.setdefault(record.key.decode(), []).append(parse_lease_timeline(record.value))
+        return found
+    finally:
+        consumer.close()
 
-        if self.fail:
-            raise KafkaTimeoutError("no broker")
-        self.sent.append((topic, key, value))
-        return self
 
-    def get(self, timeout=None):
-        return None
-
-    def flush(self, timeout=None):
-        pass
-
-    def close(self, timeout=None):
-        self.closed = True
+def latest_timelines(bootstrap: str, gpus: set[str], timeout_s: float = 60) -> dict[str, GpuLeaseTimeline]:
+    """The last timeline per GPU (of `gpus`) on gpu.leases: what compaction keeps."""
+    return {gpu: timelines[-1] for gpu, timelines in timelines_on_topic(bootstrap, gpus, timeout_s).items()}
 
 
-def test_publish_sends_current_timelines_and_marks_exactly_what_it_read(ledger, monkeypatch):
-    producers: list[FakeProducer] = []
-    monkeypatch.setattr(outbox, "_producer", lambda bootstrap: producers.append(FakeProducer()) or producers[-1])
+def closed_port() -> int:
+    """A loopback port where nothing listens (bound by the OS, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.broker
+def test_publish_sends_current_timelines_and_marks_exactly_what_it_read(ledger, kafka_broker, run_id, monkeypatch):
+    real_producer = outbox._producer
+    producers = []  # the real KafkaProducers publish_pending made
+
+    def counted(*args):
+        producers.append(real_producer(*args))
+        return producers[-1]
+
+    monkeypatch.setattr(outbox, "_producer", counted)
+    gpu1, gpu2 = f"gpu-1-{run_id}", f"gpu-2-{run_id}"
     with ledger.transaction() as session:
-        lease = open_lease(session, "acme", "gpu-1", T0)
+        lease = open_lease(session, "acme", gpu1, T0)
         end_lease(session, lease.lease_id, T0 + HOUR)
-        open_lease(session, "globex", "gpu-2", T0)
-    assert outbox.publish_pending(ledger, "unused:9092", 8 * DAY, T0) == 2  # one timeline per GPU
-    sent = {key.decode(): parse_lease_timeline(value) for _, key, value in producers[0].sent}
-    assert sent["gpu-1"].leases == [Lease(lease.lease_id, "acme", "gpu-1", T0, T0 + HOUR)]  # the current state
-    assert producers[0].closed
+        other = open_lease(session, "globex", gpu2, T0)
+    assert outbox.pending_count(ledger) == 3
+    assert outbox.publish_pending(ledger, kafka_broker.bootstrap, 8 * DAY, T0) == 2  # one timeline per GPU
+    # gpu1 had two pending rows (open, end) and got one message: its current state, not the changes
+    assert timelines_on_topic(kafka_broker.bootstrap, {gpu1, gpu2}) == {
+        gpu1: [GpuLeaseTimeline(gpu1, [Lease(lease.lease_id, "acme", gpu1, T0, T0 + HOUR)])],
+        gpu2: [GpuLeaseTimeline(gpu2, [other])],
+    }
     assert outbox.pending_count(ledger) == 0
-    assert outbox.publish_pending(ledger, "unused:9092", 8 * DAY, T0) == 0
+    from kafka.errors import IllegalStateError
+
+    with pytest.raises(IllegalStateError):  # publish_pending closed its producer
+        producers[0].send(GPU_LEASES, key=gpu1.encode(), value=GpuLeaseTimeline(gpu1).to_json_bytes())
+    assert outbox.publish_pending(ledger, kafka_broker.bootstrap, 8 * DAY, T0) == 0
     assert len(producers) == 1  # nothing pending: no producer at all
+    assert len(timelines_on_topic(kafka_broker.bootstrap, {gpu1, gpu2})[gpu1]) == 1
 
 
-def test_a_failed_publish_leaves_the_rows_pending(ledger, monkeypatch):
-    monkeypatch.setattr(outbox, "_producer", lambda bootstrap: FakeProducer(fail=True))
+@pytest.mark.broker
+def test_a_failed_publish_leaves_the_rows_pending(ledger, kafka_broker, run_id):
+    gpu = f"gpu-1-{run_id}"
     with ledger.transaction() as session:
-        open_lease(session, "acme", "gpu-1", T0)
-    with pytest.raises(PublishFailed, match=r"^gpu\.leases did not acknowledge a lease timeline"):
-        outbox.publish_pending(ledger, "unused:9092", 8 * DAY, T0)
+        lease = open_lease(session, "acme", gpu, T0)
+    nowhere = f"127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(PublishFailed, match=rf"^cannot publish to gpu\.leases: no Kafka broker answers at {nowhere} "):
+        outbox.publish_pending(ledger, nowhere, 8 * DAY, T0, bootstrap_timeout_s=2)
+    assert time.monotonic() - started < 15  # the real client gave up after the bootstrap timeout, not 30 s
     assert outbox.pending_count(ledger) == 1
     with pytest.raises(InvalidHorizon):
-        outbox.publish_pending(ledger, "unused:9092", DAY, T0)
+        outbox.publish_pending(ledger, kafka_broker.bootstrap, DAY, T0)
+    assert outbox.pending_count(ledger) == 1
+    assert gpu not in latest_timelines(kafka_broker.bootstrap, {gpu})
+    # the outbox kept the row: the next publish to a broker that answers sends it
+    assert outbox.publish_pending(ledger, kafka_broker.bootstrap, 8 * DAY, T0) == 1
+    assert latest_timelines(kafka_broker.bootstrap, {gpu}) == {gpu: GpuLeaseTimeline(gpu, [lease])}
+    assert outbox.pending_count(ledger) == 0
 
 
-def test_rows_added_during_a_publish_stay_pending(ledger, billing_db_url, monkeypatch):
+@pytest.mark.broker
+def test_rows_added_during_a_publish_stay_pending(pg_url, kafka_broker, run_id, monkeypatch):
     """A change committed while the publisher sends is not among the rows it read: it stays
-    pending and goes out in the next round. (On SQLite the publisher holds the write lock
-    while it sends, so a change can only come after it: nothing to race.)"""
-    if not billing_db_url.startswith("postgresql"):
-        pytest.skip("SQLite serializes a writer behind the publishing transaction")
-    other = Ledger(billing_db_url)
+    pending and goes out in the next round. On PostgreSQL only: on SQLite the publisher holds
+    the write lock while it sends, so a change can only come after it: nothing to race."""
+    ledger, other = Ledger(pg_url), Ledger(pg_url)
+    gpu, late = f"gpu-1-{run_id}", f"gpu-late-{run_id}"
+    sent: list[bytes] = []
+    real_producer = outbox._producer
 
-    class Meddling(FakeProducer):
+    class Meddling:
+        """The real KafkaProducer, whose first send lets another process commit a lease first."""
+
+        def __init__(self, producer) -> None:
+            self.producer = producer
+
         def send(self, topic, key, value):
-            if not self.sent:  # during the first send, another process opens a lease on another GPU
+            if not sent:  # during the first send, another process opens a lease on another GPU
                 with other.transaction() as session:
-                    open_lease(session, "globex", "gpu-late", T0)
-            return super().send(topic, key, value)
+                    open_lease(session, "globex", late, T0)
+            sent.append(key)
+            return self.producer.send(topic, key=key, value=value)
 
-    producer = Meddling()
-    monkeypatch.setattr(outbox, "_producer", lambda bootstrap: producer)
-    with ledger.transaction() as session:
-        open_lease(session, "acme", "gpu-1", T0)
+        def __getattr__(self, name):
+            return getattr(self.producer, name)
+
+    monkeypatch.setattr(outbox, "_producer", lambda *args: Meddling(real_producer(*args)))
     try:
-        assert outbox.publish_pending(ledger, "unused:9092", 8 * DAY, T0) == 2
+        with ledger.transaction() as session:
+            for tenant in ("acme", "globex"):
+                add_tenant(session, tenant)
+            first = open_lease(session, "acme", gpu, T0)
+        assert outbox.publish_pending(ledger, kafka_broker.bootstrap, 8 * DAY, T0) == 2
+        # had the first round marked every pending row, the late row would be marked and never sent
+        assert sent == [gpu.encode(), late.encode()]
+        assert outbox.pending_count(ledger) == 0
+        with ledger.transaction() as session:
+            (second,) = list_leases(session, gpu_uuid=late)
+        assert latest_timelines(kafka_broker.bootstrap, {gpu, late}) == {
+            gpu: GpuLeaseTimeline(gpu, [first]),
+            late: GpuLeaseTimeline(late, [second]),
+        }
     finally:
         other.dispose()
-    # had the first round marked every pending row, gpu-late's row would be marked and never sent
-    assert [key for _, key, _ in producer.sent] == [b"gpu-1", b"gpu-late"]
-    assert outbox.pending_count(ledger) == 0
+        ledger.dispose()
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -630,29 +688,6 @@ def test_cli_open_end_list_import_without_publishing(ledger, billing_db_url, tmp
 
 
 # ---------------------------------------------------------------------------- real broker
-
-
-def latest_timelines(bootstrap: str, gpus: set[str], timeout_s: float = 60) -> dict[str, GpuLeaseTimeline]:
-    """The last timeline per GPU (of `gpus`) on gpu.leases, read to the end."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], enable_auto_commit=False, group_id=None)
-    try:
-        partitions = [TopicPartition(GPU_LEASES, p) for p in sorted(consumer.partitions_for_topic(GPU_LEASES))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        latest: dict[str, GpuLeaseTimeline] = {}
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            assert time.monotonic() < deadline, f"could not read {GPU_LEASES} to its end"
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    if record.key is not None and record.key.decode() in gpus:
-                        latest[record.key.decode()] = parse_lease_timeline(record.value)
-        return latest
-    finally:
-        consumer.close()
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

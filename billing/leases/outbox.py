@@ -60,6 +60,7 @@ DEFAULT_SPOOL_MAX_AGE_S = 7 * 24 * 3600
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 BATCH_ROWS = 5_000  # outbox rows per publishing transaction
 SEND_TIMEOUT_S = 60
+BOOTSTRAP_TIMEOUT_S = 30  # kafka-python's default: how long to wait for a first broker to answer
 _PUBLISH_LOCK = 7_412_032  # pg_advisory_xact_lock key: one publisher at a time
 _CHUNK = 500
 
@@ -139,7 +140,7 @@ def current_timelines(session: Session, gpus: Sequence[str], now_ms: int, horizo
     return timelines
 
 
-def _producer(bootstrap: str) -> Any:
+def _producer(bootstrap: str, bootstrap_timeout_s: float = BOOTSTRAP_TIMEOUT_S) -> Any:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -149,6 +150,7 @@ def _producer(bootstrap: str) -> Any:
             acks="all",
             enable_idempotence=True,
             max_block_ms=SEND_TIMEOUT_S * 1000,
+            bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000),
             client_id="wattmeter-lease-outbox",
         )
     except KafkaError as exc:
@@ -193,10 +195,12 @@ def publish_pending(
     topic: str = GPU_LEASES,
     spool_ms: int | None = None,
     batch_rows: int = BATCH_ROWS,
+    bootstrap_timeout_s: float = BOOTSTRAP_TIMEOUT_S,
 ) -> int:
     """Publish the current timeline of every GPU with pending outbox rows, then mark those
     rows published. `now_ms` (default: the wall clock) is the instant the horizon counts
-    back from. Returns how many timelines were sent; raises PublishFailed (rows stay pending)."""
+    back from. `bootstrap_timeout_s` bounds the wait for a first broker to answer. Returns how
+    many timelines were sent; raises PublishFailed (rows stay pending)."""
     check_horizon(horizon_ms, spool_ms)
     producer = None
     sent = 0
@@ -215,7 +219,7 @@ def publish_pending(
                 at = wall_ms() if now_ms is None else now_ms
                 timelines = current_timelines(session, [gpu for _, gpu in rows], at, horizon_ms)
                 if producer is None:
-                    producer = _producer(bootstrap)
+                    producer = _producer(bootstrap, bootstrap_timeout_s)
                 send_timelines(producer, topic, timelines)
                 ids = [row_id for row_id, _ in rows]
                 for start in range(0, len(ids), _CHUNK):
