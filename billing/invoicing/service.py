@@ -46,7 +46,7 @@ from billing.ledger.models import (
     UsageConsumption,
 )
 from billing.ledger.store import card_spans, credit_balances
-from billing.pricing.rating import CreditGrant, LeaseQuantity, PricedLine, RatedInvoice, rate_correction, rate_tenant
+from billing.pricing.rating import CreditGrant, LeaseQuantity, PricedLine, rate_correction, rate_tenant
 from billing.pricing.segments import CardSpan, PricingSegment, pricing_segments
 from billing.usage.reader import Cutoff, OffsetRange, UsageRequest, UsageResult, aggregate, read_cutoff
 
@@ -220,7 +220,6 @@ def _usage_query(
 @dataclass
 class _Draft:
     lines: list[dict[str, Any]]
-    rated: RatedInvoice | None
     consumptions: list[tuple[str, OffsetRange]]  # (service period, range)
     credit_notes: list[tuple[str, list[dict[str, Any]], Decimal, tuple[OffsetRange, ...]]]
     drawdowns: list[tuple[str, Decimal]]
@@ -282,7 +281,7 @@ def _build_draft(
     session: Session, plan: _TenantPlan, results: dict[str, UsageResult], credits: list[CreditGrant]
 ) -> tuple[_Draft, dict[str, Decimal]]:
     tenant = plan.tenant
-    draft = _Draft([], None, [], [], [])
+    draft = _Draft([], [], [], [])
     corrections: list[PricedLine] = []
     queries: dict[tuple[Any, ...], dict[str, Any]] = {}
     for correction in plan.corrections:
@@ -313,7 +312,6 @@ def _build_draft(
         segments=plan.segments, spans=plan.spans, tax_jurisdiction=tenant.tax_jurisdiction, credits=credits,
         service_start_ms=plan.start_ms, service_end_ms=plan.end_ms, corrections=corrections,
     )  # fmt: skip
-    draft.rated = rated
     for line in rated.lines:
         service_period = period_of(line.service_start_ms, tenant.timezone) if line.correction else plan.period
         query = queries.get(_query_key(line)) or _usage_query(
