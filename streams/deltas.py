@@ -6,6 +6,12 @@ that interval is the difference of NVML's cumulative counter; across a counter r
 trapezoid of the two power readings over the interval. Busy time is the sample's
 utilization (NVML averages it over the last period) times the interval. An interval
 longer than `max_gap_ms` is not filled in: it is returned as unmetered time.
+
+Busy time is exact over any number of intervals: utilization x duration is in %·ms, and
+what a whole ms leaves over (`Cursor.busy_rem_pct_ms`, 0..99) is carried into the GPU's
+next interval, as the energy counter carries its sub-interval part. So the busy ms of a
+GPU's intervals add up to the floor of the exact integral sum(util x dt) / 100, however
+short the intervals (flooring each 250 ms interval on its own lost up to 1 % of it).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class Cursor:
     ts_ms: int
     energy_mj: int | None
     power_mw: int | None
+    busy_rem_pct_ms: int = 0  # util % x ms not yet a whole busy ms (0..99), carried to the next interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +59,13 @@ def step(
     """
     if reading.error is not None:
         return prev, None
-    cursor = Cursor(ts_ms, reading.energy_mj, reading.power_mw)
     if prev is None:
-        return cursor, None
+        return Cursor(ts_ms, reading.energy_mj, reading.power_mw), None
     duration = ts_ms - prev.ts_ms
     if duration <= 0:
         return prev, None
     if duration > max_gap_ms:
+        cursor = Cursor(ts_ms, reading.energy_mj, reading.power_mw, prev.busy_rem_pct_ms)
         return cursor, Interval(prev.ts_ms, ts_ms, 0, 0, reading.power_mw or 0, metered=False, from_counter=False)
     counter_ok = (
         not reading.counter_reset
@@ -70,5 +77,7 @@ def step(
         energy = reading.energy_mj - prev.energy_mj
     else:
         energy = _fallback_energy(prev, reading, duration)
-    busy = duration * reading.util_gpu_pct // 100 if reading.util_gpu_pct is not None else 0
+    busy_pct_ms = prev.busy_rem_pct_ms + (duration * reading.util_gpu_pct if reading.util_gpu_pct is not None else 0)
+    busy, remainder = divmod(busy_pct_ms, 100)
+    cursor = Cursor(ts_ms, reading.energy_mj, reading.power_mw, remainder)
     return cursor, Interval(prev.ts_ms, ts_ms, energy, busy, reading.power_mw or 0, True, counter_ok)

@@ -6,7 +6,9 @@ changelog can restore it. Per GPU it keeps:
 - `pending`: samples not yet processed, keyed by ts. A sample waits there until the
   GPU's newest ts is `lateness_ms` past it, so any arrival order within the lateness
   is processed in ts order and gives the same totals.
-- `cursor`: the last processed reading (see deltas.step).
+- `cursor`: the last processed reading (see deltas.step): [ts, energy mJ, power mW,
+  busy remainder in %·ms]; a cursor written before the remainder was kept has three
+  items and loads with a remainder of 0.
 - `windows`: open windows -> accumulators per (kind, tenant, lease, plan).
 
 A window closes once the cursor has reached its end; its accumulators become
@@ -169,7 +171,7 @@ class NodeRollup:
             prev = deltas.Cursor(*gpu["cursor"]) if gpu["cursor"] is not None else None
             cursor, interval = deltas.step(prev, ts, _reading_from_entry(entry), self.config.max_gap_ms)
             if cursor is not None:
-                gpu["cursor"] = [cursor.ts_ms, cursor.energy_mj, cursor.power_mw]
+                gpu["cursor"] = [cursor.ts_ms, cursor.energy_mj, cursor.power_mw, cursor.busy_rem_pct_ms]
             if interval is not None:
                 self._accumulate(uuid, gpu, interval, entry[6])
         frontier = gpu["cursor"][0] if gpu["cursor"] is not None else None

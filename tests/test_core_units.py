@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -60,6 +61,46 @@ def test_gap_over_limit_is_unmetered():
     cursor, _ = deltas.step(None, 0, reading(0), 30_000)
     _, interval = deltas.step(cursor, 40_000, reading(9_999), 30_000)
     assert not interval.metered and interval.energy_mj == 0 and interval.end_ms - interval.start_ms == 40_000
+
+
+def test_busy_remainder_is_carried_so_sub_second_intervals_lose_no_ms():
+    # 250 ms at 33 %: 82.5 busy ms each; floored one by one, 1000 of them gave 82,000 (0.6 % low)
+    cursor, _ = deltas.step(None, 0, reading(0, util=33), 30_000)
+    busy = []
+    for i in range(1, 1001):
+        cursor, interval = deltas.step(cursor, i * 250, reading(i, util=33), 30_000)
+        busy.append(interval.busy_ms)
+    assert busy[:4] == [82, 83, 82, 83] and sum(busy) == 82_500
+    assert cursor.busy_rem_pct_ms == 0
+    # what is left over waits in the cursor: across an error, a reading without utilization, a gap
+    cursor, interval = deltas.step(cursor, 250_250, reading(1001, util=1), 30_000)
+    assert (interval.busy_ms, cursor.busy_rem_pct_ms) == (2, 50)
+    same, _ = deltas.step(cursor, 250_300, reading(None, error="NVML_ERROR_TIMEOUT"), 30_000)
+    cursor, interval = deltas.step(same, 250_400, reading(1002, util=None), 30_000)
+    assert (interval.busy_ms, cursor.busy_rem_pct_ms) == (0, 50)
+    cursor, interval = deltas.step(cursor, 300_000, reading(1003, util=50), 30_000)  # a gap: unmetered
+    assert (interval.metered, interval.busy_ms, cursor.busy_rem_pct_ms) == (False, 0, 50)
+    cursor, interval = deltas.step(cursor, 300_001, reading(1004, util=50), 30_000)
+    assert (interval.busy_ms, cursor.busy_rem_pct_ms) == (1, 0)
+
+
+def test_a_cursor_saved_before_the_busy_remainder_loads_with_none_carried():
+    """Changelog state written by an older worker has [ts, energy, power] cursors."""
+    samples, backend = simulated_samples("n1", gpus=1, ticks=5, util=33, interval_ms=250)
+    rollup = NodeRollup(RollupConfig(lateness_ms=0), LeaseIndex())
+    state = new_state("n1")
+    for offset, sample in enumerate(samples[:2]):
+        rollup.apply(state, sample, offset)
+    gpu = state["gpus"][backend.uuids[0]]
+    assert gpu["cursor"][3] == 50  # 250 ms x 33 % = 82.5 busy ms: 82 counted, 50 %·ms carried
+    gpu["cursor"] = gpu["cursor"][:3]  # as an older worker wrote it
+    old = json.loads(json.dumps(state))
+    for offset, sample in enumerate(samples[2:], 2):
+        rollup.apply(old, sample, offset)
+    records = rollup.flush(old)
+    # carrying starts again from 0: 82 | 82, 83, 82 (the old 50 %·ms is not invented); exact would be 330
+    assert sum(r.busy_gpu_ms for r in records) == 82 + 82 + 83 + 82
+    assert old["gpus"][backend.uuids[0]]["cursor"][3] == 50
 
 
 def test_shares_add_up_exactly_whatever_the_cuts():
