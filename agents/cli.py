@@ -13,6 +13,8 @@ from agents.backends.simulated import MODELS
 from agents.config import AgentConfig, ConfigError, load_config
 from schemas.samples import NodeSample
 
+log = logging.getLogger("wattmeter-agent")
+
 DESCRIPTION = """\
 The wattmeter node agent. Runs on every GPU host: samples each GPU (power, NVML's
 cumulative energy counter, utilization, memory; MIG instances too) once per interval
@@ -27,6 +29,7 @@ examples:
   wattmeter-agent --backend simulated --gpus 8 --once --stdout    # one sample as JSON
   wattmeter-agent --backend nvml --bootstrap kafka-1:9092          # the real GPUs
   wattmeter-agent --backend replay --trace smi.csv --speed 60 --stdout
+  wattmeter-agent --backend replay --trace one-gpu.csv --gpu-uuid GPU-1b2c... --tz Europe/Berlin --speed 0
   wattmeter-agent --config /etc/wattmeter/agent.toml
 """
 
@@ -62,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mig-per-gpu", type=int, help="simulated: MIG instances per GPU (default 0)")
     parser.add_argument("--trace", type=Path, help="replay: CSV trace (nvidia-smi --format=csv or simple)")
     parser.add_argument("--speed", type=float, help="replay: speed-up over recorded time (0: as fast as possible)")
+    parser.add_argument(
+        "--tz",
+        dest="trace_tz",
+        metavar="ZONE",
+        help="replay: zone of the trace's timestamps written without one, an IANA name (Europe/Berlin) "
+        "or an offset (+05:30) (default UTC)",
+    )
+    parser.add_argument(
+        "--gpu-uuid",
+        dest="trace_gpu_uuid",
+        metavar="UUID",
+        help="replay: the GPU of a single-GPU trace with no GPU id column (nvidia-smi --query-gpu=uuid prints it)",
+    )
     parser.add_argument("--once", action="store_true", help="take one sample and exit")
     parser.add_argument("--ticks", type=int, help="stop after this many samples")
     parser.add_argument("--stdout", action="store_true", help="print samples as JSON lines; no Kafka, no spool")
@@ -83,6 +99,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
             "mig_per_gpu",
             "trace",
             "speed",
+            "trace_tz",
+            "trace_gpu_uuid",
         )
     }
     config = load_config(args.config, overrides)
@@ -105,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                 "no Kafka to send to: pass --bootstrap HOST:PORT, set KAFKA_BOOTSTRAP_SERVERS, "
                 "put bootstrap_servers under [kafka] in the config file, or use --stdout"
             )
-        backend = build_backend(config)
+        if config.backend == "replay":
+            from agents.backends.replay import ReplayBackend
+
+            backend = ReplayBackend.from_config(config)
+        else:
+            backend = build_backend(config)
     except (ConfigError, BackendUnavailable, TraceError) as exc:
         print(f"wattmeter-agent: {exc}", file=sys.stderr)
         return 2
@@ -116,15 +139,33 @@ def main(argv: list[str] | None = None) -> int:
 
         sampler = Sampler(backend, SystemClock(), config.node_id, config.interval_ms)
         if config.backend == "replay":
-            sampler.replay(StdoutSink(), [ts for ts, _ in backend.ticks()], config.speed, ticks=ticks)  # type: ignore[attr-defined]
-            return 0
-        sampler.run(StdoutSink(), ticks=ticks)
+            taken = sampler.replay(StdoutSink(), [ts for ts, _ in backend.ticks()], config.speed, ticks=ticks)  # type: ignore[attr-defined]
+        else:
+            taken = sampler.run(StdoutSink(), ticks=ticks)
+        log.info("%s", summary_line(config.node_id, taken, None, None))
         return 0
     daemon = AgentDaemon(config, backend=backend)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
-    daemon.run(ticks=ticks)
+    taken = daemon.run(ticks=ticks)
+    registry = daemon.metrics.registry
+    sent = int(registry.get_sample_value("wattmeter_agent_samples_sent_total") or 0)
+    dropped = int(registry.get_sample_value("wattmeter_agent_samples_dropped_total") or 0)
+    log.info("%s", summary_line(config.node_id, taken, sent, daemon.spool.pending_rows, dropped))
     return 0
+
+
+def summary_line(node_id: str, taken: int, sent: int | None, spooled: int | None, dropped: int = 0) -> str:
+    """The one line an agent run ends with: what it sampled, what Kafka acknowledged, what is
+    left on disk for the next start (sent and spooled are None with --stdout: nothing is)."""
+    if sent is None or spooled is None:
+        return f"done: node {node_id}: {taken} samples taken, printed to stdout (no Kafka, no spool)"
+    line = f"done: node {node_id}: {taken} samples taken, {sent} sent, {spooled} still spooled"
+    if spooled:
+        line += " (sent at the next start)"
+    if dropped:
+        line += f", {dropped} DROPPED (spool over its bounds)"
+    return line
 
 
 if __name__ == "__main__":

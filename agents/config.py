@@ -33,6 +33,8 @@ class AgentConfig:
     # replay backend
     trace: Path | None = None
     speed: float = 1.0
+    trace_tz: str | None = None  # zone of the trace's timestamps without one: IANA name or offset (+05:30); UTC
+    trace_gpu_uuid: str | None = None  # the GPU of a single-GPU trace without GPU ids
     # kafka: bootstrap_servers plus any kafka-python producer setting (TLS, SASL) passed through
     kafka: dict[str, Any] = field(default_factory=dict)
 
@@ -48,6 +50,8 @@ _ENV_KEYS = {
     "spool_dir": "WATTMETER_SPOOL_DIR",
     "metrics_port": "WATTMETER_METRICS_PORT",
     "hints_file": "WATTMETER_HINTS_FILE",
+    "trace_tz": "WATTMETER_TRACE_TZ",
+    "trace_gpu_uuid": "WATTMETER_TRACE_GPU_UUID",
 }
 _KAFKA_ENV = {
     "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
@@ -63,6 +67,8 @@ def _coerce(config: AgentConfig, name: str, value: Any) -> Any:
     kind = type(getattr(AgentConfig(), name))
     if name in ("spool_dir", "hints_file", "trace"):
         return Path(value) if value not in (None, "") else None
+    if name in ("trace_tz", "trace_gpu_uuid"):
+        return (str(value).strip() or None) if value is not None else None
     try:
         if kind is int:
             return int(value)
@@ -106,4 +112,13 @@ def load_config(
         raise ConfigError("interval_ms must be at least 10")
     if config.backend == "replay" and config.trace is None:
         raise ConfigError("the replay backend needs a trace: --trace FILE")
+    if not config.speed >= 0:
+        raise ConfigError(f"speed must be >= 0 (0: as fast as possible), not {config.speed}")
+    if config.trace_tz:
+        from agents.backends.replay import parse_tz
+
+        try:
+            parse_tz(config.trace_tz)
+        except ValueError as exc:
+            raise ConfigError(f"trace_tz: {exc}") from None
     return config

@@ -15,6 +15,8 @@ from schemas.samples import NodeSample
 
 log = logging.getLogger(__name__)
 
+MAX_INTERVAL_MS = 3_600_000  # the largest interval_ms a sample may carry (schemas/validate.py)
+
 
 class SampleSink(Protocol):
     def send(self, sample: NodeSample) -> None: ...
@@ -59,8 +61,9 @@ class Sampler:
                 log.warning("wall clock stepped by %+d ms against the monotonic clock (seq %d)", skew, self.seq)
         self._last_times = (wall, mono)
 
-    def tick(self) -> NodeSample:
-        """Take one sample now."""
+    def tick(self, interval_ms: int | None = None) -> NodeSample:
+        """Take one sample now; `interval_ms` overrides the configured interval it reports
+        (a replay reports the recorded cadence)."""
         wall = self.clock.wall_ms()
         mono = self.clock.mono_ms()
         self._check_clock(wall, mono)
@@ -70,7 +73,7 @@ class Sampler:
             seq=self.seq,
             ts_ms=wall,
             mono_ms=mono,
-            interval_ms=self.interval_ms,
+            interval_ms=self.interval_ms if interval_ms is None else interval_ms,
             gpus=self.backend.read(wall),
         )
         self.seq += 1
@@ -111,7 +114,9 @@ class Sampler:
         on_sample: Callable[[NodeSample], None] | None = None,
     ) -> int:
         """Take one sample per recorded timestamp (a replay backend's trace), stamped with
-        the recorded time, waiting (gap / speed) of real time between them (speed 0: no wait)."""
+        the recorded time, waiting (gap / speed) of real time between them (speed 0: no wait).
+        Each sample's `interval_ms` is the recorded time since the previous one (the first:
+        until the next one; the configured interval when there is only one), 1 ms at least."""
         if not timestamps:
             return 0
         from agents.clock import SimulatedClock
@@ -120,7 +125,8 @@ class Sampler:
         start_mono = self.clock.mono_ms()
         taken = 0
         previous = timestamps[0]
-        for ts in timestamps[: ticks if ticks is not None else None]:
+        first_interval = timestamps[1] - timestamps[0] if len(timestamps) > 1 else self.interval_ms
+        for i, ts in enumerate(timestamps[: ticks if ticks is not None else None]):
             if speed > 0 and ts > previous:
                 if stop is not None:
                     if stop.wait((ts - previous) / 1000 / speed):
@@ -131,7 +137,8 @@ class Sampler:
                 break
             previous = ts
             self.clock.sleep_until_mono(start_mono + ts - timestamps[0])
-            sample = self.tick()
+            interval = ts - timestamps[i - 1] if i else first_interval
+            sample = self.tick(min(max(interval, 1), MAX_INTERVAL_MS))
             sink.send(sample)
             if on_sample is not None:
                 on_sample(sample)

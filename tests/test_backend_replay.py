@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import random
 from datetime import datetime, timedelta, timezone
@@ -10,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from agents.backends.errors import TraceError
-from agents.backends.replay import ReplayBackend, trapezoid_energy_mj
-from agents.config import AgentConfig
+from agents.backends.replay import ReplayBackend, parse_tz, trapezoid_energy_mj
+from agents.cli import main as agent_main
+from agents.cli import summary_line
+from agents.config import AgentConfig, ConfigError, load_config
 from agents.daemon import AgentDaemon
+from tests.helpers import T0
 
 SMI_HEADER = (
     "timestamp, uuid, name, power.draw [W], utilization.gpu [%], utilization.memory [%], "
@@ -163,7 +168,10 @@ def test_simple_trace_passes_energy_through_and_handles_missing_values(tmp_path:
         ("timestamp,gpu_uuid,power_w\n2026-11-02T00:00:00Z,GPU-a,lots\n", r"simple.csv:2: cannot read this row"),
         ("timestamp,gpu_uuid,power_w\nyesterday,GPU-a,100\n", r"simple.csv:2: cannot read this row"),
         ("timestamp,gpu_uuid\n", r"header has no power column"),
-        ("timestamp,gpu_uuid,power_w\n2026-11-02T00:00:00Z,GPU-a\n", r"simple.csv:2: 2 values"),
+        (  # a short line that is not the last one is not a cut-off line
+            "timestamp,gpu_uuid,power_w\n2026-11-02T00:00:00Z,GPU-a\n2026-11-02T00:00:01Z,GPU-a,1\n",
+            r"simple.csv:2: 2 values, the header has 3",
+        ),
         (
             "timestamp,gpu_uuid,power_w\n1800000000000,GPU-a,1\n\n1800000000500,GPU-a,1\n1800000000400,GPU-a,1\n",
             r"simple.csv:5: timestamp goes back in time for GPU-a",
@@ -209,3 +217,250 @@ def test_replayed_trace_energy_in_kafka_matches_the_trapezoid(kafka_broker, run_
     for gpu in GPUS:
         counters = [g["energy_mj"] for s in samples for g in s["gpus"] if g["gpu_uuid"] == gpu]
         assert math.isclose(counters[-1] - counters[0], expected[gpu], rel_tol=1e-3)
+
+
+# --- any nvidia-smi log: no GPU ids, index / bus id keys, cut-off last line, time zones, cadence
+
+ISSUE_QUERY = "timestamp, power.draw [W], utilization.gpu [%], utilization.memory [%]"  # no GPU id column
+
+
+def test_a_log_without_gpu_ids_is_one_gpu_named_by_gpu_uuid(tmp_path: Path, caplog):
+    trace = tmp_path / "one.csv"
+    trace.write_text(
+        f"{ISSUE_QUERY}\n"
+        "2026/11/02 10:00:00.000, 100.00 W, 10 %, 1 %\n"
+        "2026/11/02 10:00:00.250, 300.00 W, 30 %, 1 %\n"
+        "2026/11/02 10:00:00.500, 100.00 W, 50 %, 1 %\n"
+    )
+    with pytest.raises(TraceError, match=r"one.csv: header has no GPU id column .*pass --gpu-uuid UUID"):
+        ReplayBackend(trace)
+    caplog.set_level(logging.INFO, "agents.backends.replay")
+    backend = ReplayBackend(trace, gpu_uuid="GPU-solo")
+    assert backend.gpu_key == "fixed" and "every row is GPU GPU-solo" in caplog.text
+    assert [
+        (ts - T0 - 36_000_000, [(r.gpu_uuid, r.energy_mj, r.util_gpu_pct) for r in g]) for ts, g in backend.ticks()
+    ] == [
+        (0, [("GPU-solo", 0, 10)]),
+        (250, [("GPU-solo", 50_000, 30)]),  # (100 W + 300 W) / 2 x 0.25 s
+        (500, [("GPU-solo", 100_000, 50)]),
+    ]
+    assert trapezoid_energy_mj(trace, gpu_uuid="GPU-solo") == {"GPU-solo": 100_000}
+
+
+def test_gpu_uuid_is_refused_where_the_log_names_its_gpus_or_holds_more_than_one(tmp_path: Path):
+    trace = tmp_path / "smi.csv"
+    write_smi_trace(trace, ticks=3)
+    with pytest.raises(TraceError, match=r"smi.csv: the log names its GPUs in a uuid column; --gpu-uuid is for"):
+        ReplayBackend(trace, gpu_uuid="GPU-x")
+    by_index = tmp_path / "index.csv"
+    by_index.write_text(
+        "timestamp, index, power.draw [W]\n"
+        "2026/11/02 10:00:00.000, 0, 100.00 W\n2026/11/02 10:00:01.000, 0, 100.00 W\n"
+        "2026/11/02 10:00:01.003, 1, 100.00 W\n"
+    )
+    with pytest.raises(TraceError, match=r"index.csv:4: a second GPU \(index 1\) in a log replayed as the single GPU"):
+        ReplayBackend(by_index, gpu_uuid="GPU-x")
+    by_index.write_text(
+        "timestamp, index, power.draw [W]\n2026/11/02 10:00:00.000, 0, 1 W\n2026/11/02 10:00:01.000, 0, 1 W\n"
+    )
+    assert {r.gpu_uuid for _, g in ReplayBackend(by_index, gpu_uuid="GPU-x").ticks() for r in g} == {"GPU-x"}
+
+
+def test_a_second_row_at_the_same_time_in_a_log_without_ids_is_refused(tmp_path: Path):
+    trace = tmp_path / "two.csv"
+    trace.write_text(
+        f"{ISSUE_QUERY}\n"
+        "2026/11/02 10:00:00.000, 100.00 W, 10 %, 1 %\n"
+        "2026/11/02 10:00:00.000, 300.00 W, 30 %, 1 %\n"
+        "2026/11/02 10:00:01.000, 300.00 W, 30 %, 1 %\n"
+    )
+    with pytest.raises(TraceError, match=r"two.csv:3: a second row at the same time in a log without GPU ids"):
+        ReplayBackend(trace, gpu_uuid="GPU-x")
+
+
+def test_a_multi_gpu_log_is_keyed_by_index_or_bus_id_and_says_which(tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO, "agents.backends.replay")
+    trace = tmp_path / "index.csv"
+    trace.write_text(
+        "timestamp, index, power.draw [W], utilization.gpu [%]\n"
+        "2026/11/02 10:00:00.000, 0, 100.00 W, 10 %\n2026/11/02 10:00:00.001, 1, 200.00 W, 20 %\n"
+        "2026/11/02 10:00:00.250, 0, 100.00 W, 10 %\n2026/11/02 10:00:00.251, 1, 200.00 W, 20 %\n"
+    )
+    backend = ReplayBackend(trace, node_id="host-7")
+    assert backend.gpu_key == "index"
+    assert [[r.gpu_uuid for r in g] for _, g in backend.ticks()] == [["host-7:index:0", "host-7:index:1"]] * 2
+    assert "no uuid column, so GPUs are keyed by index: host-7:index:0, host-7:index:1" in caplog.text
+    assert trapezoid_energy_mj(trace, node_id="host-7") == {"host-7:index:0": 25_000, "host-7:index:1": 50_000}
+    both = tmp_path / "bus.csv"  # a bus id is stable across reboots: preferred over the index
+    both.write_text(
+        "index, pci.bus_id, timestamp, power.draw [W]\n"
+        "0, 00000000:17:00.0, 2026/11/02 10:00:00.000, 100.00 W\n1, 00000000:2A:00.0, 2026/11/02 10:00:00.001, 1 W\n"
+    )
+    backend = ReplayBackend(both, node_id="host-7")
+    assert backend.gpu_key == "pci.bus_id"
+    assert [r.gpu_uuid for r in backend.ticks()[0][1]] == [
+        "host-7:pci.bus_id:00000000:17:00.0",
+        "host-7:pci.bus_id:00000000:2A:00.0",
+    ]
+
+
+CUT_OFF = "timestamp,gpu_uuid,power_w,util_gpu_pct\n1800000000000,GPU-a,100,10\n1800000000250,GPU-a,300,20\n"
+
+
+@pytest.mark.parametrize(
+    "tail,problem",
+    [
+        ("1800000000500\n", "1 values, the header has 4"),  # the issue's "1 values, the header has 5"
+        ("1800000000500,GPU-a,30", "3 values, the header has 4"),  # no newline either
+        ("1800000000500,GPU-a,300,2", "no newline at its end, so its last value may be cut short"),  # "2" of "25"?
+        ("1800000000500,GPU-a,300,[N/", "cannot read this row (util_gpu '[N/' is not a number)"),  # of [N/A]
+        ("1800000000500,GPU-a\n\n\n", "2 values, the header has 4"),  # blank lines after it
+    ],
+)
+def test_a_cut_off_last_line_is_skipped_with_one_warning(tmp_path: Path, caplog, tail: str, problem: str):
+    trace = tmp_path / "simple.csv"
+    trace.write_text(CUT_OFF + tail)
+    backend = ReplayBackend(trace)
+    assert [(ts, g[0].energy_mj) for ts, g in backend.ticks()] == [(1800000000000, 0), (1800000000250, 50_000)]
+    assert backend.skipped_line == f"{trace}:4: {problem}"
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == f"{trace}:4: skipped the last line, cut off while the log was written ({problem})"
+    assert trapezoid_energy_mj(trace) == {"GPU-a": 50_000}
+
+
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        (CUT_OFF + "1800000000500,GPU-a\n1800000000750,GPU-a,1,1\n", r"simple.csv:4: 2 values, the header has 4"),
+        (  # it ends in a newline: a whole line, and wrong
+            CUT_OFF + "1800000000500,GPU-a,1,2x\n",
+            r"simple.csv:4: cannot read this row \(util_gpu '2x' is not a number\)",
+        ),
+        (CUT_OFF + "1800000000500,GPU-a,1,2x\n1800000000750,GPU-a", r"simple.csv:4: cannot read this row"),
+        (CUT_OFF + "1800000000500,,1,2", r"simple.csv:4: empty GPU id"),
+        (CUT_OFF + "1800000000100,GPU-a,1,2\n", r"simple.csv:4: timestamp goes back in time for GPU-a"),
+    ],
+)
+def test_any_other_bad_line_is_still_an_error(tmp_path: Path, body: str, reason: str):
+    trace = tmp_path / "simple.csv"
+    trace.write_text(body)
+    with pytest.raises(TraceError, match=reason):
+        ReplayBackend(trace)
+
+
+def test_tz_offsets_zones_and_the_repeated_hour(tmp_path: Path):
+    assert parse_tz("+05:30").utcoffset(None) == timedelta(hours=5, minutes=30)
+    assert parse_tz("-0800").utcoffset(None) == timedelta(hours=-8)
+    assert parse_tz("UTC+1").utcoffset(None) == timedelta(hours=1)
+    assert parse_tz("utc") is timezone.utc and str(parse_tz("Europe/Berlin")) == "Europe/Berlin"
+    for bad in ("+24:00", "+05:60", "Mars/Base", "../etc/passwd", "5"):
+        with pytest.raises(ValueError, match="time zone"):
+            parse_tz(bad)
+    trace = tmp_path / "local.csv"
+    trace.write_text(
+        "timestamp,gpu_uuid,power_w\n"
+        "2026/11/02 10:00:00.000,GPU-a,1\n"
+        "2026-11-02T10:00:01,GPU-a,1\n"  # ISO without an offset: local too
+        "2026-11-02T09:00:02+00:00,GPU-a,1\n"  # with an offset: absolute, the zone is not applied
+        "1793610003000,GPU-a,1\n"  # epoch ms: absolute
+    )
+    utc_ten = T0 + 10 * 3_600_000
+    expected = [utc_ten - 3_600_000 + i * 1000 for i in range(4)]  # Berlin is UTC+01:00 in November
+    assert [ts for ts, _ in ReplayBackend(trace, tz="Europe/Berlin").ticks()] == expected
+    assert [ts for ts, _ in ReplayBackend(trace, tz="+01:00").ticks()] == expected
+    assert [ts for ts, _ in ReplayBackend(trace, tz_offset_minutes=60).ticks()] == expected
+    with pytest.raises(TraceError, match="unknown time zone 'Nowhere'"):
+        ReplayBackend(trace, tz="Nowhere")
+    # New York, 2026-11-01: 01:00-02:00 local happens twice (EDT, then EST); the log runs through it
+    fall = tmp_path / "fall.csv"
+    stamps = ["01:59:59.000", "01:59:59.500", "01:00:00.000", "01:00:00.500", "01:59:59.900", "02:00:00.400"]
+    fall.write_text("timestamp,gpu_uuid,power_w\n" + "".join(f"2026/11/01 {s},GPU-a,1\n" for s in stamps))
+    first_pass = int(datetime(2026, 11, 1, 5, 59, 59, tzinfo=timezone.utc).timestamp() * 1000)  # 01:59:59 EDT
+    assert [ts - first_pass for ts, _ in ReplayBackend(fall, tz="America/New_York").ticks()] == [
+        0, 500, 1000, 1500, 3_600_900, 3_601_400,
+    ]  # fmt: skip
+
+
+def test_replayed_samples_carry_the_log_cadence_as_interval_ms(tmp_path: Path, capsys):
+    trace = tmp_path / "cadence.csv"
+    steps = [0, 250, 500, 700, 1700, 1701, 1701 + 45_000]
+    trace.write_text("timestamp,gpu_uuid,power_w\n" + "".join(f"{1_800_000_000_000 + s},GPU-a,1\n" for s in steps))
+    assert agent_main(["--backend", "replay", "--trace", str(trace), "--speed", "0", "--stdout", "--node-id", "n"]) == 0
+    samples = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [s["interval_ms"] for s in samples] == [250, 250, 250, 200, 1000, 1, 45_000]
+    assert [s["ts_ms"] - 1_800_000_000_000 for s in samples] == steps
+    trace.write_text("timestamp,gpu_uuid,power_w\n1800000000000,GPU-a,1\n")  # one row: the configured interval
+    assert agent_main(["--backend", "replay", "--trace", str(trace), "--stdout", "--interval-ms", "333"]) == 0
+    assert json.loads(capsys.readouterr().out)["interval_ms"] == 333
+
+
+def test_tz_and_gpu_uuid_settings_come_from_toml_env_and_flags(tmp_path: Path, capsys):
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'backend = "replay"\ntrace = "{tmp_path / "x.csv"}"\ntrace_tz = "Asia/Tokyo"\ntrace_gpu_uuid = "GPU-f"\n'
+    )
+    config = load_config(path, environ={})
+    assert (config.trace_tz, config.trace_gpu_uuid) == ("Asia/Tokyo", "GPU-f")
+    env = {"WATTMETER_TRACE_TZ": "+05:30", "WATTMETER_TRACE_GPU_UUID": "GPU-e"}
+    assert (load_config(path, environ=env).trace_tz, load_config(path, environ=env).trace_gpu_uuid) == (
+        "+05:30",
+        "GPU-e",
+    )
+    flags = load_config(path, {"trace_tz": "-03:00"}, environ=env)
+    assert (flags.trace_tz, flags.trace_gpu_uuid) == ("-03:00", "GPU-e")
+    with pytest.raises(ConfigError, match=r"trace_tz: unknown time zone 'Atlantis'"):
+        load_config(path, environ={"WATTMETER_TRACE_TZ": "Atlantis"})
+    with pytest.raises(ConfigError, match="speed must be >= 0"):
+        load_config(path, {"speed": -1}, environ={})
+    # the flags reach the backend: a local 10:00 in Tokyo is 01:00 UTC
+    trace = tmp_path / "x.csv"
+    trace.write_text(f"{ISSUE_QUERY}\n2026/11/02 10:00:00.000, 1.00 W, 1 %, 1 %\n")
+    argv = ["--config", str(path), "--stdout", "--speed", "0"]
+    assert agent_main(argv) == 0
+    (sample,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (sample["ts_ms"], sample["gpus"][0]["gpu_uuid"]) == (T0 + 3_600_000, "GPU-f")
+    assert agent_main([*argv, "--tz", "+00:00", "--gpu-uuid", "GPU-g"]) == 0
+    (sample,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (sample["ts_ms"], sample["gpus"][0]["gpu_uuid"]) == (T0 + 10 * 3_600_000, "GPU-g")
+
+
+@pytest.mark.parametrize(
+    "body,extra,message",
+    [
+        (f"{ISSUE_QUERY}\n2026/11/02 10:00:00.000, 1 W, 1 %, 1 %\n", [], "header has no GPU id column"),
+        (CUT_OFF + "1800000000500,GPU-a\n1800000000750,GPU-a,1,1\n", [], "bad.csv:4: 2 values, the header has 4"),
+        (CUT_OFF, ["--tz", "+99:00"], "trace_tz: time zone offset '+99:00' is out of range"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, capsys, body: str, extra: list[str], message: str):
+    trace = tmp_path / "bad.csv"
+    trace.write_text(body)
+    assert agent_main(["--backend", "replay", "--trace", str(trace), "--stdout", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattmeter-agent: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_run_ends_with_a_one_line_summary(tmp_path: Path, caplog, capsys):
+    assert (
+        summary_line("n1", 12, 10, 2)
+        == "done: node n1: 12 samples taken, 10 sent, 2 still spooled (sent at the next start)"
+    )
+    assert summary_line("n1", 5, 5, 0) == "done: node n1: 5 samples taken, 5 sent, 0 still spooled"
+    assert summary_line("n1", 9, 1, 3, dropped=5).endswith(", 5 DROPPED (spool over its bounds)")
+    caplog.set_level(logging.INFO, "wattmeter-agent")
+    trace = tmp_path / "simple.csv"
+    trace.write_text(CUT_OFF)
+    assert (
+        agent_main(["--backend", "replay", "--trace", str(trace), "--stdout", "--speed", "0", "--node-id", "n2"]) == 0
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == "wattmeter-agent"] == [
+        "done: node n2: 2 samples taken, printed to stdout (no Kafka, no spool)"
+    ]
+    # through the daemon (no Kafka configured: spooled, none sent)
+    config = AgentConfig(node_id="n3", backend="replay", trace=trace, speed=0, spool_dir=tmp_path / "spool")
+    daemon = AgentDaemon(config, backend=ReplayBackend.from_config(config))
+    assert daemon.run() == 2
+    registry = daemon.metrics.registry
+    taken = registry.get_sample_value("wattmeter_agent_samples_taken_total")
+    assert (taken, daemon.spool.pending_rows) == (2.0, 2)
