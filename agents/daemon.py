@@ -1,9 +1,9 @@
 """Wiring of the node agent: backend -> sampler -> spool -> sender -> Kafka.
 
 The sampling thread only ever writes to the local spool, so a slow or absent broker
-never delays a tick; the sender thread drains the spool. On SIGTERM the sampler stops,
-the sender drains what it can within a deadline, and the rest stays on disk for the
-next start.
+never delays a tick; the sender thread drains the spool (one producer, waiting out
+outages of any length: agents/sender.py). On SIGTERM the sampler stops, the sender
+drains what it can within a deadline, and the rest stays on disk for the next start.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from agents.backends.base import GpuBackend
 from agents.clock import Clock, SystemClock
@@ -105,10 +106,10 @@ class AgentDaemon:
         )
         self._sender_thread.start()
 
-    def _kafka_overrides(self) -> dict:
+    def _kafka_overrides(self) -> dict[str, Any]:
         overrides = {k: v for k, v in self.config.kafka.items() if k != "bootstrap_servers"}
-        overrides.setdefault("max_block_ms", 5000)
-        overrides.setdefault("delivery_timeout_ms", 60_000)
+        overrides.setdefault("max_block_ms", 5000)  # send() waiting for metadata (only before the first answer)
+        overrides.setdefault("bootstrap_timeout_ms", 5000)  # creating the producer: keeps a SIGTERM drain short
         overrides.setdefault("reconnect_backoff_max_ms", 2000)
         return overrides
 

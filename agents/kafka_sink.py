@@ -13,7 +13,12 @@ log = logging.getLogger(__name__)
 
 def producer_config(bootstrap: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Durable, throughput-tuned defaults; `overrides` passes TLS/SASL settings through
-    (security_protocol, ssl_cafile, sasl_mechanism, sasl_plain_username, ...)."""
+    (security_protocol, ssl_cafile, sasl_mechanism, sasl_plain_username, ...).
+
+    A send is retried until Kafka takes it: no retry limit and a delivery timeout of
+    ~25 days (longer than the spool keeps anything), so no batch expires during an outage.
+    An expired batch would fail while later ones of the same partition could still
+    succeed under a new producer id, and its resend would land behind them."""
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap.split(","),
         "acks": "all",
@@ -23,6 +28,7 @@ def producer_config(bootstrap: str, overrides: dict[str, Any] | None = None) -> 
         "batch_size": 256 * 1024,
         "max_in_flight_requests_per_connection": 5,
         "retries": 2**31 - 1,
+        "delivery_timeout_ms": 2**31 - 1,
         "client_id": "wattmeter-agent",
     }
     config.update(overrides or {})

@@ -23,6 +23,12 @@ class AgentMetrics:
             registry=r,
         )
         self.send_errors = Counter("wattmeter_agent_send_errors", "Kafka send attempts that failed", registry=r)
+        self.kafka_up = Gauge(
+            "wattmeter_agent_kafka_up", "1 while Kafka acknowledges sends, 0 while it is unreachable", registry=r
+        )
+        self.kafka_outages = Counter(
+            "wattmeter_agent_kafka_outages", "Times Kafka became unreachable (samples spooled meanwhile)", registry=r
+        )
         self.spool_bytes = Gauge("wattmeter_agent_spool_bytes", "Bytes waiting in the spool", registry=r)
         self.spool_rows = Gauge("wattmeter_agent_spool_rows", "Samples waiting in the spool", registry=r)
         self.send_latency = Histogram(
