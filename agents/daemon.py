@@ -4,6 +4,8 @@ The sampling thread only ever writes to the local spool, so a slow or absent bro
 never delays a tick; the sender thread drains the spool (one producer, waiting out
 outages of any length: agents/sender.py). On SIGTERM the sampler stops, the sender
 drains what it can within a deadline, and the rest stays on disk for the next start.
+A simulated backend keeps its "driver" state (energy counters) beside the spool, so its
+counters survive restarts and kills as NVML's do (agents/backends/simulated.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.backends.base import GpuBackend
+from agents.backends.simulated import SimulatedBackend
 from agents.clock import Clock, SystemClock
 from agents.config import AgentConfig
 from agents.hints import HintsFile
@@ -26,11 +29,11 @@ from schemas.samples import NodeSample
 
 log = logging.getLogger(__name__)
 
+SIMULATED_STATE_FILE = "simulated-gpus.json"  # beside the spool: the simulated driver's counters
+
 
 def build_backend(config: AgentConfig) -> GpuBackend:
     if config.backend == "simulated":
-        from agents.backends.simulated import SimulatedBackend
-
         return SimulatedBackend(
             gpus=config.gpus,
             model=config.model,
@@ -88,6 +91,8 @@ class AgentDaemon:
     ) -> None:
         self.config = config
         self.backend = backend or build_backend(config)
+        if isinstance(self.backend, SimulatedBackend) and self.backend.state_path is None:
+            self.backend.keep_state(config.spool_dir / SIMULATED_STATE_FILE)
         self.clock = clock or SystemClock()
         self.metrics = metrics or AgentMetrics()
         self.spool = Spool(config.spool_dir / "spool.sqlite3", config.spool_max_bytes, config.spool_max_age_s * 1000)

@@ -1,4 +1,5 @@
-"""The agent daemon against a real broker: SIGTERM flush, kill -9 and restart, a broker outage.
+"""The agent daemon against a real broker: SIGTERM flush, kill -9 and restart, a broker outage,
+and a SIGKILLed simulated GPU host metered across its restart by the real worker and sink.
 (A broker away for over a minute: tests/test_agent_outage.py.)"""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.kafka_broker import start_jar_broker
+from deploy.local.kafka_broker import BrokerHandle, start_jar_broker
 from schemas.topics import GPU_SAMPLES
 
 pytestmark = pytest.mark.broker
@@ -154,3 +155,89 @@ def test_broker_outage_samples_arrive_in_order(run_id, tmp_path):
         assert "Traceback" not in log and "Exception ignored" not in log, log[-3000:]
     finally:
         broker.stop()
+
+
+def test_simulated_host_sigkilled_and_restarted_is_metered_across_the_restart_from_its_counter(
+    kafka_broker: BrokerHandle, run_id: str, tmp_path: Path
+) -> None:
+    """The simulated GPUs' counters run on across an agent restart (as NVML's run from driver
+    load), so the real worker takes the restarted agent's first sample as it is (nothing in the
+    DLQ) and meters the interval across the restart from the counter: every GPU's energy in
+    Parquet is its last counter reading less its first, and its time the span between them."""
+    import pyarrow.dataset as ds
+
+    from deploy.local.pipeline import service_env, start_sink, start_worker, wait_for
+    from schemas.samples import GpuReading
+    from schemas.topics import GPU_SAMPLES_DLQ
+    from streams import deltas
+
+    node = f"restart-{run_id}"
+    spool = tmp_path / "spool"
+    usage_dir = tmp_path / "usage"
+    env = service_env(
+        kafka_broker.bootstrap,
+        f"restart-{run_id}",
+        usage_dir,
+        tmp_path / "state",
+        WATTMETER_SINK_SECONDS="0.5",
+        WATTMETER_IDLE_CLOSE_MS="8000",  # close the windows once the host has been silent for 8 s
+    )
+    services = (start_worker(env, tmp_path / "worker.log"), start_sink(env, tmp_path / "sink.log"))
+    try:
+        agent = start_agent(kafka_broker.bootstrap, node, spool, tmp_path / "agent1.log", interval_ms=200)
+        first_boot = node_samples(kafka_broker.bootstrap, node, 10)[0]["boot_id"]
+        agent.kill()  # SIGKILL: no drain, no goodbye
+        agent.wait(10)
+        assert (spool / "simulated-gpus.json").exists()
+        agent = start_agent(kafka_broker.bootstrap, node, spool, tmp_path / "agent2.log", interval_ms=200)
+        wait_for(lambda: len({s["boot_id"] for s in node_samples(kafka_broker.bootstrap, node, 1, 5)}) == 2, 60,
+                 "the restarted agent's samples")  # fmt: skip
+        time.sleep(2)  # a few more samples of the new boot
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0
+        samples = node_samples(kafka_broker.bootstrap, node, 20)
+        by_boot = assert_in_order(samples)
+        assert list(by_boot)[0] == first_boot and len(by_boot) == 2
+        unique = {(s["boot_id"], s["seq"]): s for s in samples}
+        ordered = sorted(unique.values(), key=lambda s: s["ts_ms"])
+        gpus = {g["gpu_uuid"] for s in ordered for g in s["gpus"]}
+        assert len(gpus) == 2
+        span = ordered[-1]["ts_ms"] - ordered[0]["ts_ms"]
+
+        def parquet(gpu: str) -> tuple[int, int, int]:
+            files = [str(p) for p in usage_dir.glob("date=*/*.parquet")]
+            if not files:
+                return (0, 0, 0)
+            table = ds.dataset(files, format="parquet").to_table(
+                columns=["allocated_gpu_ms", "energy_mj", "unmetered_ms"], filter=ds.field("gpu_uuid") == gpu
+            )
+            alloc, energy, unmetered = (sum(table[c].to_pylist()) for c in table.column_names)
+            return alloc, energy, unmetered
+
+        wait_for(lambda: all(parquet(g)[0] == span for g in gpus), 180, "every window of the host in Parquet",
+                 services)  # fmt: skip
+    finally:
+        for service in services:
+            service.stop()
+    for gpu in sorted(gpus):
+        readings = [(s["ts_ms"], s["boot_id"], next(g for g in s["gpus"] if g["gpu_uuid"] == gpu)) for s in ordered]
+        assert parquet(gpu) == (span, readings[-1][2]["energy_mj"] - readings[0][2]["energy_mj"], 0)
+        # the interval across the restart: from the old boot's last reading to the new boot's first
+        cut = next(i for i, (_, boot, _) in enumerate(readings) if boot != first_boot)
+        (ts_a, _, a), (ts_b, _, b) = readings[cut - 1], readings[cut]
+        assert not b["counter_reset"] and b["energy_mj"] > a["energy_mj"]
+        reading = GpuReading(gpu, b["model"], power_mw=b["power_mw"], energy_mj=b["energy_mj"],
+                             util_gpu_pct=b["util_gpu_pct"])  # fmt: skip
+        _, interval = deltas.step(deltas.Cursor(ts_a, a["energy_mj"], a["power_mw"]), ts_b, reading, 30_000)
+        assert interval is not None and interval.metered and interval.from_counter
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        GPU_SAMPLES_DLQ, bootstrap_servers=[kafka_broker.bootstrap], auto_offset_reset="earliest",
+        enable_auto_commit=False, consumer_timeout_ms=3000,
+    )  # fmt: skip
+    try:
+        rejected = [(r.value[:200], dict(r.headers)) for r in consumer if r.key == node.encode()]
+    finally:
+        consumer.close()
+    assert rejected == []

@@ -148,3 +148,85 @@ def test_daemon_spools_every_tick_and_serves_prometheus_metrics(tmp_path: Path):
     first = json.loads(spooled[0].value)
     assert [s["seq"] for s in map(json.loads, (r.value for r in spooled))] == [0, 1, 2, 3, 4]
     assert first["gpus"][0]["hint"] == "tenant-x" and first["gpus"][1]["hint"] is None
+
+
+def test_simulated_counter_survives_a_restart_and_resets_only_when_asked(tmp_path: Path) -> None:
+    """Like NVML's, the counter runs from "driver load": a new agent (a new backend on the same
+    state file) reads on from where the last one was, plus what the GPU drew while none ran."""
+    state = tmp_path / "simulated-gpus.json"
+    first = SimulatedBackend(gpus=2, node_id="n1", constant_util=50, state_path=state)
+    assert all(r.counter_reset for r in first.read(T0))  # a first start is a driver load
+    before = first.read(T0 + 10_000)  # 10 s at 385 W
+    assert [r.energy_mj for r in before] == [3_850_000, 3_850_000] and not any(r.counter_reset for r in before)
+    again = SimulatedBackend(gpus=2, node_id="n1", constant_util=50, state_path=state)  # the agent restarted
+    after = again.read(T0 + 15_000)  # 5 s later; the GPUs kept drawing 385 W meanwhile
+    assert [r.energy_mj for r in after] == [5_775_000, 5_775_000] and not any(r.counter_reset for r in after)
+    again.reload_driver(1)
+    flagged = again.read(T0 + 16_000)
+    assert [(r.energy_mj, r.counter_reset) for r in flagged] == [(6_160_000, False), (385_000, True)]
+    # killed after taking the flagged reading, perhaps before spooling it: the next agent flags again
+    third = SimulatedBackend(gpus=2, node_id="n1", constant_util=50, state_path=state)
+    assert [(r.energy_mj, r.counter_reset) for r in third.read(T0 + 17_000)] == [(6_545_000, False), (770_000, True)]
+    assert not any(r.counter_reset for r in third.read(T0 + 18_000))
+    fourth = SimulatedBackend(gpus=2, node_id="n1", constant_util=50, state_path=state)
+    assert not any(r.counter_reset for r in fourth.read(T0 + 19_000))
+
+
+def test_simulated_counter_restarts_flagged_after_a_host_reboot_or_a_lost_state_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents.backends import simulated
+
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("boot-1\n")
+    monkeypatch.setattr(simulated, "HOST_BOOT_ID", boot_id)
+    state = tmp_path / "simulated-gpus.json"
+    backend = SimulatedBackend(gpus=1, node_id="n1", constant_util=100, state_path=state)
+    backend.read(T0)
+    assert backend.read(T0 + 1000)[0].energy_mj == 700_000
+    boot_id.write_text("boot-2\n")  # the host rebooted: so did the driver
+    rebooted = SimulatedBackend(gpus=1, node_id="n1", constant_util=100, state_path=state)
+    assert [(r.energy_mj, r.counter_reset) for r in rebooted.read(T0 + 60_000)] == [(0, True)]
+    state.write_text("{not json")
+    garbled = SimulatedBackend(gpus=1, node_id="n1", constant_util=100, state_path=state)
+    assert [(r.energy_mj, r.counter_reset) for r in garbled.read(T0 + 61_000)] == [(0, True)]
+
+
+def test_simulated_load_resumes_its_phase_after_a_restart(tmp_path: Path) -> None:
+    """A restart changes nothing the GPU does: the same seeded load, read for read."""
+    reads = [T0 + i * 7_000 for i in range(300)]  # 35 minutes: many busy and idle phases
+    straight = SimulatedBackend(gpus=2, node_id="n1", seed=3)
+    expected = [[(r.energy_mj, r.power_mw, r.util_gpu_pct) for r in straight.read(ts)] for ts in reads]
+    state = tmp_path / "simulated-gpus.json"
+    got = []
+    for part in (reads[:100], reads[100:101], reads[101:]):
+        backend = SimulatedBackend(gpus=2, node_id="n1", seed=3, state_path=state)
+        got += [[(r.energy_mj, r.power_mw, r.util_gpu_pct) for r in backend.read(ts)] for ts in part]
+    assert got == expected
+    assert len({u for sample in expected for _, _, u in sample}) > 4  # the load did vary
+
+
+def test_rollup_meters_an_agent_restart_from_the_counter_and_rejects_nothing(tmp_path: Path) -> None:
+    """The worker keeps one cursor per GPU across boots: the new boot's first sample closes the
+    interval since the old boot's last one, from the counter, since the counter went on."""
+    from streams import deltas
+
+    state = tmp_path / "simulated-gpus.json"
+    samples = []
+    for boot, start in (("boot-a", T0), ("boot-b", T0 + 12_000)):  # 3 s down between the boots
+        backend = SimulatedBackend(gpus=1, node_id="n1", seed=5, state_path=state)
+        clock = SimulatedClock(start)
+        sampler = Sampler(backend, clock, "n1", 1000, boot_id=boot)
+        samples += take(sampler, clock, 10)
+    rollup = NodeRollup(RollupConfig(lateness_ms=0), LeaseIndex())
+    rollup_state = new_state("n1")
+    outcomes = [rollup.apply(rollup_state, s, i) for i, s in enumerate(samples)]
+    assert not any(o.rejected or o.late_gpus or o.duplicate for o in outcomes)
+    records = [r for o in outcomes for r in o.records] + rollup.flush(rollup_state)
+    energies = [s.gpus[0].energy_mj for s in samples]
+    assert sum(r.energy_mj for r in records) == energies[-1] - energies[0]  # every interval from the counter
+    assert sum(r.allocated_gpu_ms for r in records) == samples[-1].ts_ms - samples[0].ts_ms
+    last_a, first_b = samples[9], samples[10]
+    prev = deltas.Cursor(last_a.ts_ms, last_a.gpus[0].energy_mj, last_a.gpus[0].power_mw)
+    _, interval = deltas.step(prev, first_b.ts_ms, first_b.gpus[0], 30_000)
+    assert interval is not None and interval.from_counter and interval.energy_mj > 0
