@@ -63,7 +63,6 @@ class KafkaLogQuieter(logging.Filter):
         super().__init__()
         self._last_error: str | None = None
         self._last_warning: str | None = None
-        self.held = 0
 
     @property
     def last(self) -> str | None:
@@ -86,7 +85,6 @@ class KafkaLogQuieter(logging.Filter):
                 self._last_error = text
             else:
                 self._last_warning = text
-            self.held += 1
         return False
 
 
@@ -154,10 +152,6 @@ class SpoolSender:
     def bootstrap(self) -> str:
         servers = self.config.get("bootstrap_servers", "")
         return ",".join(servers) if isinstance(servers, (list, tuple)) else str(servers)
-
-    @property
-    def in_outage(self) -> bool:
-        return self._outage is not None
 
     def _ensure_producer(self) -> Any:
         if self._producer is None:
