@@ -123,12 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 "no Kafka to send to: pass --bootstrap HOST:PORT, set KAFKA_BOOTSTRAP_SERVERS, "
                 "put bootstrap_servers under [kafka] in the config file, or use --stdout"
             )
-        if config.backend == "replay":
-            from agents.backends.replay import ReplayBackend
-
-            backend = ReplayBackend.from_config(config)
-        else:
-            backend = build_backend(config)
+        backend = build_backend(config)
     except (ConfigError, BackendUnavailable, TraceError) as exc:
         print(f"wattmeter-agent: {exc}", file=sys.stderr)
         return 2

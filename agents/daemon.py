@@ -44,7 +44,7 @@ def build_backend(config: AgentConfig) -> GpuBackend:
     if config.backend == "replay":
         from agents.backends.replay import ReplayBackend
 
-        return ReplayBackend(config.trace, speed=config.speed)
+        return ReplayBackend.from_config(config)
     from agents.backends.nvml import NvmlBackend
 
     return NvmlBackend()
