@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from streams.logs import BrokerWatch, setup_logging
 from streams.settings import StreamsSettings
 
 DESCRIPTION = """\
@@ -22,8 +22,16 @@ The wattmeter stream processors.
   sink    Writes usage.records to hive-partitioned Parquet (usage/date=YYYY-MM-DD/),
           exactly once per offset (temp file, rename, then a per-partition manifest).
 
+Both wait out a Kafka outage of any length: one log line when the broker is lost, one a
+minute while it stays away, one when it is back. Logs go to stderr, one line per record,
+without terminal control codes: text, or JSON lines with WATTMETER_LOG_FORMAT=json
+(WATTMETER_LOG_LEVEL: INFO). A setting that cannot work (a bad bootstrap address) is one
+line on stderr and exit status 2.
+
 Settings come from WATTMETER_* environment variables (see README) or the flags below.
 """
+
+WHO = {"worker": "the worker", "sink": "the Parquet sink"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,16 +63,20 @@ def settings_from_args(args: argparse.Namespace) -> StreamsSettings:
     return settings
 
 
-def run_worker(settings: StreamsSettings) -> int:
+def run_worker(settings: StreamsSettings, watch: BrokerWatch, stop: threading.Event) -> int:
     import faust
 
     from streams.app import create_app
     from streams.lease_view import LeaseView
 
-    view = LeaseView(settings.bootstrap)
-    view.start()
-    app = create_app(settings, view.index)
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    view = LeaseView(settings.bootstrap, watch=watch)
+    if not view.start(stop=stop):  # stopped while waiting for the broker
+        return 0
+    app = create_app(settings, view.index, watch)
+    # our logging stays (override_logging=False): one handler, the noise filter, no stdout
+    # redirection; no console spinner, whose cursor codes end up in log files
+    worker = faust.Worker(app, quiet=True, override_logging=False)
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     finally:
@@ -72,41 +84,45 @@ def run_worker(settings: StreamsSettings) -> int:
     return 0
 
 
-def run_sink(settings: StreamsSettings) -> int:
+def run_sink(settings: StreamsSettings, watch: BrokerWatch, stop: threading.Event) -> int:
     from streams.sink_runner import SinkRunner
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     SinkRunner(
         settings.bootstrap,
         settings.usage_dir,
         settings.sink_batch_records,
         settings.sink_batch_seconds,
         group_id=settings.sink_group,
+        watch=watch,
     ).run(stop)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = settings_from_args(args)
     try:
+        noise = setup_logging(args.command)
         settings.rollup_config()
+        watch = BrokerWatch(settings.bootstrap, WHO[args.command], noise=noise)  # checks the address syntax
     except Exception as exc:  # a setting that cannot work: say which, no traceback
         print(f"wattmeter-streams: {exc}", file=sys.stderr)
         return 2
+    stop = threading.Event()  # SIGTERM / Ctrl-C while waiting for the broker (Faust installs its own later)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    watch.start()
     from kafka.errors import KafkaError
 
     try:
-        return run_worker(settings) if args.command == "worker" else run_sink(settings)
-    except (KafkaError, RuntimeError) as exc:  # no broker, no topics: say so, exit non-zero
+        return run_worker(settings, watch, stop) if args.command == "worker" else run_sink(settings, watch, stop)
+    except (KafkaError, RuntimeError) as exc:  # the broker answers but cannot serve us (no topics): say so
         print(
             f"wattmeter-streams {args.command}: cannot work with Kafka at {settings.bootstrap}: {exc}", file=sys.stderr
         )
         return 2
+    finally:
+        watch.stop()
 
 
 if __name__ == "__main__":

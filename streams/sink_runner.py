@@ -16,12 +16,15 @@ from pathlib import Path
 from schemas.topics import USAGE_RECORDS
 from schemas.usage import UsageRecord
 from schemas.validate import InvalidMessage, parse_json
+from streams.logs import BrokerWatch
 from streams.sink import ParquetSink
 
 log = logging.getLogger(__name__)
 
 
 DEDUPE_WINDOW = 200_000  # record ids remembered per partition
+COMMIT_TIMEOUT_MS = 5_000  # the group's offsets are advisory: never wait long for them
+MAX_BACKOFF_S = 10.0
 
 
 class RecentIds:
@@ -55,8 +58,11 @@ class SinkRunner:
         batch_seconds: float = 5.0,
         group_id: str = "wattmeter-parquet-sink",
         topic: str = USAGE_RECORDS,
+        watch: BrokerWatch | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.watch = watch
+        self._own_watch = False
         self.sink = ParquetSink(root, topic)
         self.batch_records = batch_records
         self.batch_seconds = batch_seconds
@@ -86,20 +92,64 @@ class SinkRunner:
             self.files_written += len(self.sink.write_batch(partition, items[0][0], items[-1][0], rows))
             commits[TopicPartition(self.topic, partition)] = OffsetAndMetadata(items[-1][0] + 1, "", -1)
         buffers.clear()
-        consumer.commit(commits)  # advisory: the manifests are the truth
+        from kafka.errors import KafkaError
+
+        try:
+            consumer.commit(commits, timeout_ms=COMMIT_TIMEOUT_MS)  # advisory: the manifests are the truth
+        except KafkaError as exc:  # the broker is away or the group moved on: the manifests hold
+            log.debug("offset commit skipped: %r", exc)
+            self._watch().nudge()
+
+    def _watch(self) -> BrokerWatch:
+        if self.watch is None:  # used as a library: a watch of its own, stopped with run()
+            self.watch = BrokerWatch(self.bootstrap, "the Parquet sink").start()
+            self._own_watch = True
+        return self.watch
+
+    def _connect(self, stop: threading.Event):
+        """A consumer, once the broker answers; waits (quietly, the watch says it) as long as
+        it takes. None if `stop` is set first."""
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        backoff = 1.0
+        while self._watch().wait_until_up(stop):
+            try:
+                return KafkaConsumer(
+                    bootstrap_servers=self.bootstrap.split(","),
+                    group_id=self.group_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    isolation_level="read_committed",  # only records of committed transactions
+                    max_poll_records=5000,
+                    fetch_max_bytes=64 * 1024 * 1024,
+                    reconnect_backoff_max_ms=1000,  # back within a second of the broker
+                    bootstrap_timeout_ms=10_000,
+                )
+            except KafkaError as exc:  # the port answers, the broker not yet (starting up)
+                log.debug("sink consumer not ready: %r", exc)
+                self._watch().nudge()
+                if stop.wait(backoff):
+                    return None
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        return None
 
     def run(self, stop: threading.Event) -> None:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer
+        """Consume until `stop`; rides out broker outages of any length (the watch logs them)."""
+        try:
+            self._run(stop)
+        finally:
+            if self._own_watch and self.watch is not None:
+                self.watch.stop()
+                self.watch = None
 
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap.split(","),
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",  # only records of committed transactions
-            max_poll_records=5000,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
+    def _run(self, stop: threading.Event) -> None:
+        from kafka import ConsumerRebalanceListener
+        from kafka.errors import KafkaError
+
+        consumer = self._connect(stop)
+        if consumer is None:
+            return
         buffers: dict[int, list[tuple[int, dict]]] = defaultdict(list)
         sink = self.sink
         runner = self
@@ -117,8 +167,18 @@ class SinkRunner:
         consumer.subscribe([self.topic], listener=Listener())
         last_flush = time.monotonic()
         try:
+            backoff = 0.5
             while not stop.is_set():
-                for tp, messages in consumer.poll(timeout_ms=500).items():
+                try:
+                    polled = consumer.poll(timeout_ms=500)
+                except KafkaError as exc:  # an outage the client did not ride out itself
+                    log.debug("poll failed: %r", exc)
+                    self._watch().nudge()
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                backoff = 0.5
+                for tp, messages in polled.items():
                     for message in messages:
                         try:
                             row = UsageRecord.from_dict(parse_json(message.value)).to_dict()
@@ -136,4 +196,7 @@ class SinkRunner:
             if buffers:
                 self._flush(consumer, buffers)  # clean shutdown leaves nothing half-read
         finally:
-            consumer.close(autocommit=False)
+            try:
+                consumer.close(autocommit=False, timeout_ms=5_000)  # bounded, even during an outage
+            except KafkaError as exc:  # closing during an outage
+                log.debug("closing the consumer: %r", exc)
