@@ -7,12 +7,12 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from billing.ledger.db import Ledger, default_actor
+from billing.pricing.ratecards import ms_to_iso
 
 DESCRIPTION = """\
 The wattmeter billing service: tenants, rate cards, contracts, leases, credits, invoices.
@@ -39,14 +39,13 @@ class CliError(Exception):
 
 
 def parse_instant(text: str) -> int:
-    """'2026-11-01', '2026-11-01T06:00' or with an offset; no offset means UTC."""
+    """'2026-11-01', '2026-11-01T06:00', with an offset, or integer ms; no offset means UTC."""
+    from billing.leases.importers import parse_time
+
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or date-time (e.g. 2026-11-01T00:00Z)") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp() * 1000)
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_money(text: str) -> Decimal:
@@ -60,9 +59,7 @@ def parse_money(text: str) -> Decimal:
 
 
 def iso(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+    return "-" if ms is None else ms_to_iso(ms)
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: Callable[[], str]) -> None:

@@ -22,7 +22,6 @@ import hashlib
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
@@ -39,6 +38,7 @@ from billing.leases.errors import (
 from billing.leases.importers import LeaseRow
 from billing.ledger import models
 from billing.ledger.db import audit, default_actor, now_ms
+from billing.pricing.ratecards import ms_to_iso
 from schemas.leases import PLANS, Lease
 
 DEFAULT_PLAN = "on_demand"
@@ -61,10 +61,7 @@ def default_lease_id(tenant_id: str, gpu_uuid: str, start_ms: int) -> str:
 
 def format_ms(ms: int | None) -> str:
     """An instant for people: ISO 8601 UTC with a Z; `open` for no end."""
-    if ms is None:
-        return "open"
-    instant = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
-    return instant.isoformat(timespec="milliseconds" if ms % 1000 else "seconds").replace("+00:00", "Z")
+    return "open" if ms is None else ms_to_iso(ms)
 
 
 def _span(lease: Lease) -> str:
