@@ -113,6 +113,17 @@ class _TenantPlan:
     issued: Invoice | None
 
 
+def _consumption(tenant_id: str, service_period: str, offset_range: OffsetRange, **owner: int) -> UsageConsumption:
+    """A row saying that an invoice (invoice_id=) or a credit note (credit_note_id=) counted `offset_range`."""
+    as_json = offset_range.to_json()
+    return UsageConsumption(tenant_id=tenant_id, service_period=service_period, cutoff_from=as_json["from"],
+                            cutoff_to=as_json["to"], **owner)  # fmt: skip
+
+
+def _range_of(row: UsageConsumption) -> OffsetRange:
+    return OffsetRange.from_json({"from": row.cutoff_from, "to": row.cutoff_to})
+
+
 def _ranges_taken(session: Session, tenant_id: str, period: str, exclude_invoice: int | None) -> list[OffsetRange]:
     """Ranges counted by issued invoices, by credit notes, and by drafts other than `exclude_invoice`."""
     rows = session.execute(
@@ -125,7 +136,7 @@ def _ranges_taken(session: Session, tenant_id: str, period: str, exclude_invoice
     for row, status in rows:
         if row.invoice_id is not None and (row.invoice_id == exclude_invoice or status == INVOICE_DRAFT):
             continue
-        taken.append(OffsetRange.from_json({"from": row.cutoff_from, "to": row.cutoff_to}))
+        taken.append(_range_of(row))
     return taken
 
 
@@ -378,8 +389,7 @@ def _issue_credit_note(
     session.add(note)
     session.flush()
     for offset_range in ranges:
-        session.add(UsageConsumption(tenant_id=tenant.tenant_id, service_period=service_period, credit_note_id=note.id,
-                                     cutoff_from=offset_range.to_json()["from"], cutoff_to=offset_range.to_json()["to"]))  # fmt: skip
+        session.add(_consumption(tenant.tenant_id, service_period, offset_range, credit_note_id=note.id))
     audit(session, actor, "credit_note.issue", "credit_note", number, invoice=original.number, amount=str(amount))
     return number
 
@@ -435,9 +445,7 @@ def _write_draft(session: Session, actor: str, plan: _TenantPlan, cutoff: Cutoff
     session.query(UsageConsumption).filter(UsageConsumption.invoice_id == invoice.id).delete()
     session.query(CreditDrawdown).filter(CreditDrawdown.invoice_id == invoice.id).delete()
     for service_period, offset_range in draft.consumptions:
-        json_range = offset_range.to_json()
-        session.add(UsageConsumption(tenant_id=tenant.tenant_id, service_period=service_period, invoice_id=invoice.id,
-                                     cutoff_from=json_range["from"], cutoff_to=json_range["to"]))  # fmt: skip
+        session.add(_consumption(tenant.tenant_id, service_period, offset_range, invoice_id=invoice.id))
     for credit_id, amount in draft.drawdowns:
         session.add(CreditDrawdown(credit_id=credit_id, invoice_id=invoice.id, amount=amount))
     audit(session, actor, f"invoice.{outcome.status}", "invoice", str(invoice.id), tenant_id=tenant.tenant_id,
@@ -519,7 +527,7 @@ def finalize(ledger: Ledger, actor: str, ref: str | int) -> Invoice:
                 f"invoice {invoice.number or invoice.id} is {invoice.status}: it cannot be finalized"
             )
         for row in session.scalars(select(UsageConsumption).where(UsageConsumption.invoice_id == invoice.id)):
-            mine = OffsetRange.from_json({"from": row.cutoff_from, "to": row.cutoff_to})
+            mine = _range_of(row)
             for other in _ranges_taken(session, invoice.tenant_id, row.service_period, invoice.id):
                 if overlaps(mine, other):
                     raise InvoicingError(
