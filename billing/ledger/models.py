@@ -78,6 +78,9 @@ class Tenant(Base):
     contact_email: Mapped[str | None] = mapped_column(String(320))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64))
     created_ms: Mapped[int] = mapped_column(BigInteger)
+    # how Stripe hears of this tenant's usage: "invoices" (wattmeter's invoices are pushed) or
+    # "meters" (usage is reported to Stripe Billing meters and Stripe prices it)
+    stripe_mode: Mapped[str] = mapped_column(String(16), default="invoices", server_default="invoices")
 
 
 class RateCard(Base):
@@ -292,3 +295,78 @@ class AuditEntry(Base):
     entity: Mapped[str] = mapped_column(String(64))
     entity_id: Mapped[str] = mapped_column(String(128))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class StripeInvoiceSync(Base):
+    """Where one issued wattmeter invoice stands in Stripe: the ids Stripe gave each object, the
+    step reached, the last failure and its cause, and the payment state Stripe reported back.
+    Kept apart from `invoices`, which never change once issued."""
+
+    __tablename__ = "stripe_invoice_syncs"
+
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    mode: Mapped[str] = mapped_column(String(16))  # "invoices" | "meters"
+    # pending -> customer -> items -> invoice -> finalized; then voided (a voided wattmeter invoice)
+    state: Mapped[str] = mapped_column(String(16))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64))
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    stripe_items: Mapped[dict[str, Any]] = mapped_column(JSON)  # line position -> invoice item id (or meter event id)
+    payment_status: Mapped[str | None] = mapped_column(String(16))  # open | paid | failed | void | uncollectible
+    amount_paid: Mapped[Decimal | None]
+    status_event_created: Mapped[int | None] = mapped_column(BigInteger)  # Stripe event time (s) behind payment_status
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_attempt_ms: Mapped[int | None] = mapped_column(BigInteger)
+    pushed_ms: Mapped[int | None] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class StripeCreditNoteSync(Base):
+    """Where one wattmeter credit note stands in Stripe."""
+
+    __tablename__ = "stripe_credit_note_syncs"
+
+    credit_note_id: Mapped[int] = mapped_column(ForeignKey("credit_notes.id"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending | created
+    stripe_credit_note_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class StripeEvent(Base):
+    """Every Stripe event applied once: a webhook delivered twice, or seen again by the poll, is a no-op."""
+
+    __tablename__ = "stripe_events"
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    created: Mapped[int] = mapped_column(BigInteger)  # Stripe's event time, seconds
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))  # webhook | poll
+    outcome: Mapped[str] = mapped_column(String(64))
+    received_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class SyncCursor(Base):
+    """A named resume point (the events poll's last seen event time)."""
+
+    __tablename__ = "sync_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class MonthClose(Base):
+    """A period's close: the steps done so far, so that a run after a crash carries on."""
+
+    __tablename__ = "month_closes"
+
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    step: Mapped[str] = mapped_column(String(16))  # the last step completed: started|rated|reviewed|finalized|pushed|reconciled
+    started_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(128))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
