@@ -79,12 +79,13 @@ def cmd_tenants(args: argparse.Namespace, ledger: Ledger) -> int:
         if args.action == "add":
             tenant = upsert_tenant(session, args.actor, args.tenant_id, name=args.name, currency=args.currency,
                                    timezone=args.timezone, tax_jurisdiction=args.tax_jurisdiction,
-                                   contact_email=args.email)  # fmt: skip
+                                   contact_email=args.email, stripe_mode=args.stripe_mode)  # fmt: skip
             rows = [tenant]
         else:
             rows = list_tenants(session)
         data = [{"tenant_id": t.tenant_id, "name": t.name, "currency": t.currency, "timezone": t.timezone,
-                 "tax_jurisdiction": t.tax_jurisdiction, "contact_email": t.contact_email} for t in rows]  # fmt: skip
+                 "tax_jurisdiction": t.tax_jurisdiction, "contact_email": t.contact_email,
+                 "stripe_mode": t.stripe_mode, "stripe_customer_id": t.stripe_customer_id} for t in rows]  # fmt: skip
     _emit(args, data, lambda: "\n".join(
         f"{d['tenant_id']:<16} {d['currency']} {d['timezone']:<20} tax {d['tax_jurisdiction']:<8} {d['name']}"
         for d in data) or "no tenants")  # fmt: skip
@@ -337,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     tenants.add_argument("--timezone", default="UTC", help="IANA zone: periods are months in it (default UTC)")
     tenants.add_argument("--tax-jurisdiction", default="*", help="key into the rate card's [tax] table")
     tenants.add_argument("--email")
+    tenants.add_argument("--stripe-mode", choices=["invoices", "meters"],
+                         help="push invoices to Stripe (default) or report usage to Stripe Billing meters")  # fmt: skip
     tenants.set_defaults(handler=cmd_tenants)
 
     cards = sub.add_parser("ratecards", parents=[common], help="load, list or show rate cards")
@@ -387,8 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(handler=cmd_explain)
 
     from billing.leases.cli import add_lease_commands
+    from billing.payments.cli import add_stripe_commands
 
     add_lease_commands(sub)
+    add_stripe_commands(sub, common)
 
     db = sub.add_parser("db", parents=[common], help="migrate the database to the newest schema")
     db.add_argument("action", choices=["upgrade"])
@@ -414,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from billing.invoicing.errors import InvoicingError
     from billing.ledger.errors import LedgerError
+    from billing.payments.errors import PaymentsError
     from billing.pricing.errors import PricingError
     from billing.usage.errors import UsageDataError
 
@@ -426,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
         finally:
             ledger.dispose()
-    except (CliError, LedgerError, PricingError, UsageDataError, InvoicingError) as exc:
+    except (CliError, LedgerError, PricingError, UsageDataError, InvoicingError, PaymentsError) as exc:
         print(f"wattmeter-billing: {exc}", file=sys.stderr)
         return 2
     except SQLAlchemyError as exc:  # e.g. a trigger refusing a change, a lost connection

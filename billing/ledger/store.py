@@ -30,6 +30,9 @@ def get_tenant(session: Session, tenant_id: str) -> Tenant:
     return tenant
 
 
+STRIPE_MODES = ("invoices", "meters")
+
+
 def upsert_tenant(
     session: Session,
     actor: str,
@@ -40,8 +43,11 @@ def upsert_tenant(
     timezone: str = "UTC",
     tax_jurisdiction: str = "*",
     contact_email: str | None = None,
+    stripe_mode: str | None = None,
 ) -> Tenant:
-    """Add a tenant, or change one; the currency of a tenant with invoices never changes."""
+    """Add a tenant, or change one; the currency of a tenant with invoices never changes.
+    `stripe_mode`: "invoices" (wattmeter's invoices are pushed to Stripe, the default) or "meters"
+    (usage goes to Stripe Billing meters); None keeps the tenant's."""
     currency = currency.upper()
     minor_units(currency)  # refuses an unknown currency
     try:
@@ -55,7 +61,10 @@ def upsert_tenant(
         "timezone": timezone,
         "tax_jurisdiction": tax_jurisdiction,
         "contact_email": contact_email if contact_email is not None else (tenant.contact_email if tenant else None),
+        "stripe_mode": stripe_mode or (tenant.stripe_mode if tenant else "invoices"),
     }
+    if fields["stripe_mode"] not in STRIPE_MODES:
+        raise LedgerError(f"stripe mode must be one of {', '.join(STRIPE_MODES)}, not {stripe_mode!r}")
     if tenant is None:
         tenant = Tenant(tenant_id=tenant_id, created_ms=now_ms(), **fields)
         session.add(tenant)

@@ -71,6 +71,8 @@ def _next_state(current: str | None, current_at: int | None, new: str, new_at: i
 
 def apply_event(ledger: Ledger, event: Any, source: str, actor: str = "stripe") -> Applied:
     """Apply one Stripe event (a verified webhook or a polled event), exactly once."""
+    if hasattr(event, "to_dict"):
+        event = event.to_dict()
     event_id, kind, created = str(event["id"]), str(event["type"]), int(event["created"])
     obj = event["data"]["object"]
     stripe_invoice_id = obj.get("id") if kind.startswith("invoice.") else None
@@ -119,8 +121,9 @@ def poll(ledger: Ledger, client: Stripe) -> list[Applied]:
     if since:
         params["created"] = {"gte": since}  # events of the same second come again; their ids make them no-ops
     events = client.list_all("list events", client.client.v1.events, params)
-    applied = [apply_event(ledger, event, "poll") for event in sorted(events, key=lambda e: (e["created"], e["id"]))]
-    newest = max((int(e["created"]) for e in events), default=since)
+    plain = sorted((e.to_dict() for e in events), key=lambda e: (e["created"], e["id"]))
+    applied = [apply_event(ledger, event, "poll") for event in plain]
+    newest = max((int(e["created"]) for e in plain), default=since)
     with ledger.transaction() as session:
         cursor = session.get(SyncCursor, POLL_CURSOR)
         if cursor is None:

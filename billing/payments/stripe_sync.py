@@ -82,9 +82,20 @@ def invoice_doc(invoice: Invoice) -> docs.InvoiceDoc:
                            invoice.content_hash, invoice.amount_due, lines)  # fmt: skip
 
 
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """A Stripe object's data as a plain dict (stripe-python objects are not dicts)."""
+    if obj is None:
+        return {}
+    return dict(obj.to_dict()) if hasattr(obj, "to_dict") else dict(obj)
+
+
 def _meta(obj: Any) -> dict[str, str]:
-    meta = obj.get("metadata") if hasattr(obj, "get") else None
-    return dict(meta or {})
+    return dict(_as_dict(obj).get("metadata") or {})
+
+
+def _status(obj: Any) -> str | None:
+    status = _as_dict(obj).get("status")
+    return str(status) if status is not None else None
 
 
 class _Pusher:
@@ -106,6 +117,7 @@ class _Pusher:
             if "state" in values:
                 audit(session, self.actor, f"stripe.{values['state']}", "invoice", str(invoice_id),
                       stripe_invoice_id=row.stripe_invoice_id)  # fmt: skip
+            session.flush()
             session.expunge(row)
             return row
 
@@ -170,7 +182,7 @@ class _Pusher:
         pending = self.stripe.list_all(f"list the pending invoice items of {customer_id}", self.v1.invoice_items,
                                        {"customer": customer_id, "pending": True})  # fmt: skip
         for item in pending:
-            if item.get("invoice"):
+            if _as_dict(item).get("invoice"):
                 continue
             meta = _meta(item)
             owner = meta.get(docs.META_INVOICE)
@@ -218,12 +230,13 @@ class _Pusher:
                     options={"idempotency_key": docs.invoice_key(doc)}, creates=True,
                 )  # fmt: skip
             row = self._record(row.invoice_id, stripe_invoice_id=stripe_invoice.id, state=STATE_INVOICE)
-        if stripe_invoice.get("status") == "draft":
+        if row.state != STATE_FINALIZED and _status(stripe_invoice) == "draft":
             stripe_invoice = self.stripe.call(
                 f"finalize {stripe_invoice.id} ({doc.number})", self.v1.invoices.finalize_invoice, stripe_invoice.id,
                 options={"idempotency_key": docs.finalize_key(doc)}, creates=True,
             )  # fmt: skip
-        status = stripe_invoice.get("status") or "open"
+        status = _status(stripe_invoice)
+        status = status if status in ("paid", "void", "uncollectible") else "open"  # Stripe: finalized = open
         self._record(row.invoice_id, state=STATE_FINALIZED, pushed_ms=now_ms(), last_error=None,
                      payment_status=row.payment_status or status)  # fmt: skip
         return PushOutcome(doc.number, doc.tenant_id, "pushed", stripe_invoice.id)
@@ -251,25 +264,26 @@ class _Pusher:
         elif row.stripe_customer_id:
             stripe_invoice = self._find_invoice(doc, row.stripe_customer_id)
         if stripe_invoice is not None:
-            if stripe_invoice.get("status") == "draft":
-                stripe_invoice = self.stripe.call(
-                    f"finalize {stripe_invoice.id} ({doc.number}) to void it", self.v1.invoices.finalize_invoice,
-                    stripe_invoice.id, options={"idempotency_key": docs.finalize_key(doc)}, creates=True,
-                )  # fmt: skip
-            if stripe_invoice.get("status") == "open":
+            status = _status(stripe_invoice)
+            if status in ("paid", "uncollectible"):
+                raise StripeCallFailed(
+                    f"{doc.number} is void in wattmeter but {stripe_invoice.id} is {status} in Stripe: "
+                    "refund or credit it there"
+                )
+            if status != "void":
+                if row.state != STATE_FINALIZED:  # created, never finalized: Stripe voids only open invoices
+                    self.stripe.call(
+                        f"finalize {stripe_invoice.id} ({doc.number}) to void it", self.v1.invoices.finalize_invoice,
+                        stripe_invoice.id, options={"idempotency_key": docs.finalize_key(doc)}, creates=True,
+                    )  # fmt: skip
                 self.stripe.call(f"void {stripe_invoice.id} ({doc.number})", self.v1.invoices.void_invoice,
                                  stripe_invoice.id, options={"idempotency_key": docs.void_key(doc)},
                                  creates=True)  # fmt: skip
-            elif stripe_invoice.get("status") not in ("void",):
-                raise StripeCallFailed(
-                    f"{doc.number} is void in wattmeter but {stripe_invoice.id} is {stripe_invoice.get('status')} in "
-                    "Stripe: refund or credit it there"
-                )
         elif row.stripe_customer_id:  # pushed partly: delete its pending items so no other invoice takes them
             for item in self.stripe.list_all(f"list the pending invoice items of {row.stripe_customer_id}",
                                              self.v1.invoice_items,
                                              {"customer": row.stripe_customer_id, "pending": True}):  # fmt: skip
-                if not item.get("invoice") and _meta(item).get(docs.META_INVOICE) == str(doc.invoice_id):
+                if not _as_dict(item).get("invoice") and _meta(item).get(docs.META_INVOICE) == str(doc.invoice_id):
                     self.stripe.call(f"delete item {item.id} of {doc.number}", self.v1.invoice_items.delete, item.id,
                                      creates=True)  # fmt: skip
         self._record(row.invoice_id, state=STATE_VOIDED, payment_status="void", last_error=None)
