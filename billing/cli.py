@@ -389,11 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("line", type=int, help="line position (see invoices show)")
     explain.set_defaults(handler=cmd_explain)
 
+    from billing.close.cli import add_close_commands
     from billing.leases.cli import add_lease_commands
     from billing.payments.cli import add_stripe_commands
 
     add_lease_commands(sub)
     add_stripe_commands(sub, common)
+    add_close_commands(sub, common)
 
     db = sub.add_parser("db", parents=[common], help="migrate the database to the newest schema")
     db.add_argument("action", choices=["upgrade"])

@@ -365,7 +365,8 @@ class MonthClose(Base):
     __tablename__ = "month_closes"
 
     period: Mapped[str] = mapped_column(String(16), primary_key=True)
-    step: Mapped[str] = mapped_column(String(16))  # the last step completed: started|rated|reviewed|finalized|pushed|reconciled
+    # the last step completed: started | rated | reviewed | finalized | pushed | reconciled
+    step: Mapped[str] = mapped_column(String(16))
     started_ms: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
     actor: Mapped[str] = mapped_column(String(128))
