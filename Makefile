@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+STRIPE_MOCK := .wattmeter/bin/stripe-mock
 
-.PHONY: demo test bench install lint system-deps broker-start broker-stop clean
+.PHONY: demo test bench install lint system-deps stripe-mock broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.10+"; exit 2; }
@@ -25,8 +26,16 @@ system-deps:
 			|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }; \
 	else echo "make: PostgreSQL 15+ server binaries (initdb) not found and there is no apt-get: install PostgreSQL 15+"; exit 2; fi
 
+## stripe-mock: Stripe's official mock (Go), built once into .wattmeter/bin; the tests start it
+## (deploy/local/stripe_peers.py, which also runs this `go install` when the binary is missing)
+$(STRIPE_MOCK):
+	@command -v go >/dev/null || { echo "make: go not found: install Go 1.22+ (https://go.dev/dl/) to build stripe-mock"; exit 2; }
+	GOBIN=$(abspath $(dir $(STRIPE_MOCK))) go install github.com/stripe/stripe-mock@latest
+
+stripe-mock: $(STRIPE_MOCK)
+
 ## demo: local broker + simulated fleet + Faust worker + Parquet sink + invoices
-demo: $(STAMP) system-deps
+demo: $(STAMP) system-deps $(STRIPE_MOCK)
 	$(PY) -m deploy.local.demo
 
 ## lint: ruff (format and lint) and mypy (strict on schemas/ and the pure cores)
@@ -36,11 +45,11 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 ## test: lint, then the whole suite against real parts started by the suite itself
-test: lint system-deps
+test: lint system-deps $(STRIPE_MOCK)
 	$(PY) -m pytest -q
 
 ## bench: every benchmark; writes bench/results.json and prints a table
-bench: $(STAMP) system-deps
+bench: $(STAMP) system-deps $(STRIPE_MOCK)
 	$(PY) -m bench.run
 
 broker-start: $(STAMP)

@@ -13,6 +13,13 @@ import pytest
 
 from deploy.local.kafka_broker import BrokerHandle, BrokerUnavailable, start_broker
 from deploy.local.postgres import PostgresServer, PostgresUnavailable, start_postgres
+from deploy.local.stripe_peers import (
+    StripePeer,
+    StripePeerUnavailable,
+    flush_localstripe,
+    launch_localstripe,
+    launch_stripe_mock,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +74,40 @@ def billing_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def run_id() -> str:
     """A short unique id so that tests sharing the broker never read each other's data."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def stripe_mock() -> Iterator[StripePeer]:
+    """Stripe's official mock (stripe-mock, Go) on a free loopback port: it checks every request
+    against Stripe's OpenAPI spec and keeps no state. Built once into .wattmeter/bin (`make
+    .wattmeter/bin/stripe-mock`, or `go install` here when missing). One that cannot start fails
+    every test that needs it, naming what is missing."""
+    try:
+        peer = launch_stripe_mock()
+    except StripePeerUnavailable as exc:
+        pytest.fail(f"stripe-mock could not start: {exc}", pytrace=False)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[StripePeer]:
+    """localstripe (stateful, in memory), patched to the current invoice API by
+    deploy/local/stripe_peers.py, on a free loopback port. Its store is shared by the session:
+    a test that counts objects takes `localstripe_clean` instead. One that cannot start fails
+    every test that needs it, naming what is missing."""
+    try:
+        peer = launch_localstripe()
+    except StripePeerUnavailable as exc:
+        pytest.fail(f"localstripe could not start: {exc}", pytrace=False)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def localstripe_clean(localstripe: StripePeer) -> StripePeer:
+    """The session's localstripe with its store emptied first (`DELETE /_config/data`): no
+    customers, items, invoices or events. Webhook endpoints are not part of the store: a test that
+    registers one removes it (`unregister_localstripe_webhook`)."""
+    flush_localstripe(localstripe.url)
+    return localstripe
