@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from billing.ledger.db import Ledger, audit, now_ms
-from billing.ledger.models import StripeEvent, StripeInvoiceSync, SyncCursor
+from billing.ledger.models import Invoice, StripeEvent, StripeInvoiceSync, SyncCursor
 from billing.payments import documents as docs
 from billing.payments.client import Stripe
 from billing.payments.errors import PaymentsError
@@ -99,7 +99,7 @@ def apply_event(ledger: Ledger, event: Any, source: str, actor: str = "stripe") 
                     if obj.get("amount_paid") is not None:
                         row.amount_paid = from_minor(int(obj["amount_paid"]), currency)
                     row.updated_ms = now_ms()
-                    number = dict(obj.get("metadata") or {}).get(docs.META_NUMBER, str(row.invoice_id))
+                    number = session.scalar(select(Invoice.number).where(Invoice.id == row.invoice_id))
                     outcome = f"{state} {number}"
                     audit(session, actor, f"stripe.{state}", "invoice", str(row.invoice_id), event=event_id,
                           source=source)  # fmt: skip
@@ -117,11 +117,12 @@ def poll(ledger: Ledger, client: Stripe) -> list[Applied]:
     with ledger.transaction() as session:
         cursor = session.get(SyncCursor, POLL_CURSOR)
         since = cursor.value if cursor else 0
-    params: dict[str, Any] = {"types": sorted(INVOICE_EVENTS)}
+    # no `types` filter: not every Stripe peer has it; other event types are left out just below
+    params: dict[str, Any] = {}
     if since:
         params["created"] = {"gte": since}  # events of the same second come again; their ids make them no-ops
     events = client.list_all("list events", client.client.v1.events, params)
-    plain = sorted((e.to_dict() for e in events), key=lambda e: (e["created"], e["id"]))
+    plain = sorted((e.to_dict() for e in events if e.type in INVOICE_EVENTS), key=lambda e: (e["created"], e["id"]))
     applied = [apply_event(ledger, event, "poll") for event in plain]
     newest = max((int(e["created"]) for e in plain), default=since)
     with ledger.transaction() as session:

@@ -257,6 +257,17 @@ class _Pusher:
     def _void(self, row: StripeInvoiceSync, doc: docs.InvoiceDoc) -> PushOutcome:
         if row.state == STATE_VOIDED:
             return PushOutcome(doc.number, doc.tenant_id, "already voided", row.stripe_invoice_id)
+        if row.mode == "meters":  # cancel each meter event sent (Stripe's meter event adjustments)
+            for position, identifier in sorted((row.stripe_items or {}).items()):
+                name = next((str(p["event_name"]) for pos, p in docs.meter_events(doc, "", 0) if str(pos) == position),
+                            None)  # fmt: skip
+                if name is None:
+                    continue
+                self.stripe.call(f"cancel meter event {identifier}", self.v1.billing.meter_event_adjustments.create,
+                                 params={"event_name": name, "type": "cancel", "cancel": {"identifier": identifier}},
+                                 options={"idempotency_key": f"{identifier}-cancel"}, creates=True)  # fmt: skip
+            self._record(row.invoice_id, state=STATE_VOIDED, payment_status="void", last_error=None)
+            return PushOutcome(doc.number, doc.tenant_id, "voided", None)
         stripe_invoice = None
         if row.stripe_invoice_id:
             stripe_invoice = self.stripe.call(f"retrieve {row.stripe_invoice_id}", self.v1.invoices.retrieve,
