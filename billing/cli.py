@@ -23,14 +23,20 @@ The wattmeter billing service: tenants, rate cards, contracts, leases, credits, 
   run           rate a period into draft invoices (again: only what changed)
   invoices      list, show, finalize, void    credit-notes list
   explain       the usage behind an invoice line, re-run over the Parquet
+  stripe        push, status, poll, webhook   (issued invoices to Stripe; payment state back)
+  reconcile     metered <-> invoiced <-> collected for a period (exit 1: something unexplained)
+  close         the month close: rate, review, finalize, push, reconcile (resumable)
 
 The database is $WATTMETER_BILLING_DB (default sqlite:///.wattmeter/billing.db; PostgreSQL:
 postgresql+psycopg://user@host/db); the usage Parquet is $WATTMETER_USAGE_DIR.
 
-example (a month close):
+example (a month close, step by step or all at once):
   wattmeter-billing run --period 2026-11
   wattmeter-billing invoices list --period 2026-11
   wattmeter-billing invoices finalize --period 2026-11
+  wattmeter-billing stripe push --period 2026-11
+  wattmeter-billing reconcile --period 2026-11 --csv recon.csv --html recon.html
+  wattmeter-billing close --period 2026-11
 """
 
 
@@ -392,9 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     from billing.close.cli import add_close_commands
     from billing.leases.cli import add_lease_commands
     from billing.payments.cli import add_stripe_commands
+    from billing.reconcile.cli import add_reconcile_commands
 
     add_lease_commands(sub)
     add_stripe_commands(sub, common)
+    add_reconcile_commands(sub, common)
     add_close_commands(sub, common)
 
     db = sub.add_parser("db", parents=[common], help="migrate the database to the newest schema")
