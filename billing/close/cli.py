@@ -26,6 +26,9 @@ def add_close_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
     close.add_argument("--period", required=True, help="YYYY-MM")
     close.add_argument("--yes", action="store_true", help="finalize the reviewed drafts without asking")
     close.add_argument("--no-stripe", action="store_true", help="do not push (and do not compare with Stripe)")
+    close.add_argument("--no-stripe-compare", action="store_true",
+                       help="push, but reconcile without reading Stripe back (a stateless peer such as stripe-mock); "
+                            "collected comes from the payment events received")  # fmt: skip
     close.add_argument("--status", action="store_true", help="only print where the close stands")
     close.add_argument("--report-dir", help="write the reconciliation CSV and HTML here")
     close.set_defaults(handler=run_close_command)
@@ -97,7 +100,9 @@ def run_close_command(args: argparse.Namespace, ledger: Ledger) -> int:
     def reconcile() -> Any:
         from billing.reconcile.service import reconcile as run_reconcile
 
-        result = run_reconcile(ledger, args.usage_dir, args.period, stripe=stripe)
+        compare = None if args.no_stripe_compare else stripe
+        skipped = "--no-stripe-compare" if args.no_stripe_compare else None
+        result = run_reconcile(ledger, args.usage_dir, args.period, stripe=compare, stripe_skipped=skipped)
         if args.report_dir:
             from pathlib import Path
 
@@ -119,8 +124,11 @@ def run_close_command(args: argparse.Namespace, ledger: Ledger) -> int:
         print(json.dumps(asdict(summary), indent=2))
     else:
         amount = ", ".join(f"{v} {k}" for k, v in summary.amount.items()) or "0"
-        print(f"close {summary.period}: {summary.step}" + (f" (resumed after {summary.resumed_from})"
-                                                             if summary.resumed_from else ""))  # fmt: skip
+        if summary.resumed_from == "reconciled":
+            note = " (closed earlier: nothing to do)"
+        else:
+            note = f" (carried on after {summary.resumed_from})" if summary.resumed_from else ""
+        print(f"close {summary.period}: {summary.step}{note}")
         print(f"  invoices issued: {summary.issued}, amount due {amount}")
         print(f"  pushed to Stripe: {summary.pushed} of {summary.issued}")
         print(f"  reconciled: {'yes' if summary.reconciled else 'NO'}")

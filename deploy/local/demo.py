@@ -1,10 +1,11 @@
 """`make demo`: the whole pipeline on a laptop, one simulated hour in about a minute, up to
-issued invoices.
+issued invoices pushed to Stripe (a local stripe-mock) and a reconciliation.
 
 broker (local KRaft) -> finance sets up tenants, rate cards and contracts -> the operator
 imports the leases (wattmeter-billing leases import, published to gpu.leases through the
-outbox) -> simulated agents -> Faust worker -> Parquet sink -> wattmeter-billing run,
-finalize, show. Every billing step is the `wattmeter-billing` command a person would type.
+outbox) -> simulated agents -> Faust worker -> Parquet sink -> wattmeter-billing run, then
+`close` (review, finalize, push to stripe-mock, reconcile; run twice: nothing twice), show.
+Every billing step is the `wattmeter-billing` command a person would type.
 
 The simulated hour is 05:30-06:30 New York time on the latest working day at least two
 hours ago: it crosses the rate card's valley-to-peak boundary at 06:00 local, whatever the
@@ -27,6 +28,7 @@ from billing.pricing.ratecards import DEMO_CARD, RATECARDS_DIR, load_rate_card
 from deploy.local.fleet import FleetPlan, demo_plan, publish_samples
 from deploy.local.kafka_broker import BrokerUnavailable, start_broker
 from deploy.local.pipeline import service_env, start_sink, start_worker, wait_for
+from deploy.local.stripe_peers import StripePeer, launch_stripe_mock
 
 COMMITTED_CARD = RATECARDS_DIR / "demo-committed.toml"
 DEMO_TIMEZONE = "America/New_York"
@@ -114,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     print(f"    broker at {broker.bootstrap} ({broker.mode})", flush=True)
-    saved_env = {k: os.environ.get(k) for k in ("KAFKA_BOOTSTRAP_SERVERS", "WATTMETER_BILLING_DB", "WATTMETER_ACTOR")}
+    saved_env = {k: os.environ.get(k) for k in ("KAFKA_BOOTSTRAP_SERVERS", "WATTMETER_BILLING_DB", "WATTMETER_ACTOR",
+                                                "WATTMETER_STRIPE_API_KEY", "WATTMETER_STRIPE_API_BASE")}  # fmt: skip
     os.environ.update(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, WATTMETER_BILLING_DB=database, WATTMETER_ACTOR="demo")
     services = []
+    peers: list[StripePeer] = []
     try:
         from billing.invoicing.periods import period_of
 
@@ -147,11 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {expected} GPU-minutes rolled up and written", flush=True)
         for service in services:
             service.stop()
-        print(f"5/6 finance closes {period}: rate, review, finalize", flush=True)
+        print(f"5/6 finance closes {period} against a local stripe-mock: rate, review, finalize, push, reconcile",
+              flush=True)  # fmt: skip
         usage = ("--usage-dir", str(usage_dir))
         billing("run", "--period", period, *usage)
         billing("run", "--period", period, *usage)  # again: nothing to do
-        billing("invoices", "finalize", "--period", period)
+        stripe_mock = launch_stripe_mock()
+        peers.append(stripe_mock)
+        os.environ.update(WATTMETER_STRIPE_API_KEY=stripe_mock.api_key, WATTMETER_STRIPE_API_BASE=stripe_mock.url)
+        print(f"    stripe-mock (Stripe's OpenAPI, no state) at {stripe_mock.url}", flush=True)
+        # stripe-mock answers every read with a fixture, so the reconciliation does not read it back
+        billing("close", "--period", period, "--yes", "--no-stripe-compare", "--report-dir", str(out / "reports"),
+                *usage)  # fmt: skip
+        billing("close", "--period", period, "--yes", "--no-stripe-compare", *usage)  # again: nothing twice
+        billing("stripe", "status", "--period", period)
         print("6/6 the issued invoices:\n", flush=True)
         from billing.invoicing.service import list_invoices
         from billing.ledger.db import Ledger
@@ -165,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             print()
         print(f"    explain a line:  wattmeter-billing explain {numbers[0]} 0 --db {database} --usage-dir {usage_dir}")
         print(f"    Parquet: {usage_dir}/date=YYYY-MM-DD/*.parquet; billing database: {database}")
+        print(f"    reconciliation: {out / 'reports'}/reconcile-{period}.html (and .csv)")
         print(f"    demo took {time.monotonic() - began:.0f} s", flush=True)
         return 0
     finally:
         for service in services:
             service.stop()
+        for peer in peers:
+            peer.stop()
         broker.stop()
         for key, value in saved_env.items():
             if value is None:
