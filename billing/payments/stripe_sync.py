@@ -4,9 +4,11 @@ An issued invoice becomes customer -> invoice items -> invoice -> finalize (or, 
 "meters" mode, customer -> one Stripe Billing meter event per usage line). Before each object is
 created it is looked for: first by the Stripe id wattmeter recorded, then by wattmeter's ids in
 Stripe's metadata (list + match), and only then created, with a deterministic idempotency key
-(`billing.payments.documents`). Each answered call is committed to `stripe_invoice_syncs` at
-once, so a crash between any two calls loses at most the record of one call, and the metadata
-lookup finds that object again on the next run, today or days later.
+(`billing.payments.documents`). The Stripe ids are committed to `stripe_invoice_syncs` as they
+come (the customer, the items together, the invoice, its finalization), so a crash between any
+two calls loses at most the record of a few, and the metadata lookup finds those objects again
+on the next attempt, today or days later. The first attempt of an invoice skips the lookups
+(nothing of it can be in Stripe yet) unless another push for the same tenant was left unfinished.
 
 A voided wattmeter invoice is voided in Stripe (an open invoice) or its pending items are
 deleted (pushed partly, never invoiced), so they cannot slip into the tenant's next invoice.
@@ -177,10 +179,27 @@ class _Pusher:
                 return found
         return None
 
-    def _items(self, row: StripeInvoiceSync, doc: docs.InvoiceDoc, customer_id: str) -> None:
+    def _may_exist(self, row: StripeInvoiceSync) -> bool:
+        """Whether Stripe may hold objects of this invoice (or pending items of another invoice of the tenant)
+        that wattmeter did not record: only after an earlier attempt. The first attempt of an invoice whose
+        tenant has no other unfinished push skips the metadata lookups: nothing can be there yet."""
+        if row.attempts > 1:
+            return True
+        with self.ledger.transaction() as session:
+            unfinished = session.scalar(
+                select(StripeInvoiceSync.invoice_id)
+                .where(StripeInvoiceSync.tenant_id == row.tenant_id, StripeInvoiceSync.invoice_id != row.invoice_id,
+                       StripeInvoiceSync.state.not_in((STATE_FINALIZED, STATE_REPORTED, STATE_VOIDED)))
+                .limit(1)
+            )  # fmt: skip
+        return unfinished is not None
+
+    def _items(self, row: StripeInvoiceSync, doc: docs.InvoiceDoc, customer_id: str, look: bool) -> None:
         done: dict[str, str] = dict(row.stripe_items or {})
-        pending = self.stripe.list_all(f"list the pending invoice items of {customer_id}", self.v1.invoice_items,
-                                       {"customer": customer_id, "pending": True})  # fmt: skip
+        pending = []
+        if look:
+            pending = self.stripe.list_all(f"list the pending invoice items of {customer_id}", self.v1.invoice_items,
+                                           {"customer": customer_id, "pending": True})  # fmt: skip
         for item in pending:
             if _as_dict(item).get("invoice"):
                 continue
@@ -193,18 +212,22 @@ class _Pusher:
                     f"customer {customer_id} has pending items of wattmeter invoice {meta.get(docs.META_NUMBER, owner)}: "
                     "push that invoice first (or void it in wattmeter)"
                 )
-        if done != row.stripe_items:
-            row = self._record(row.invoice_id, stripe_items=done)
-        for line in doc.lines:
-            if str(line.position) in done:
-                continue
-            item = self.stripe.call(
-                f"create item {line.position} of {doc.number}", self.v1.invoice_items.create,
-                params=docs.item_params(doc, line, customer_id),
-                options={"idempotency_key": docs.item_key(doc, line)}, creates=True,
-            )  # fmt: skip
-            done[str(line.position)] = item.id
-            row = self._record(row.invoice_id, stripe_items=dict(done), state=STATE_ITEMS)
+        # the items are recorded once, after the last (or the failing) one: an item created but not recorded
+        # (a crash in between) is found by the lookup above on the next attempt, so a commit per item buys nothing
+        recorded = dict(row.stripe_items or {})
+        try:
+            for line in doc.lines:
+                if str(line.position) in done:
+                    continue
+                item = self.stripe.call(
+                    f"create item {line.position} of {doc.number}", self.v1.invoice_items.create,
+                    params=docs.item_params(doc, line, customer_id),
+                    options={"idempotency_key": docs.item_key(doc, line)}, creates=True,
+                )  # fmt: skip
+                done[str(line.position)] = item.id
+        finally:
+            if done != recorded:
+                self._record(row.invoice_id, stripe_items=dict(done), state=STATE_ITEMS)
 
     def push_invoice(self, invoice: Invoice, tenant: Tenant) -> PushOutcome:
         doc = invoice_doc(invoice)
@@ -221,9 +244,10 @@ class _Pusher:
             stripe_invoice = self.stripe.call(f"retrieve {row.stripe_invoice_id}", self.v1.invoices.retrieve,
                                               row.stripe_invoice_id)  # fmt: skip
         else:
-            stripe_invoice = self._find_invoice(doc, customer_id)
+            look = self._may_exist(row)
+            stripe_invoice = self._find_invoice(doc, customer_id) if look else None
             if stripe_invoice is None:
-                self._items(row, doc, customer_id)
+                self._items(row, doc, customer_id, look)
                 stripe_invoice = self.stripe.call(
                     f"create the invoice for {doc.number}", self.v1.invoices.create,
                     params=docs.invoice_params(doc, customer_id),
