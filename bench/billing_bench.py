@@ -148,8 +148,16 @@ print(json.dumps({"seconds": elapsed, "groups": len(rows),
 """
 
 
+# A child's ru_maxrss starts at its parent's RSS (Linux carries the forking process's high-water
+# mark through fork and exec), so each side is started by a small launcher process: its peak is
+# then its own, not that of the process running the benchmarks.
+LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', *sys.argv[1:]]).returncode)"
+
+
 def _side(code: str, *argv: str) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+    """Run `code` in a fresh process (through LAUNCHER) that prints one JSON line; that line."""
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, code, *argv], cwd=ROOT, capture_output=True, text=True,
+                          check=False)  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"benchmark side failed:\n{done.stderr[-3000:]}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])

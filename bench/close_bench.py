@@ -47,11 +47,6 @@ from bench.billing_bench import (
 )
 from bench.results import BenchResult
 
-# A child's ru_maxrss starts at its parent's RSS (Linux carries the high-water mark of the
-# forking process's memory through fork and exec), so each side is started by a small launcher
-# process: its peak is then its own, not that of the process running the benchmarks.
-LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', *sys.argv[1:]]).returncode)"
-
 PUSH_TENANTS = 1_000
 PUSH_RUNS = 2
 PUSH_MINUTES = 60  # 05:30-06:30 UTC on a Monday: 30 valley + 30 peak minutes on the simple card
@@ -116,8 +111,8 @@ print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "invoices": len(invoic
 
 
 def _measured(code: str, *argv: str) -> dict[str, Any]:
-    """billing_bench's `_side` (a fresh process printing one JSON line), started through LAUNCHER."""
-    result: dict[str, Any] = _side(LAUNCHER, code, *argv)
+    """billing_bench's `_side`: a fresh process printing one JSON line, its peak RSS its own (a launcher)."""
+    result: dict[str, Any] = _side(code, *argv)
     return result
 
 
