@@ -26,6 +26,8 @@ The wattmeter billing service: tenants, rate cards, contracts, leases, credits, 
   stripe        push, status, poll, webhook   (issued invoices to Stripe; payment state back)
   reconcile     metered <-> invoiced <-> collected for a period (exit 1: something unexplained)
   close         the month close: rate, review, finalize, push, reconcile (resumable)
+  rollup        rebuild a period's hourly usage rows (what the API, portal and statements read)
+  keys          create, revoke, list API keys   serve   the API and the portal
 
 The database is $WATTMETER_BILLING_DB (default sqlite:///.wattmeter/billing.db; PostgreSQL:
 postgresql+psycopg://user@host/db); the usage Parquet is $WATTMETER_USAGE_DIR.
@@ -304,6 +306,15 @@ def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
     return 0 if matches or line.kind not in ("gpu_time", "energy") or line.tier is not None else 1
 
 
+def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.usage.rollup import rollup_period
+
+    report = rollup_period(ledger, args.usage_dir, args.period)
+    _emit(args, report.__dict__, lambda: f"rollup {report.label}: {report.records} records -> {report.rows} hourly rows "
+                                         f"[{iso(report.start_ms)}, {iso(report.end_ms)})")  # fmt: skip
+    return 0
+
+
 def _progress(args: argparse.Namespace, what: str) -> Any:
     if args.json or not sys.stderr.isatty():
         return None
@@ -390,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     notes.add_argument("--tenant")
     notes.set_defaults(handler=cmd_credit_notes)
 
+    rollup = sub.add_parser("rollup", parents=[common], help="rebuild a period's hourly usage rows (API, portal)")
+    rollup.add_argument("--period", required=True, help="YYYY-MM: its hours in every tenant's time zone")
+    rollup.set_defaults(handler=cmd_rollup)
+
     explain = sub.add_parser("explain", parents=[common], help="the usage behind an invoice line")
     explain.add_argument("invoice", help="invoice number or id")
     explain.add_argument("line", type=int, help="line position (see invoices show)")
@@ -399,11 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     from billing.leases.cli import add_lease_commands
     from billing.payments.cli import add_stripe_commands
     from billing.reconcile.cli import add_reconcile_commands
+    from billing.web.cli import add_web_commands
 
     add_lease_commands(sub)
     add_stripe_commands(sub, common)
     add_reconcile_commands(sub, common)
     add_close_commands(sub, common)
+    add_web_commands(sub, common)
 
     db = sub.add_parser("db", parents=[common], help="migrate the database to the newest schema")
     db.add_argument("action", choices=["upgrade"])

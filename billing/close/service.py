@@ -188,6 +188,11 @@ def close_period(
         summary.skipped += ["rate", "review", "finalize"]
     issued = _issued(ledger, period)
     summary.issued, summary.amount = len(issued), _totals(issued)
+    if not _done(row, "reconciled"):  # the hourly rows the portal and statements read (a rebuild: idempotent)
+        from billing.usage.rollup import rollup_period
+
+        built = rollup_period(ledger, usage_root, period)
+        bars.say(f"      hourly rollup for the portal: {built.records} records -> {built.rows} rows")
 
     # 4. push
     if not _done(row, "pushed"):

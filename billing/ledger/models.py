@@ -371,3 +371,53 @@ class MonthClose(Base):
     updated_ms: Mapped[int] = mapped_column(BigInteger)
     actor: Mapped[str] = mapped_column(String(128))
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ApiKey(Base):
+    """An API key: only a hash of its secret is stored. Roles: tenant (sees only `tenant_id`),
+    finance (every tenant, read), operator (the fleet, and manages leases)."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the public part of the key
+    secret_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the secret part
+    role: Mapped[str] = mapped_column(String(16))  # tenant | finance | operator
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.tenant_id"))
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class UsageHourly(Base):
+    """Usage rolled up per (tenant, GPU, plan, hour): what the API, the portal, the statements and the
+    yield report read, instead of a month of minute records. Idle time has tenant_id "" (the fleet's
+    unleased GPU time). Rebuilt per period from the Parquet by `wattmeter-billing rollup`."""
+
+    __tablename__ = "usage_hourly"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "gpu_uuid", "plan", "hour_start_ms", name="uq_usage_hourly"),
+        Index("ix_usage_hourly_tenant_hour", "tenant_id", "hour_start_ms"),
+        Index("ix_usage_hourly_hour", "hour_start_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(128))
+    gpu_uuid: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(128))
+    plan: Mapped[str] = mapped_column(String(32))
+    hour_start_ms: Mapped[int] = mapped_column(BigInteger)
+    allocated_gpu_ms: Mapped[int] = mapped_column(BigInteger)
+    busy_gpu_ms: Mapped[int] = mapped_column(BigInteger)
+    energy_mj: Mapped[int] = mapped_column(BigInteger)
+    records: Mapped[int] = mapped_column(Integer)
+
+
+class RollupRun(Base):
+    """When each period's hourly rollup was last rebuilt, and from which sink cut-off."""
+
+    __tablename__ = "rollup_runs"
+
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)  # a UTC month, YYYY-MM
+    cutoff: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rows: Mapped[int] = mapped_column(Integer)
+    built_ms: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,123 @@
+"""API keys and roles, and the one place where a request is scoped to what its key may see.
+
+A key is `wm_<key_id>_<secret>`: `key_id` is public (it names the key in lists and the audit
+log), only the SHA-256 of the secret is stored (the secret has 192 bits of entropy, so a fast
+hash is as strong as a slow one here) and it is compared in constant time. It is shown once,
+at creation. Roles:
+
+- tenant: reads only its own tenant's usage, invoices and statements;
+- finance: reads every tenant, the reconciliation and the month at a glance;
+- operator: the fleet (yield report) and manages leases.
+
+Scoping is done here and only here (`scope_tenant`, `require_role`): an endpoint asks for the
+tenant it may serve and never filters by itself. A tenant asking for another tenant's object gets
+the same 404 as for an object that does not exist, so an error never reveals that it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.ledger.db import audit, now_ms
+from billing.ledger.errors import LedgerError
+from billing.ledger.models import ApiKey, Tenant
+
+ROLES = ("tenant", "finance", "operator")
+KEY_PREFIX = "wm"
+
+
+class AuthError(Exception):
+    """No key, a malformed key, an unknown or revoked key: 401."""
+
+
+class Forbidden(Exception):
+    """A valid key whose role may not do this: 403."""
+
+
+class NotFound(Exception):
+    """Nothing this key may see by that name: 404 (also for another tenant's object)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    role: str
+    tenant_id: str | None  # set for the tenant role only
+
+    @property
+    def is_tenant(self) -> bool:
+        return self.role == "tenant"
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(session: Session, actor: str, role: str, tenant_id: str | None = None, label: str = "") -> str:
+    """A new key; the returned string is the only time its secret exists outside the caller."""
+    if role not in ROLES:
+        raise LedgerError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if (role == "tenant") != (tenant_id is not None):
+        raise LedgerError("a tenant key needs --tenant, and only a tenant key has one")
+    if tenant_id is not None and session.get(Tenant, tenant_id) is None:
+        raise LedgerError(f"unknown tenant {tenant_id!r}")
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(24)
+    session.add(ApiKey(key_id=key_id, secret_hash=_digest(secret), role=role, tenant_id=tenant_id, label=label,
+                       created_ms=now_ms()))  # fmt: skip
+    audit(session, actor, "api_key.create", "api_key", key_id, role=role, tenant_id=tenant_id, label=label)
+    return f"{KEY_PREFIX}_{key_id}_{secret}"
+
+
+def revoke_key(session: Session, actor: str, key_id: str) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise LedgerError(f"no API key {key_id!r}")
+    if key.revoked_ms is None:
+        key.revoked_ms = now_ms()
+        audit(session, actor, "api_key.revoke", "api_key", key_id)
+    return key
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_ms)))
+
+
+def authenticate(session: Session, presented: str | None) -> Principal:
+    """The principal of a presented key, or AuthError (one message for every failure: nothing to probe)."""
+    failure = AuthError("a valid API key is required (Authorization: Bearer wm_...)")
+    if not presented:
+        raise failure
+    parts = presented.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        raise failure
+    key = session.get(ApiKey, parts[1])
+    if key is None or key.revoked_ms is not None or not hmac.compare_digest(key.secret_hash, _digest(parts[2])):
+        raise failure
+    return Principal(key.key_id, key.role, key.tenant_id)
+
+
+def require_role(principal: Principal, *roles: str) -> None:
+    if principal.role not in roles:
+        raise Forbidden(f"this needs a {' or '.join(roles)} key")
+
+
+def scope_tenant(principal: Principal, requested: str | None) -> str | None:
+    """The tenant a request may read: a tenant key only its own (another tenant: NotFound, as if it did
+    not exist); finance and operator any tenant, or all (None)."""
+    if principal.is_tenant:
+        if requested is not None and requested != principal.tenant_id:
+            raise NotFound("not found")
+        return principal.tenant_id
+    return requested
+
+
+def check_owner(principal: Principal, owner_tenant_id: str) -> None:
+    """For an object fetched by id or number: a tenant key may only see its own (else NotFound)."""
+    if principal.is_tenant and owner_tenant_id != principal.tenant_id:
+        raise NotFound("not found")
