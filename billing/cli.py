@@ -28,6 +28,8 @@ The wattmeter billing service: tenants, rate cards, contracts, leases, credits, 
   close         the month close: rate, review, finalize, push, reconcile (resumable)
   rollup        rebuild a period's hourly usage rows (what the API, portal and statements read)
   keys          create, revoke, list API keys   serve   the API and the portal
+  statement     a tenant's statement for a period: HTML, PDF, CSV
+  yield         the fleet yield report for a period (operator): text, --csv, --json
 
 The database is $WATTMETER_BILLING_DB (default sqlite:///.wattmeter/billing.db; PostgreSQL:
 postgresql+psycopg://user@host/db); the usage Parquet is $WATTMETER_USAGE_DIR.
@@ -414,13 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     from billing.leases.cli import add_lease_commands
     from billing.payments.cli import add_stripe_commands
     from billing.reconcile.cli import add_reconcile_commands
+    from billing.reports.cli import add_yield_commands
     from billing.web.cli import add_web_commands
+    from billing.web.statement_cli import add_statement_commands
 
     add_lease_commands(sub)
     add_stripe_commands(sub, common)
     add_reconcile_commands(sub, common)
     add_close_commands(sub, common)
     add_web_commands(sub, common)
+    add_statement_commands(sub, common)
+    add_yield_commands(sub, common)
 
     db = sub.add_parser("db", parents=[common], help="migrate the database to the newest schema")
     db.add_argument("action", choices=["upgrade"])
