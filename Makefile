@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-STRIPE_MOCK := .wattmeter/bin/stripe-mock
+CACHE_DIR ?= $(or $(WATTMETER_CACHE_DIR),$(HOME)/.cache/wattmeter)
+STRIPE_MOCK := $(CACHE_DIR)/bin/stripe-mock
 
 .PHONY: demo test bench install lint system-deps stripe-mock broker-start broker-stop clean
 
@@ -26,7 +27,7 @@ system-deps:
 			|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }; \
 	else echo "make: PostgreSQL 15+ server binaries (initdb) not found and there is no apt-get: install PostgreSQL 15+"; exit 2; fi
 
-## stripe-mock: Stripe's official mock (Go), built once into .wattmeter/bin; the tests start it
+## stripe-mock: Stripe's official mock (Go), built once into the cache (like the Kafka jars); the tests start it
 ## (deploy/local/stripe_peers.py, which also runs this `go install` when the binary is missing)
 $(STRIPE_MOCK):
 	@command -v go >/dev/null || { echo "make: go not found: install Go 1.22+ (https://go.dev/dl/) to build stripe-mock"; exit 2; }

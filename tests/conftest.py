@@ -79,8 +79,8 @@ def run_id() -> str:
 @pytest.fixture(scope="session")
 def stripe_mock() -> Iterator[StripePeer]:
     """Stripe's official mock (stripe-mock, Go) on a free loopback port: it checks every request
-    against Stripe's OpenAPI spec and keeps no state. Built once into .wattmeter/bin (`make
-    .wattmeter/bin/stripe-mock`, or `go install` here when missing). One that cannot start fails
+    against Stripe's OpenAPI spec and keeps no state. Built once into ~/.cache/wattmeter/bin (`make
+    stripe-mock`, or `go install` here when missing). One that cannot start fails
     every test that needs it, naming what is missing."""
     try:
         peer = launch_stripe_mock()

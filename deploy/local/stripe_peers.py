@@ -4,8 +4,8 @@
 against Stripe's OpenAPI spec (paths, parameter names, types, enums) and answers with fixture
 objects; it keeps no state (a finalized invoice still reads ``draft``). It is what tells us that
 a call is one the real API accepts. The binary is built once with
-``GOBIN=.wattmeter/bin go install github.com/stripe/stripe-mock@latest`` (``make
-.wattmeter/bin/stripe-mock``; ``ensure_stripe_mock()`` does the same when it is missing) and runs
+``GOBIN=$WATTMETER_CACHE_DIR/bin go install github.com/stripe/stripe-mock@latest`` (``make
+stripe-mock``; the cache is ``~/.cache/wattmeter`` by default, as for the Kafka jars; ``ensure_stripe_mock()`` does the same when it is missing) and runs
 as ``stripe-mock -http-addr 127.0.0.1:<free port> -https-addr 127.0.0.1:`` (``-http-addr`` alone
 does not turn off its HTTPS listener, which would take the fixed port 12112 on every interface;
 ``127.0.0.1:`` lets the kernel pick a loopback port for it).
@@ -109,10 +109,11 @@ from typing import Any
 from deploy.local.process import ChildProcess, PartUnavailable, file_lock, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN_DIR = ROOT / ".wattmeter" / "bin"
+# built once into the cache, like the Kafka jars
+BIN_DIR = Path(os.environ.get("WATTMETER_CACHE_DIR") or Path.home() / ".cache" / "wattmeter") / "bin"
 STRIPE_MOCK_BIN = BIN_DIR / "stripe-mock"
 STRIPE_MOCK_PACKAGE = "github.com/stripe/stripe-mock@latest"
-GO_HINT = "install Go 1.22+ (https://go.dev/dl/), then `make .wattmeter/bin/stripe-mock`"
+GO_HINT = "install Go 1.22+ (https://go.dev/dl/), then `make stripe-mock`"
 LOCALSTRIPE_SERIES = "1.15"
 LOCALSTRIPE_HINT = "pip install 'localstripe~=1.15.10' (wattmeter's dev extra)"
 TEST_API_KEY = "sk_test_123"
@@ -168,8 +169,8 @@ def _executable(path: Path) -> bool:
 
 
 def ensure_stripe_mock() -> Path:
-    """The stripe-mock binary: ``$WATTMETER_STRIPE_MOCK``, else ``.wattmeter/bin/stripe-mock``, else
-    ``stripe-mock`` on PATH, else built once into ``.wattmeter/bin`` with ``go install`` (under a
+    """The stripe-mock binary: ``$WATTMETER_STRIPE_MOCK``, else ``$WATTMETER_CACHE_DIR/bin/stripe-mock``, else
+    ``stripe-mock`` on PATH, else built once into ``$WATTMETER_CACHE_DIR/bin`` with ``go install`` (under a
     file lock; about 25 s with an empty Go module cache)."""
     override = os.environ.get("WATTMETER_STRIPE_MOCK")
     if override:
@@ -709,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.local.stripe_peers")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start stripe-mock and localstripe, print their URLs, wait for Ctrl-C")
-    commands.add_parser("stripe-mock-path", help="install stripe-mock into .wattmeter/bin if missing; print its path")
+    commands.add_parser("stripe-mock-path", help="install stripe-mock into the cache if missing; print its path")
     local = commands.add_parser("localstripe", help="serve the patched localstripe in the foreground")
     local.add_argument("--port", type=int, required=True)
     local.add_argument("--host", default="127.0.0.1")
