@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## system-deps: the PostgreSQL server the tests start (deploy/local/postgres.py); apt only when it is missing
+## system-deps: apt only for what is missing: the PostgreSQL server the tests start (deploy/local/postgres.py);
+## WeasyPrint's libraries (pango, fonts) for the PDF statements; Debian's Chromium that the browser tests drive
+## with Playwright (executable_path=/usr/bin/chromium: Playwright never downloads a browser here)
 system-deps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
@@ -26,6 +28,16 @@ system-deps:
 		$(SUDO) apt-get update -qq && { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 \
 			|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }; \
 	else echo "make: PostgreSQL 15+ server binaries (initdb) not found and there is no apt-get: install PostgreSQL 15+"; exit 2; fi
+	@missing=""; \
+	ls /usr/lib/*/libpango-1.0.so.0 /usr/lib64/libpango-1.0.so.0 /usr/lib/libpango-1.0.so.0 2>/dev/null | grep -q . || missing="$$missing libpango-1.0-0"; \
+	ls /usr/lib/*/libpangoft2-1.0.so.0 /usr/lib64/libpangoft2-1.0.so.0 /usr/lib/libpangoft2-1.0.so.0 2>/dev/null | grep -q . || missing="$$missing libpangoft2-1.0-0"; \
+	ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || missing="$$missing fonts-dejavu-core"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "make: installing with apt-get:$$missing (PDF statements: WeasyPrint; browser tests: Chromium)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "make: missing$$missing and there is no apt-get: install pango 1.44+, the DejaVu fonts and Chromium (at /usr/bin/chromium)"; exit 2; fi
 
 ## stripe-mock: Stripe's official mock (Go), built once into the cache (like the Kafka jars); the tests start it
 ## (deploy/local/stripe_peers.py, which also runs this `go install` when the binary is missing)
