@@ -1,7 +1,662 @@
-"""The JSON API: usage, invoices, statements, leases (helper A fills this in)."""
+"""The JSON API under /api/v1: usage, the per-GPU table, invoices with the usage behind each line,
+statements, and leases. OpenAPI at /api/v1/openapi.json.
+
+Every endpoint takes the request's `principal` (401 without a valid key) and scopes ONLY through
+`billing.web.auth`: `scope_tenant` for a tenant named in the query or path, `check_owner` for an
+invoice fetched by number or id, `require_role` for what a role may not do (403). A tenant key that
+names another tenant, or another tenant's invoice, gets the 404 an unknown one gets, word for word.
+Tenant keys see issued invoices only (finalized or void): a draft changes until finance finalizes it.
+
+Quantities are exact integers (GPU time and busy time in ms, energy in mJ) beside display strings
+(GPU-hours, kWh with 6 places; utilization 0..1); money is a decimal string in the invoice's currency.
+Times come back as ms since the epoch and as ISO 8601; they are accepted as ISO 8601 (a date or a
+time without offset is the tenant's local time for usage, UTC for leases) or integer ms. Errors are
+`{"error": "one line"}`; bad input is a 422 that names the parameter.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
+from sqlalchemy.orm import Session
+
+from billing.invoicing.errors import InvoicingError
+from billing.invoicing.periods import period_bounds
+from billing.leases import service as leases
+from billing.leases.errors import InvalidLease, UnknownLease, UnknownTenant
+from billing.ledger.errors import Conflict, LedgerError
+from billing.web import queries
+from billing.web.auth import Principal, check_owner, require_role, scope_tenant
+from billing.web.deps import context, error_response, principal
 
 router = APIRouter()
+
+MAX_MS = 32_503_680_000_000  # 3000-01-01T00:00:00Z: no instant the ledger deals in lies beyond
+MAX_DAY_WINDOW_MS = 366 * 86_400_000
+MAX_HOUR_WINDOW_MS = 32 * 86_400_000
+_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"  # no control characters; the ledger's String(128)
+_PERIOD_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"
+_INTEGER = re.compile(r"^[0-9]{1,16}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="one line saying what went wrong; never names another tenant's objects")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "no key, or a wrong, malformed or revoked one"},
+    403: {"model": ErrorOut, "description": "the key's role may not do this"},
+    404: {"model": ErrorOut, "description": "nothing this key may see by that name"},
+    422: {"model": ErrorOut, "description": "a parameter is missing or invalid (the message names it)"},
+}
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def _matching(pattern: str, message: str) -> AfterValidator:
+    """A check with a one-line message of our own (the pattern itself is in the OpenAPI document)."""
+    compiled = re.compile(pattern)
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not (compiled.fullmatch(value) and value.isprintable()):
+            raise PydanticCustomError("invalid", message)
+        return value
+
+    return AfterValidator(check)
+
+
+ID_CHECK = _matching(_ID_PATTERN, "must be 1 to 128 printable characters")
+PERIOD_CHECK = _matching(_PERIOD_PATTERN, "write a month as YYYY-MM, such as 2026-11")
+_ID_SCHEMA = {"pattern": _ID_PATTERN, "minLength": 1, "maxLength": 128}
+TenantQuery = Annotated[
+    str | None,
+    Query(
+        json_schema_extra=_ID_SCHEMA,
+        description="the tenant (a tenant key: only its own, the default; finance and operator keys name one)",
+    ),
+    ID_CHECK,
+]
+Ident = Annotated[str, Field(json_schema_extra=_ID_SCHEMA), ID_CHECK]
+IdQuery = Annotated[str | None, Query(json_schema_extra=_ID_SCHEMA), ID_CHECK]
+PeriodQuery = Annotated[
+    str | None,
+    Query(json_schema_extra={"pattern": _PERIOD_PATTERN}, description="a month in the tenant's time zone, YYYY-MM"),
+    PERIOD_CHECK,
+]
+TIME_HELP = "ISO 8601 (a date, or a time without offset, is the tenant's local time) or integer ms"
+
+
+def invalid(where: str, message: str) -> RequestValidationError:
+    """A 422 in the app's one format: "`where`: `message`"."""
+    return RequestValidationError([{"loc": ("query", where), "msg": message, "type": "value_error"}])
+
+
+def parse_instant(text: str, zone: str, where: str) -> int:
+    """ms since the epoch from integer ms or ISO 8601; a date or a naive time is local to `zone`."""
+    value = text.strip()
+    if _INTEGER.fullmatch(value):
+        ms = int(value)
+    else:
+        try:
+            if len(value) == 10:
+                day = date.fromisoformat(value)
+                instant = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(zone))
+            else:
+                instant = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in "Zz" else value)
+                if instant.tzinfo is None:
+                    instant = instant.replace(tzinfo=ZoneInfo(zone))
+            if not 1970 <= instant.year < 3000:
+                raise ValueError
+            ms = (instant - _EPOCH) // timedelta(milliseconds=1)
+        except (ValueError, OverflowError, IndexError):
+            raise invalid(where, "must be an ISO 8601 date or time (2026-11-01, 2026-11-01T06:00:00Z) or ms") from None
+    if not 0 <= ms < MAX_MS:
+        raise invalid(where, "must lie between 1970 and 3000")
+    return ms
+
+
+def _period(text: str, zone: str) -> tuple[int, int]:
+    try:
+        return period_bounds(text, zone)
+    except InvoicingError as exc:  # the pattern lets through only months that parse; kept as a guard
+        raise invalid("period", str(exc)) from None
+
+
+def window(session: Session, tenant_id: str, period: str | None, start: str | None, end: str | None) -> tuple[int, int]:
+    """The tenant's month (`period`), or [from, to); exactly one of them."""
+    tenant = queries.get_tenant(session, tenant_id)
+    if period is not None:
+        if start is not None or end is not None:
+            raise invalid("period", "give either period or from and to, not both")
+        return _period(period, tenant.timezone)
+    if start is None or end is None:
+        raise invalid("period", "give a period (YYYY-MM) or both from and to")
+    lo = parse_instant(start, tenant.timezone, "from")
+    hi = parse_instant(end, tenant.timezone, "to")
+    if hi <= lo:
+        raise invalid("to", "must be after from")
+    return lo, hi
+
+
+def required_tenant(who: Principal, requested: str | None) -> str:
+    """The one tenant a usage or statement request is about: a tenant key's own (another: 404); for
+    finance and operator keys the one they name."""
+    tenant_id = scope_tenant(who, requested)
+    if tenant_id is None:
+        raise invalid("tenant", "a finance or operator key names the tenant (tenant=...)")
+    return tenant_id
+
+
+@contextmanager
+def read(request: Request) -> Iterator[Session]:
+    with context(request).ledger.transaction() as session:
+        yield session
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+
+class MeasuresOut(BaseModel):
+    allocated_gpu_ms: int = Field(description="GPU time allocated (leased and metered), ms")
+    busy_gpu_ms: int = Field(description="GPU time the GPU was busy, ms")
+    energy_mj: int = Field(description="energy metered at the GPU, mJ (before any PUE)")
+    records: int = Field(description="usage records (one-minute windows) rolled up")
+    gpu_hours: str = Field(description="allocated GPU-hours, 6 places")
+    busy_gpu_hours: str
+    kwh: str = Field(description="energy in kWh, 6 places")
+    utilization: str | None = Field(description="busy over allocated, 0..1 (4 places); null with no GPU time")
+
+    @classmethod
+    def of(cls, m: queries.Measures) -> MeasuresOut:
+        return cls(
+            allocated_gpu_ms=m.allocated_gpu_ms,
+            busy_gpu_ms=m.busy_gpu_ms,
+            energy_mj=m.energy_mj,
+            records=m.records,
+            gpu_hours=str(m.gpu_hours),
+            busy_gpu_hours=str(m.busy_gpu_hours),
+            kwh=str(m.kwh),
+            utilization=None if m.utilization is None else str(m.utilization),
+        )
+
+
+def _periods(periods: dict[str, queries.Measures]) -> dict[str, MeasuresOut]:
+    return {name: MeasuresOut.of(value) for name, value in periods.items()}
+
+
+class BucketOut(MeasuresOut):
+    start_ms: int
+    end_ms: int
+    label: str = Field(description="the local date (day) or local hour with its UTC offset (hour)")
+    gpu_uuid: str | None = None
+    model: str | None = None
+    periods: dict[str, MeasuresOut] = Field(description="by time-of-use period (peak, valley, ...; unpriced)")
+
+
+class UsageOut(BaseModel):
+    tenant_id: str
+    timezone: str
+    start_ms: int
+    end_ms: int
+    start: str
+    end: str
+    grain: Literal["day", "hour"]
+    by: Literal["gpu"] | None
+    total: MeasuresOut
+    periods: dict[str, MeasuresOut]
+    buckets: list[BucketOut]
+
+
+class GpuOut(MeasuresOut):
+    gpu_uuid: str
+    model: str
+    periods: dict[str, MeasuresOut]
+
+
+class GpuTableOut(BaseModel):
+    tenant_id: str
+    timezone: str
+    start_ms: int
+    end_ms: int
+    total: MeasuresOut
+    gpus: list[GpuOut]
+
+
+class InvoiceOut(BaseModel):
+    id: int
+    number: str | None = Field(description="set once finalized (the gap-free sequence)")
+    tenant_id: str
+    period: str
+    period_start_ms: int
+    period_end_ms: int
+    status: Literal["draft", "finalized", "void"]
+    currency: str
+    subtotal: str
+    tax: str
+    total: str
+    credits_applied: str
+    amount_due: str
+    finalized_ms: int | None
+    voided_ms: int | None
+    payment_status: str | None = Field(description="what Stripe last reported: open, paid, failed, void; null")
+
+    @classmethod
+    def of(cls, s: queries.InvoiceSummary) -> InvoiceOut:
+        return cls(
+            id=s.id,
+            number=s.number,
+            tenant_id=s.tenant_id,
+            period=s.period,
+            period_start_ms=s.period_start_ms,
+            period_end_ms=s.period_end_ms,
+            status=s.status,  # type: ignore[arg-type]
+            currency=s.currency,
+            subtotal=str(s.subtotal),
+            tax=str(s.tax),
+            total=str(s.total),
+            credits_applied=str(s.credits_applied),
+            amount_due=str(s.amount_due),
+            finalized_ms=s.finalized_ms,
+            voided_ms=s.voided_ms,
+            payment_status=s.payment_status,
+        )
+
+
+class InvoiceListOut(BaseModel):
+    invoices: list[InvoiceOut]
+
+
+class GpuUsageOut(MeasuresOut):
+    gpu_uuid: str
+    model: str
+    plan: str
+
+
+class LineUsageOut(BaseModel):
+    measure: Literal["allocated_gpu_ms", "energy_mj"]
+    quantity: int = Field(description="the measure's total over the hours behind the line")
+    matches_quantity: bool = Field(description="quantity equals the line's quantity_base")
+    total: MeasuresOut
+    by_gpu: list[GpuUsageOut]
+
+
+class LineOut(BaseModel):
+    position: int
+    kind: str
+    description: str
+    service_start_ms: int
+    service_end_ms: int
+    service_period: str
+    correction: bool
+    card_name: str
+    card_version: int
+    plan: str
+    model: str
+    tou_period: str
+    tier: int | None
+    quantity_base: int = Field(description="exact base quantity: ms of GPU time or mJ of energy")
+    base_unit: str
+    quantity: str
+    unit: str
+    unit_price: str
+    amount: str
+    usage: LineUsageOut | None = Field(description="the usage behind a gpu_time or energy line")
+
+
+class CreditNoteOut(BaseModel):
+    number: str
+    currency: str
+    amount: str
+    reason: str
+    created_ms: int
+
+
+class InvoiceDetailOut(InvoiceOut):
+    tenant_name: str
+    tenant_timezone: str
+    lines: list[LineOut]
+    credit_notes: list[CreditNoteOut]
+
+
+def _line(line: queries.LineDetail) -> LineOut:
+    usage = None
+    if line.usage is not None:
+        u = line.usage
+        usage = LineUsageOut(
+            measure=u.measure,  # type: ignore[arg-type]
+            quantity=u.quantity,
+            matches_quantity=u.matches_quantity,
+            total=MeasuresOut.of(u.total),
+            by_gpu=[
+                GpuUsageOut(gpu_uuid=g.gpu_uuid, model=g.model, plan=g.plan, **MeasuresOut.of(g.measures).model_dump())
+                for g in u.by_gpu
+            ],
+        )
+    return LineOut(
+        position=line.position,
+        kind=line.kind,
+        description=line.description,
+        service_start_ms=line.service_start_ms,
+        service_end_ms=line.service_end_ms,
+        service_period=line.service_period,
+        correction=line.correction,
+        card_name=line.card_name,
+        card_version=line.card_version,
+        plan=line.plan,
+        model=line.model,
+        tou_period=line.tou_period,
+        tier=line.tier,
+        quantity_base=line.quantity_base,
+        base_unit=line.base_unit,
+        quantity=str(line.quantity),
+        unit=line.unit,
+        unit_price=str(line.unit_price),
+        amount=str(line.amount),
+        usage=usage,
+    )
+
+
+def invoice_out(detail: queries.InvoiceDetail) -> InvoiceDetailOut:
+    return InvoiceDetailOut(
+        **InvoiceOut.of(detail.invoice).model_dump(),
+        tenant_name=detail.tenant_name,
+        tenant_timezone=detail.tenant_timezone,
+        lines=[_line(line) for line in detail.lines],
+        credit_notes=[
+            CreditNoteOut(
+                number=n.number, currency=n.currency, amount=str(n.amount), reason=n.reason, created_ms=n.created_ms
+            )  # fmt: skip
+            for n in detail.credit_notes
+        ],
+    )
+
+
+class StatementOut(BaseModel):
+    tenant_id: str
+    tenant_name: str
+    timezone: str
+    currency: str
+    period: str
+    start_ms: int
+    end_ms: int
+    total: MeasuresOut
+    periods: dict[str, MeasuresOut]
+    days: list[BucketOut]
+    gpus: list[GpuOut]
+    invoices: list[InvoiceDetailOut] = Field(description="the period's invoices (tenant keys: issued ones)")
+    amount_due: str = Field(description="sum of the period's finalized invoices' amount due")
+
+
+class LeaseOut(BaseModel):
+    lease_id: str
+    tenant_id: str
+    gpu_uuid: str
+    plan: str
+    start_ms: int
+    end_ms: int | None
+    start: str
+    end: str | None
+
+    @classmethod
+    def of(cls, lease: Any) -> LeaseOut:
+        return cls(lease_id=lease.lease_id, tenant_id=lease.tenant_id, gpu_uuid=lease.gpu_uuid, plan=lease.plan,
+                   start_ms=lease.start_ms, end_ms=lease.end_ms, start=str(iso(lease.start_ms)),
+                   end=iso(lease.end_ms))  # fmt: skip
+
+
+class LeaseListOut(BaseModel):
+    leases: list[LeaseOut]
+
+
+TimeValue = Annotated[
+    int | str,
+    Field(description="ISO 8601 (no offset: UTC) or integer ms since the epoch"),
+]
+
+
+class LeaseOpenIn(BaseModel):
+    tenant_id: Ident
+    gpu_uuid: Ident
+    start: TimeValue
+    end: TimeValue | None = None
+    plan: Literal["on_demand", "valley", "interruptible", "reserved"] = "on_demand"
+    lease_id: Ident | None = Field(default=None, description="default: derived from (tenant, GPU, start)")
+
+
+class LeaseEndIn(BaseModel):
+    end: TimeValue
+
+
+# -- endpoints: usage -----------------------------------------------------------------------------
+
+
+def _bucket(b: queries.UsageBucket) -> BucketOut:
+    return BucketOut(start_ms=b.start_ms, end_ms=b.end_ms, label=b.label, gpu_uuid=b.gpu_uuid, model=b.model,
+                     periods=_periods(b.periods), **MeasuresOut.of(b.total).model_dump())  # fmt: skip
+
+
+def _gpu(row: queries.GpuRow) -> GpuOut:
+    return GpuOut(gpu_uuid=row.gpu_uuid, model=row.model, periods=_periods(row.periods),
+                  **MeasuresOut.of(row.total).model_dump())  # fmt: skip
+
+
+@router.get("/usage", response_model=UsageOut, responses=ERRORS, tags=["usage"])
+def get_usage(
+    request: Request,
+    who: Annotated[Principal, Depends(principal)],
+    tenant: TenantQuery = None,
+    period: PeriodQuery = None,
+    start: Annotated[str | None, Query(alias="from", max_length=40, description=TIME_HELP)] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=40, description="exclusive; as from")] = None,
+    grain: Annotated[Literal["day", "hour"], Query(description="buckets: local days or hours")] = "day",
+    by: Annotated[Literal["gpu"] | None, Query(description="gpu: one bucket per (day or hour, GPU)")] = None,
+) -> UsageOut:
+    """A tenant's usage by day or hour of its own time zone (and by GPU), split by time-of-use period:
+    GPU time, busy time and energy, exact, from the hourly rollup."""
+    tenant_id = required_tenant(who, tenant)
+    with read(request) as session:
+        lo, hi = window(session, tenant_id, period, start, end)
+        limit = MAX_DAY_WINDOW_MS if grain == "day" else MAX_HOUR_WINDOW_MS
+        if hi - lo > limit:
+            raise invalid("to", f"a window of {grain}s spans at most {limit // 86_400_000} days")
+        zone = queries.get_tenant(session, tenant_id).timezone
+        buckets = queries.tenant_usage(session, tenant_id, lo, hi, grain, by_gpu=by == "gpu")
+    total = queries.usage_total(buckets)
+    return UsageOut(tenant_id=tenant_id, timezone=zone, start_ms=lo, end_ms=hi, start=str(iso(lo)), end=str(iso(hi)),
+                    grain=grain, by=by, total=MeasuresOut.of(total.total), periods=_periods(total.periods),
+                    buckets=[_bucket(b) for b in buckets])  # fmt: skip
+
+
+@router.get("/usage/gpus", response_model=GpuTableOut, responses=ERRORS, tags=["usage"])
+def get_usage_gpus(
+    request: Request,
+    who: Annotated[Principal, Depends(principal)],
+    tenant: TenantQuery = None,
+    period: PeriodQuery = None,
+    start: Annotated[str | None, Query(alias="from", max_length=40, description="as for /usage")] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=40, description="exclusive; as for /usage")] = None,
+) -> GpuTableOut:
+    """A tenant's usage per GPU: GPU-hours, busy GPU-hours, utilization, kWh, split by time-of-use period."""
+    tenant_id = required_tenant(who, tenant)
+    with read(request) as session:
+        lo, hi = window(session, tenant_id, period, start, end)
+        if hi - lo > MAX_DAY_WINDOW_MS:
+            raise invalid("to", "a window spans at most 366 days")
+        zone = queries.get_tenant(session, tenant_id).timezone
+        rows = queries.gpu_table(session, tenant_id, lo, hi)
+    total = queries.Measures()
+    for row in rows:
+        total = total + row.total
+    return GpuTableOut(tenant_id=tenant_id, timezone=zone, start_ms=lo, end_ms=hi, total=MeasuresOut.of(total),
+                       gpus=[_gpu(row) for row in rows])  # fmt: skip
+
+
+# -- endpoints: invoices and statements -----------------------------------------------------------
+
+
+@router.get("/invoices", response_model=InvoiceListOut, responses=ERRORS, tags=["invoices"])
+def get_invoices(
+    request: Request,
+    who: Annotated[Principal, Depends(principal)],
+    tenant: TenantQuery = None,
+    period: PeriodQuery = None,
+    status: Annotated[Literal["draft", "finalized", "void"] | None, Query()] = None,
+) -> InvoiceListOut:
+    """Invoices, by period and tenant: a tenant key its own issued ones; finance and operator any tenant's."""
+    tenant_id = scope_tenant(who, tenant)
+    with read(request) as session:
+        found = queries.tenant_invoices(session, tenant_id, period=period, status=status,
+                                        include_drafts=not who.is_tenant)  # fmt: skip
+    return InvoiceListOut(invoices=[InvoiceOut.of(s) for s in found])
+
+
+InvoiceRef = Annotated[str, Path(min_length=1, max_length=64, description="the invoice's number or id")]
+
+
+@router.get("/invoices/{number}", response_model=InvoiceDetailOut, responses=ERRORS, tags=["invoices"])
+def get_invoice(
+    request: Request, who: Annotated[Principal, Depends(principal)], number: InvoiceRef
+) -> InvoiceDetailOut:
+    """One invoice by number (or id): header, lines, the usage behind each usage line, credit notes."""
+    with read(request) as session:
+        detail = queries.invoice_detail(session, number, owner_check=lambda owner: check_owner(who, owner),
+                                        include_drafts=not who.is_tenant)  # fmt: skip
+    return invoice_out(detail)
+
+
+TenantPath = Annotated[str, Path(json_schema_extra=_ID_SCHEMA), ID_CHECK]
+PeriodPath = Annotated[str, Path(json_schema_extra={"pattern": _PERIOD_PATTERN}, description="YYYY-MM"), PERIOD_CHECK]
+
+
+def statement(session: Session, who: Principal, tenant_id: str, period: str) -> StatementOut:
+    """The statement of a tenant's month: usage by day and per GPU, the period's invoices (a tenant
+    key: issued ones) with the usage behind their lines."""
+    tenant = queries.get_tenant(session, tenant_id)
+    lo, hi = _period(period, tenant.timezone)
+    days = queries.tenant_usage(session, tenant_id, lo, hi, "day")
+    total = queries.usage_total(days)
+    gpus = queries.gpu_table(session, tenant_id, lo, hi)
+    summaries = queries.tenant_invoices(session, tenant_id, period=period, include_drafts=not who.is_tenant)
+    details = [
+        queries.invoice_detail(session, s.id, owner_check=lambda owner: check_owner(who, owner)) for s in summaries
+    ]
+    due = sum((s.amount_due for s in summaries if s.status == "finalized"), Decimal(0))
+    return StatementOut(tenant_id=tenant.tenant_id, tenant_name=tenant.name, timezone=tenant.timezone,
+                        currency=tenant.currency, period=period, start_ms=lo, end_ms=hi,
+                        total=MeasuresOut.of(total.total), periods=_periods(total.periods),
+                        days=[_bucket(b) for b in days], gpus=[_gpu(g) for g in gpus],
+                        invoices=[invoice_out(d) for d in details], amount_due=str(due))  # fmt: skip
+
+
+@router.get("/statements/{tenant}/{period}", response_model=StatementOut, responses=ERRORS, tags=["statements"])
+def get_statement(
+    request: Request, who: Annotated[Principal, Depends(principal)], tenant: TenantPath, period: PeriodPath
+) -> StatementOut:
+    """A tenant's statement for a month, as JSON (the same figures as the CSV and PDF statements)."""
+    tenant_id = required_tenant(who, tenant)
+    with read(request) as session:
+        return statement(session, who, tenant_id, period)
+
+
+# -- endpoints: leases ----------------------------------------------------------------------------
+
+
+def _lease_time(value: int | str, where: str) -> int:
+    from billing.leases.importers import parse_time
+
+    try:
+        ms = parse_time(value)
+    except ValueError as exc:
+        raise RequestValidationError([{"loc": ("body", where), "msg": str(exc), "type": "value_error"}]) from None
+    if ms >= MAX_MS:
+        raise RequestValidationError([{"loc": ("body", where), "msg": "must be before 3000", "type": "value_error"}])
+    return ms
+
+
+def _lease_error(exc: LedgerError) -> JSONResponse:
+    if isinstance(exc, UnknownTenant | UnknownLease):
+        return error_response(404, str(exc))
+    if isinstance(exc, Conflict):
+        return error_response(409, str(exc))
+    if isinstance(exc, InvalidLease):
+        return error_response(422, str(exc))
+    return error_response(400, str(exc))
+
+
+LEASE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {"model": ErrorOut, "description": "the ledger refused the change (the message says why)"},
+    409: {"model": ErrorOut, "description": "it overlaps another lease, or the id is taken with other fields"},
+}
+
+
+@router.get("/leases", response_model=LeaseListOut, responses=ERRORS, tags=["leases"])
+def get_leases(
+    request: Request,
+    who: Annotated[Principal, Depends(principal)],
+    tenant: IdQuery = None,
+    gpu: IdQuery = None,
+    active_at: Annotated[str | None, Query(max_length=40, description="ISO 8601 (no offset: UTC) or ms")] = None,
+) -> LeaseListOut:
+    """Leases by GPU and start (operator and finance keys): optionally one tenant's, one GPU's, or those
+    covering an instant."""
+    require_role(who, "operator", "finance")
+    tenant_id = scope_tenant(who, tenant)
+    at = parse_instant(active_at, "UTC", "active_at") if active_at is not None else None
+    with read(request) as session:
+        found = leases.list_leases(session, tenant_id, gpu, at)
+    return LeaseListOut(leases=[LeaseOut.of(lease) for lease in found])
+
+
+@router.post("/leases", response_model=LeaseOut, status_code=201, responses=LEASE_ERRORS, tags=["leases"])
+def post_lease(
+    request: Request, who: Annotated[Principal, Depends(principal)], body: Annotated[LeaseOpenIn, Body()]
+) -> LeaseOut | Response:
+    """Open a lease (operator keys). Opening the same lease again changes nothing."""
+    require_role(who, "operator")
+    start = _lease_time(body.start, "start")
+    end = _lease_time(body.end, "end") if body.end is not None else None
+    try:
+        with context(request).ledger.transaction() as session:
+            lease = leases.open_lease(session, body.tenant_id, body.gpu_uuid, start, end, body.plan, body.lease_id,
+                                      actor=f"api:{who.key_id}")  # fmt: skip
+    except LedgerError as exc:
+        return _lease_error(exc)
+    return LeaseOut.of(lease)
+
+
+@router.post("/leases/{lease_id}/end", response_model=LeaseOut, responses=LEASE_ERRORS, tags=["leases"])
+def post_lease_end(
+    request: Request,
+    who: Annotated[Principal, Depends(principal)],
+    lease_id: Annotated[str, Path(json_schema_extra=_ID_SCHEMA), ID_CHECK],
+    body: Annotated[LeaseEndIn, Body()],
+) -> LeaseOut | Response:
+    """End an open lease (operator keys). Ending it again at the same instant changes nothing."""
+    require_role(who, "operator")
+    end = _lease_time(body.end, "end")
+    try:
+        with context(request).ledger.transaction() as session:
+            lease = leases.end_lease(session, lease_id, end, actor=f"api:{who.key_id}")
+    except LedgerError as exc:
+        return _lease_error(exc)
+    return LeaseOut.of(lease)

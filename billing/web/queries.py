@@ -435,6 +435,8 @@ def _pieces_query(
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant:
     """The tenant, or auth's NotFound("not found") (the same answer as for another tenant's object)."""
+    if not tenant_id or len(tenant_id) > 128 or not tenant_id.isprintable():
+        raise NotFound("not found")  # no id the ledger could hold: never sent to the database
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:
         raise NotFound("not found")
@@ -629,8 +631,8 @@ def find_invoice(
     none, when `owner_check(tenant_id)` refuses it, or when it is a draft and `include_drafts` is
     False: one answer for all three, so a tampered reference learns nothing."""
     ref = str(reference).strip()
-    if not ref or len(ref) > 64:
-        raise NotFound("not found")
+    if not ref or len(ref) > 64 or not ref.isprintable() or not ref.isascii():
+        raise NotFound("not found")  # numbers are ASCII; nothing else reaches the database
     if ref.isdigit():
         if len(ref) > 18:
             raise NotFound("not found")
