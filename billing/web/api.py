@@ -17,7 +17,7 @@ time without offset is the tenant's local time for usage, UTC for leases) or int
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -27,9 +27,11 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, Field
 from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.invoicing.errors import InvoicingError
 from billing.invoicing.periods import period_bounds
@@ -40,7 +42,25 @@ from billing.web import queries
 from billing.web.auth import Principal, check_owner, require_role, scope_tenant
 from billing.web.deps import context, error_response, principal
 
-router = APIRouter()
+
+class JsonErrors(APIRoute):
+    """The API's routes: an HTTPException raised while FastAPI reads a request (a body that is not
+    JSON, 400) is answered in the API's one error format, `{"error": "..."}`, like every other error."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as exc:
+                message = str(exc.detail).splitlines()[0] if exc.detail else "invalid request"
+                return error_response(exc.status_code, message[:1].lower() + message[1:])
+
+        return answer
+
+
+router = APIRouter(route_class=JsonErrors)
 
 MAX_MS = 32_503_680_000_000  # 3000-01-01T00:00:00Z: no instant the ledger deals in lies beyond
 MAX_DAY_WINDOW_MS = 366 * 86_400_000
