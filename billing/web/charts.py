@@ -85,7 +85,17 @@ def stacked_bars(
     labels = series_labels or {}
     totals = {name: sum((bar.values.get(name, ZERO) for bar in bars), ZERO) for name in series}
     grand = sum(totals.values(), ZERO)
-    left, right, top, bottom = 64, 12, 34, 40
+    # legend rows first: their height sets the top of the plot
+    legend: list[tuple[float, float, str, str]] = []  # x, y, series, text
+    x, y = 8.0, 8.0
+    for name in series:
+        text = f"{labels.get(name, name)} {fmt(totals[name])}"
+        wide = 24 + 7.0 * len(text)
+        if x > 8 and x + wide > width - 8:
+            x, y = 8.0, y + 18
+        legend.append((x, y, name, text))
+        x += wide + 12
+    left, right, top, bottom = 52, 10, int(y) + 28, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     peak_total = max((float(bar.total) for bar in bars), default=0.0)
     step = nice_step(peak_total)
@@ -93,7 +103,7 @@ def stacked_bars(
     scale = plot_h / top_value
     slot = plot_w / max(1, len(bars))
     bar_w = max(2.0, slot * 0.72)
-    every = max(1, math.ceil(len(bars) / 16))  # at most ~16 labels on the x axis
+    every = max(1, math.ceil(len(bars) / max(4, plot_w // 30)))  # x labels at least ~30 px apart
 
     desc = f"{title}: total {fmt(grand)}" + "".join(
         f"; {labels.get(name, name)} {fmt(totals[name])}" for name in series
@@ -105,14 +115,10 @@ def stacked_bars(
         f'<title id="{escape(chart_id)}-title">{escape(title)}</title>',
         f'<desc id="{escape(chart_id)}-desc">{escape(desc)}</desc>',
     ]
-    # legend, top left
-    x = float(left)
-    for name in series:
-        text = f"{labels.get(name, name)} {fmt(totals[name])}"
-        out.append(f'<rect x="{_num(x)}" y="8" width="12" height="12" rx="2" fill="{colours[name]}"/>')
-        out.append(f'<text x="{_num(x + 17)}" y="18.5" font-size="12" fill="#1d2330" class="legend" '
-                   f'data-series="{escape(name)}">{escape(text)}</text>')  # fmt: skip
-        x += 30 + 7.2 * len(text)
+    for lx, ly, name, text in legend:
+        out.append(f'<rect x="{_num(lx)}" y="{_num(ly)}" width="12" height="12" rx="2" fill="{colours[name]}"/>')
+        out.append(f'<text x="{_num(lx + 17)}" y="{_num(ly + 10.5)}" font-size="12" fill="#1d2330" class="legend" '
+                   f'data-series="{escape(name)}" data-total="{totals[name]}">{escape(text)}</text>')  # fmt: skip
     # grid and y axis labels
     ticks = round(top_value / step)
     for i in range(ticks + 1):
@@ -120,11 +126,11 @@ def stacked_bars(
         y = top + plot_h - value * scale
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{_num(y)}" y2="{_num(y)}" '
                    f'stroke="{"#9aa3b2" if i == 0 else "#e3e6ec"}" stroke-width="1"/>')  # fmt: skip
-        tick = Decimal(repr(value)).normalize()
+        tick = (Decimal(repr(step)) * i).normalize()  # exact: 3 x 0.1 is 0.3, not 0.30000000000000004
         out.append(f'<text x="{left - 6}" y="{_num(y + 4)}" font-size="11" text-anchor="end" fill="#5b6475">'
                    f"{escape(_short(tick))}</text>")  # fmt: skip
-    out.append(f'<text x="12" y="{_num(top + plot_h / 2)}" font-size="11" fill="#5b6475" text-anchor="middle" '
-               f'transform="rotate(-90 12 {_num(top + plot_h / 2)})">{escape(unit)}</text>')  # fmt: skip
+    out.append(f'<text x="11" y="{_num(top + plot_h / 2)}" font-size="11" fill="#5b6475" text-anchor="middle" '
+               f'transform="rotate(-90 11 {_num(top + plot_h / 2)})">{escape(unit)}</text>')  # fmt: skip
     # bars
     for index, bar in enumerate(bars):
         x0 = left + index * slot + (slot - bar_w) / 2
@@ -151,7 +157,7 @@ def stacked_bars(
             out.append(f'<text x="{_num(cx)}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle" '
                        f'fill="#5b6475">{escape(bar.label)}</text>')  # fmt: skip
     out.append(f'<text x="{width - right}" y="{height - 6}" font-size="12" text-anchor="end" fill="#1d2330" '
-               f'font-weight="600" class="chart-total">Total {escape(fmt(grand))}</text>')  # fmt: skip
+               f'font-weight="600" class="chart-total" data-total="{grand}">Total {escape(fmt(grand))}</text>')  # fmt: skip
     out.append("</svg>")
     return Markup("".join(out))
 
