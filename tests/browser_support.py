@@ -52,7 +52,12 @@ def launch_chromium(playwright: Any) -> Any:
     try:
         return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
     except Exception as exc:  # playwright.Error: a library or the display stack is missing
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [
+            line.strip()[:300]
+            for line in str(exc).splitlines()
+            if line.strip() and "<launching>" not in line and not set(line.strip()) <= {"=", "-"}
+        ]
+        first = " | ".join(lines[:8]) or type(exc).__name__  # the error and the browser's own log lines
         hint = ""
         ldd = shutil.which("ldd")
         if ldd:

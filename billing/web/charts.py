@@ -26,6 +26,21 @@ ZERO = Decimal(0)
 
 
 @dataclass(frozen=True)
+class Totals:
+    """A chart's totals, given rather than summed from its bars: per series, and in all."""
+
+    by_series: dict[str, Decimal]
+    grand: Decimal
+
+
+def _totals(bars: Sequence[Bar], series: Sequence[str], given: Totals | None) -> tuple[dict[str, Decimal], Decimal]:
+    if given is not None:
+        return {name: given.by_series.get(name, ZERO) for name in series}, given.grand
+    summed = {name: sum((bar.values.get(name, ZERO) for bar in bars), ZERO) for name in series}
+    return summed, sum(summed.values(), ZERO)
+
+
+@dataclass(frozen=True)
 class Bar:
     """One bar: `label` under the axis ("2"), `key` its full name ("Mon 2 Nov 2026"), one value per series."""
 
@@ -78,18 +93,21 @@ def stacked_bars(
     series_labels: dict[str, str] | None = None,
     width: int = 760,
     height: int = 280,
+    totals: Totals | None = None,
 ) -> Markup:
-    """A stacked bar chart as inline SVG. `fmt` formats a Decimal with its unit for people."""
+    """A stacked bar chart as inline SVG. `fmt` formats a Decimal with its unit for people.
+
+    The legend and the total show `totals` when given (each figure rounded once from the exact
+    quantity, where a sum of the bars' rounded values could differ in the last place)."""
     series = order_series({name for bar in bars for name in bar.values})
     colours = series_colours(series)
     labels = series_labels or {}
-    totals = {name: sum((bar.values.get(name, ZERO) for bar in bars), ZERO) for name in series}
-    grand = sum(totals.values(), ZERO)
+    by_series, grand = _totals(bars, series, totals)
     # legend rows first: their height sets the top of the plot
     legend: list[tuple[float, float, str, str]] = []  # x, y, series, text
     x, y = 8.0, 8.0
     for name in series:
-        text = f"{labels.get(name, name)} {fmt(totals[name])}"
+        text = f"{labels.get(name, name)} {fmt(by_series[name])}"
         wide = 24 + 7.0 * len(text)
         if x > 8 and x + wide > width - 8:
             x, y = 8.0, y + 18
@@ -106,7 +124,7 @@ def stacked_bars(
     every = max(1, math.ceil(len(bars) / max(4, plot_w // 30)))  # x labels at least ~30 px apart
 
     desc = f"{title}: total {fmt(grand)}" + "".join(
-        f"; {labels.get(name, name)} {fmt(totals[name])}" for name in series
+        f"; {labels.get(name, name)} {fmt(by_series[name])}" for name in series
     )
     out: list[str] = [
         f'<svg class="chart" id="{escape(chart_id)}" viewBox="0 0 {width} {height}" role="img" '
@@ -118,7 +136,7 @@ def stacked_bars(
     for lx, ly, name, text in legend:
         out.append(f'<rect x="{_num(lx)}" y="{_num(ly)}" width="12" height="12" rx="2" fill="{colours[name]}"/>')
         out.append(f'<text x="{_num(lx + 17)}" y="{_num(ly + 10.5)}" font-size="12" fill="#1d2330" class="legend" '
-                   f'data-series="{escape(name)}" data-total="{totals[name]}">{escape(text)}</text>')  # fmt: skip
+                   f'data-series="{escape(name)}" data-total="{by_series[name]}">{escape(text)}</text>')  # fmt: skip
     # grid and y axis labels
     ticks = round(top_value / step)
     for i in range(ticks + 1):
@@ -177,6 +195,7 @@ def data_table(
     fmt: Callable[[Decimal], str],
     series_labels: dict[str, str] | None = None,
     key_header: str = "Day",
+    totals: Totals | None = None,
 ) -> Markup:
     """The chart's numbers as an HTML table (the accessible fallback; hidden visually by the portal's CSS
     class `sr-only` or shown in a <details>)."""
@@ -189,12 +208,10 @@ def data_table(
         rows.append(
             f'<tr><th scope="row">{escape(bar.key)}</th>{cells}<td class="num">{escape(fmt(bar.total))}</td></tr>'
         )
-    totals = "".join(
-        f'<td class="num">{escape(fmt(sum((b.values.get(n, ZERO) for b in bars), ZERO)))}</td>' for n in series
-    )
-    grand = sum((b.total for b in bars), ZERO)
+    by_series, grand = _totals(bars, series, totals)
+    foot = "".join(f'<td class="num">{escape(fmt(by_series[n]))}</td>' for n in series)
     return Markup(
         f'<table class="data"><caption>{escape(caption)}</caption><thead><tr><th scope="col">{escape(key_header)}</th>'
         f'{head}<th scope="col" class="num">Total</th></tr></thead><tbody>{"".join(rows)}</tbody>'
-        f'<tfoot><tr><th scope="row">Total</th>{totals}<td class="num">{escape(fmt(grand))}</td></tr></tfoot></table>'
+        f'<tfoot><tr><th scope="row">Total</th>{foot}<td class="num">{escape(fmt(grand))}</td></tr></tfoot></table>'
     )

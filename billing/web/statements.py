@@ -271,15 +271,20 @@ def usage_charts(
         energy_bars = hour_bars(buckets, lambda m: m.kwh)
         key_header = "Hour"
     per = "day" if grain == "day" else "hour"
+    total = usage_total(buckets)
+    gpu_totals = charts.Totals({n: m.gpu_hours for n, m in total.periods.items()}, total.total.gpu_hours)
+    energy_totals = charts.Totals({n: m.kwh for n, m in total.periods.items()}, total.total.kwh)
     return ChartPair(
         gpu_svg=charts.stacked_bars(gpu_bars, chart_id=f"{prefix}-gpu-hours", title=f"GPU-hours per {per}",
-                                    unit="GPU-hours", fmt=fmt.gpu_h, series_labels=labels, width=width, height=height),
+                                    unit="GPU-hours", fmt=fmt.gpu_h, series_labels=labels, width=width, height=height,
+                                    totals=gpu_totals),
         gpu_table=charts.data_table(gpu_bars, caption=f"GPU-hours per {per}", fmt=fmt.gpu_h, series_labels=labels,
-                                    key_header=key_header),
+                                    key_header=key_header, totals=gpu_totals),
         energy_svg=charts.stacked_bars(energy_bars, chart_id=f"{prefix}-energy", title=f"Energy per {per} (kWh)",
-                                       unit="kWh", fmt=fmt.kwh, series_labels=labels, width=width, height=height),
+                                       unit="kWh", fmt=fmt.kwh, series_labels=labels, width=width, height=height,
+                                       totals=energy_totals),
         energy_table=charts.data_table(energy_bars, caption=f"Energy per {per} (kWh, metered)", fmt=fmt.kwh,
-                                       series_labels=labels, key_header=key_header),
+                                       series_labels=labels, key_header=key_header, totals=energy_totals),
     )  # fmt: skip
 
 
