@@ -6,7 +6,7 @@ totals (the chart's and the key figures' numbers equal the rollup's and the invo
 by hour, opens its invoice (each line, the usage behind it), downloads the statement CSV (checked
 number by number) and PDF, meets the same 404 page for another tenant's invoice as for a missing
 one, and signs out. The same on a phone-sized viewport, with nothing wider than the screen.
-Finance and operator keys land on their way to /finance and /operator.
+Finance and operator keys land on their way to /finance and /operator, and open them (the yield report).
 
 Screenshots of every page: test-artifacts/screenshots/<test>/ (see tests/browser_support.py).
 """
@@ -210,6 +210,11 @@ def test_finance_and_operator_keys_are_shown_their_pages(
         sign_in(page, base, world.keys["finance"])
         assert page.get_attribute("#go-finance", "href") == "/finance"
         screenshots.take(page, "finance-home")
+        with page.expect_response(f"{base}/finance") as opened:
+            page.click("#go-finance")
+        assert opened.value.status == 200
+        screenshots.take(page, "finance-overview")
+        page.goto(f"{base}/")
         page.click("a:text-is('Globex Handels GmbH')")
         page.goto(f"{base}/?tenant=globex&period={PERIOD}")
         # German: the browser's locale; the tenant's currency
@@ -222,5 +227,10 @@ def test_finance_and_operator_keys_are_shown_their_pages(
         sign_in(page, base, world.keys["operator"])
         assert page.get_attribute("#go-operator", "href") == "/operator"
         screenshots.take(page, "operator-home")
+        # the operator opens the yield report (helper pages: billing/web/portal/operator.py)
+        with page.expect_response(f"{base}/operator") as opened:
+            page.click("#go-operator")
+        assert opened.value.status == 200 and "Traceback" not in page.content()
+        screenshots.take(page, "operator-yield")
     finally:
         context.close()
