@@ -234,3 +234,54 @@ def test_finance_and_operator_keys_are_shown_their_pages(
         screenshots.take(page, "operator-yield")
     finally:
         context.close()
+
+
+def test_portal_pages_are_scoped_by_auth(portal: tuple[World, str]) -> None:
+    """In process (no browser): every portal page asked for another tenant answers the same 404 page
+    as for a tenant that does not exist, with nothing of the other tenant in it; no key goes to the
+    login form; a bad month is a 400 page; a login form posted from another site is refused."""
+    world, _ = portal
+    with world.client() as anonymous:
+        for path in ("/", f"/invoices/{world.invoices['acme']}", f"/statements/{PERIOD}.csv", "/days/2026-11-01"):
+            response = anonymous.get(path, follow_redirects=False)
+            assert response.status_code == 303 and response.headers["location"].startswith("/login"), path
+        response = anonymous.post(
+            "/login", data={"key": world.keys["acme"]}, headers={"Origin": "https://evil.example"}
+        )
+        assert response.status_code == 403 and "wattmeter_key" not in response.headers.get("set-cookie", "")
+        response = anonymous.post("/login", data={"key": world.keys["revoked"]})
+        assert response.status_code == 401 and "not accepted" in response.text
+        response = anonymous.post("/login", data={"key": world.keys["acme"], "next": "//evil.example/"},
+                                  follow_redirects=False)  # fmt: skip
+        assert response.status_code == 303 and response.headers["location"] == "/"
+        assert "httponly" in response.headers["set-cookie"].lower()
+        assert "samesite=strict" in response.headers["set-cookie"].lower()
+
+    with world.client("acme") as client:
+        missing = client.get("/?tenant=nobody")
+        assert missing.status_code == 404
+        for other in world.others("acme"):
+            number = world.invoices[other.tenant_id]
+            for path in (f"/?tenant={other.tenant_id}", f"/?tenant={other.tenant_id}&period={PERIOD}",
+                         f"/days/2026-11-05?tenant={other.tenant_id}", f"/statements/{PERIOD}.csv?tenant={other.tenant_id}",
+                         f"/statements/{PERIOD}.pdf?tenant={other.tenant_id}", f"/invoices/{number}",
+                         f"/invoices/{number.lower()}", f"/invoices/{world.draft_ids.get('acme', 0)}"):  # fmt: skip
+                response = client.get(path)
+                assert response.status_code == 404, path
+                assert response.text == missing.text, path
+                for leak in (other.name, other.tenant_id, other.timezone, number):
+                    assert leak not in response.text, (path, leak)
+        assert client.get("/?period=2026-13").status_code == 400
+        assert client.get("/days/2026-02-30").status_code == 400
+        assert client.get(f"/statements/{PERIOD}.xls").status_code == 404
+        own = client.get(f"/statements/{PERIOD}.csv")
+        assert own.status_code == 200 and own.headers["content-type"].startswith("text/csv")
+        assert 'filename="statement-acme-2026-11.csv"' in own.headers["content-disposition"]
+        # a tenant never sees its draft (December's), finance does
+        assert client.get(f"/invoices/{world.draft_ids['acme']}").status_code == 404
+    with world.client("finance") as finance:
+        assert finance.get(f"/invoices/{world.draft_ids['acme']}").status_code == 200
+        assert finance.get("/?tenant=globex").status_code == 200
+    with world.client("operator") as operator:
+        assert operator.get(f"/invoices/{world.invoices['acme']}").status_code == 404
+        assert operator.get(f"/statements/{PERIOD}.csv?tenant=acme").status_code == 404
