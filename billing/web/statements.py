@@ -80,9 +80,11 @@ def negotiate_locale(accept_language: str | None, default: str = formatting.DEFA
             weighted.append((-quality, index, tag.strip()))
     for _, _, tag in sorted(weighted):
         try:
-            return str(Locale.parse(tag.replace("-", "_")))
+            parsed = str(Locale.parse(tag.replace("-", "_")))
         except (UnknownLocaleError, ValueError, TypeError):
             continue
+        if parsed != "root":
+            return parsed
     return default
 
 

@@ -312,8 +312,8 @@ def day_view(request: Request, day: str, tenant: str | None = None) -> Response:
             hours = tenant_usage(session, tenant_id, start, end, "hour")
             gpus = gpu_table(session, tenant_id, start, end)
             ctx = _base_context(request, principal, session)
-            currency, name = row.currency, row.name
-        fmt = statements.Formatter(locale, currency, row.timezone)
+            currency, name, zone_name = row.currency, row.name, row.timezone
+        fmt = statements.Formatter(locale, currency, zone_name)
         pair = statements.usage_charts(hours, fmt, grain="hour", prefix="hourly")
         total = usage_total(hours)
         periods = charts.order_series({n for h in hours for n in h.periods})
@@ -326,7 +326,7 @@ def day_view(request: Request, day: str, tenant: str | None = None) -> Response:
             fmt=fmt,
             charts=pair,
             tenant_name=name,
-            timezone=row.timezone,
+            timezone=zone_name,
             period=f"{local_day.year:04d}-{local_day.month:02d}",
             link=lambda path, **q: _with_tenant(principal, tenant_id, path, **q),
             previous_day=(local_day - timedelta(days=1)).isoformat(),
