@@ -319,3 +319,21 @@ def test_hours_no_rollup_covered_are_named(tmp_path: Path):
                      "run `wattmeter-billing rollup --period 2026-10`",)  # fmt: skip
     assert yield_report(ledger, "2026-11", timezone="America/New_York").notes == ()
     assert fleet_window("2026-11", "America/New_York") == (NOV_1 + 4 * HOUR, DEC_1 + 5 * HOUR)
+
+
+def test_the_cache_keeps_a_report_until_a_rollup_or_an_invoice_changes(tmp_path: Path):
+    from billing.invoicing.service import void
+    from billing.reports.service import YieldCache
+
+    root = tmp_path / "usage"
+    ledger = build_world(f"sqlite:///{tmp_path}/billing.db", root)
+    cache = YieldCache()
+    first = cache.get(ledger, "2026-11")
+    assert cache.get(ledger, "2026-11") is first and cache.builds == 1
+    assert cache.get(ledger, "2026-11", include_drafts=True) is not first and cache.builds == 2
+    rollup_period(ledger, root, "2026-11")  # rebuilt: a new run stamp
+    assert cache.get(ledger, "2026-11") is not first and cache.builds == 3
+    with ledger.transaction() as session:
+        beta = session.scalars(select(Invoice).where(Invoice.tenant_id == "beta")).one()
+    void(ledger, "test", beta.id, "wrong rate")  # an invoice changed: audited
+    assert cache.get(ledger, "2026-11").fleet.revenue == {"USD": Decimal("4.38")} and cache.builds == 4

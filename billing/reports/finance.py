@@ -164,7 +164,7 @@ class ReconcileCache:
         self.ttl_s = ttl_s
         self.clock = clock
         self.builds = 0
-        self._entries: dict[tuple[int, str, str], _Entry] = {}
+        self._entries: dict[tuple[str, str, str], _Entry] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -182,7 +182,7 @@ class ReconcileCache:
         from billing.reconcile.errors import ReconcileError
         from billing.reconcile.service import reconcile
 
-        key = (id(ledger), str(usage_root), period)
+        key = (str(ledger.engine.url), str(usage_root), period)
         fingerprint = self.fingerprint(ledger, usage_root)
         with self._lock:
             entry = self._entries.get(key)

@@ -12,7 +12,9 @@ hundreds of thousands of rows; the invoices' lines come in one query.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import case, func, select
@@ -24,6 +26,7 @@ from billing.ledger.db import Ledger
 from billing.ledger.models import (
     INVOICE_DRAFT,
     INVOICE_FINALIZED,
+    AuditEntry,
     Contract,
     Invoice,
     InvoiceLine,
@@ -108,15 +111,16 @@ def fleet_usage(session: Session, start_ms: int, end_ms: int) -> FleetUsage:
         .where(in_window)
         .group_by(UsageHourly.model, leased, UsageHourly.hour_start_ms)
     ).all()  # fmt: skip
-    gpus = session.execute(
-        select(UsageHourly.model, func.count(UsageHourly.gpu_uuid.distinct())).where(in_window).group_by(UsageHourly.model)
-    ).all()  # fmt: skip
-    fleet_gpus = session.scalar(select(func.count(UsageHourly.gpu_uuid.distinct())).where(in_window)) or 0
+    pairs = session.execute(select(UsageHourly.model, UsageHourly.gpu_uuid).where(in_window).distinct()).all()
+    per_model: dict[str, set[str]] = {}
+    for model, gpu in pairs:
+        per_model.setdefault(str(model), set()).add(str(gpu))
     totals = tuple(
         HourTotal(str(model), bool(is_leased), int(hour), int(allocated or 0), int(busy or 0), int(energy or 0))
         for model, is_leased, hour, allocated, busy, energy in sums
     )
-    return FleetUsage(totals, {str(m): int(n) for m, n in gpus}, int(fleet_gpus))
+    fleet = set().union(*per_model.values()) if per_model else set()
+    return FleetUsage(totals, {m: len(ids) for m, ids in sorted(per_model.items())}, len(fleet))
 
 
 def period_invoices(session: Session, period: str, include_drafts: bool) -> list[InvoiceRevenue]:
@@ -222,3 +226,46 @@ def yield_report(
         basis="issued and draft" if include_drafts else "issued",
         notes=notes,
     )
+
+
+class YieldCache:
+    """Reports kept per (database, arguments) while the facts they were built from are unchanged: the
+    rollup runs of the period and its neighbours (a rebuild stamps its run in the same transaction
+    as its rows) and the newest audit entry (invoices are run, finalized and voided with one). A
+    month of 1,000 GPUs sums ~720,000 hourly rows (seconds on SQLite); the page asks again for free."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self.builds = 0
+        self._entries: dict[tuple[Any, ...], tuple[Any, YieldReport]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def fingerprint(ledger: Ledger, period: str) -> tuple[Any, ...]:
+        try:
+            neighbours = [previous_periods(period, 1)[0], period, next_period(period)]
+        except InvoicingError as exc:
+            raise ReportError(str(exc)) from None
+        with ledger.transaction() as session:
+            runs = session.execute(
+                select(RollupRun.period, RollupRun.built_ms, RollupRun.rows).where(RollupRun.period.in_(neighbours))
+            ).all()
+            audit = session.scalar(select(func.max(AuditEntry.id)))
+        return (tuple(sorted(tuple(run) for run in runs)), audit)
+
+    def get(self, ledger: Ledger, period: str, **options: Any) -> YieldReport:
+        key = (str(ledger.engine.url), period, tuple(sorted((k, str(v)) for k, v in options.items())))
+        fingerprint = self.fingerprint(ledger, period)
+        with self._lock:
+            held = self._entries.get(key)
+            if held is not None and held[0] == fingerprint:
+                return held[1]
+            report = yield_report(ledger, period, **options)
+            self.builds += 1
+            if len(self._entries) >= self.size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (fingerprint, report)
+            return report
+
+
+CACHE = YieldCache()

@@ -152,14 +152,14 @@ def build_yield(
     request: Request, period: str, timezone: str, calendar_card: str | None, valley: list[str] | None, drafts: bool
 ) -> Any:
     """The report (for the API, the page and the CSV); a ReportError becomes a 422 naming a parameter."""
-    from billing.reports.service import yield_report
+    from billing.reports.service import CACHE
 
     for name in valley or []:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
             raise invalid("valley_period", "must be a period name such as valley or off_peak")
     try:
-        return yield_report(context(request).ledger, period, timezone=timezone, calendar_card=calendar_card,
-                            valley_periods=tuple(valley or ("valley",)), include_drafts=drafts)  # fmt: skip
+        return CACHE.get(context(request).ledger, period, timezone=timezone, calendar_card=calendar_card,
+                         valley_periods=tuple(valley or ("valley",)), include_drafts=drafts)  # fmt: skip
     except ReportError as exc:
         message = str(exc)
         where = "calendar_card" if "rate card" in message else "timezone" if "UTC hour" in message else "period"
