@@ -177,6 +177,8 @@ def test_pages_need_the_right_key(world: World):
     with world.client("operator") as client:
         assert client.get("/operator", params={"period": "2026-13"}).status_code == 400
         assert client.get("/operator", params={"period": PERIOD, "timezone": "Mars/Base"}).status_code == 400
+        for card in ("\x00", "x" * 129, "nope"):
+            assert client.get("/operator", params={"period": PERIOD, "calendar_card": card}).status_code == 400
 
 
 def test_the_yield_json_page_and_csv_show_the_report(world: World):

@@ -154,6 +154,8 @@ def build_yield(
     """The report (for the API, the page and the CSV); a ReportError becomes a 422 naming a parameter."""
     from billing.reports.service import CACHE
 
+    if calendar_card is not None and not (re.fullmatch(ID_PATTERN, calendar_card) and calendar_card.isprintable()):
+        raise invalid("calendar_card", "must be 1 to 128 printable characters")
     for name in valley or []:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
             raise invalid("valley_period", "must be a period name such as valley or off_peak")
