@@ -176,6 +176,28 @@ def main(argv: list[str] | None = None) -> int:
         for number in numbers:
             billing("invoices", "show", number)
             print()
+        from billing.web.auth import create_key
+
+        ledger = Ledger(database)
+        with ledger.transaction() as session:  # keys for the portal over the demo's data (printed once, here)
+            tenant_key = create_key(session, "demo", "tenant", "acme", "demo portal")
+            finance_key = create_key(session, "demo", "finance", None, "demo finance")
+            operator_key = create_key(session, "demo", "operator", None, "demo operator")
+        ledger.dispose()
+        print("    serve the portal and the API over the demo's data:")
+        print(f"      wattmeter-billing serve --db {database} --usage-dir {usage_dir} --port 8400")
+        print("      then open http://127.0.0.1:8400/login with one of these keys")
+        print(f"      tenant acme:  {tenant_key}   (usage, invoices, statements)")
+        print(f"      finance:      {finance_key}   (/finance: the month at a glance)")
+        print(f"      operator:     {operator_key}   (/operator: the fleet yield report)")
+        print(
+            f"    the API: curl -H 'Authorization: Bearer {tenant_key}' "
+            f"'http://127.0.0.1:8400/api/v1/usage?period={period}'  (OpenAPI at /api/v1/openapi.json)"
+        )
+        print(
+            f"    a statement: wattmeter-billing statement --tenant acme --period {period} --db {database} --out {out}"
+        )
+        print(f"    the yield report: wattmeter-billing yield --period {period} --db {database}")
         print(f"    explain a line:  wattmeter-billing explain {numbers[0]} 0 --db {database} --usage-dir {usage_dir}")
         print(f"    Parquet: {usage_dir}/date=YYYY-MM-DD/*.parquet; billing database: {database}")
         print(f"    reconciliation: {out / 'reports'}/reconcile-{period}.html (and .csv)")
