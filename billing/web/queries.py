@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -59,7 +58,6 @@ from billing.ledger.models import (
     StripeInvoiceSync,
     Tenant,
 )
-from billing.pricing.money import round_half_even
 from billing.pricing.ratecards import RateCardVersion
 from billing.pricing.segments import card_spans as versions_to_spans
 from billing.web.auth import NotFound
@@ -78,21 +76,32 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # -- display helpers ------------------------------------------------------------------------------
 
 
+def ratio(numerator: int, denominator: int, places: int) -> Decimal:
+    """numerator / denominator rounded to `places` decimal places, half to even, exactly (integers only:
+    the same result as `billing.pricing.money.round_half_even(Fraction(n, d), places)`, faster)."""
+    if denominator <= 0:
+        raise ValueError(f"ratio: the denominator must be positive, not {denominator}")
+    quotient, remainder = divmod(numerator * 10**places, denominator)  # floor division, remainder >= 0
+    if 2 * remainder > denominator or (2 * remainder == denominator and quotient % 2 == 1):
+        quotient += 1
+    return Decimal(quotient).scaleb(-places)
+
+
 def gpu_hours(ms: int) -> Decimal:
     """GPU time in ms -> GPU-hours, 6 places, half to even (as the invoice lines round them)."""
-    return round_half_even(Fraction(ms, MS_PER_HOUR), DISPLAY_PLACES)
+    return ratio(ms, MS_PER_HOUR, DISPLAY_PLACES)
 
 
 def kwh(mj: int) -> Decimal:
     """Energy in mJ -> kWh (metered, before any PUE), 6 places, half to even."""
-    return round_half_even(Fraction(mj, MJ_PER_KWH), DISPLAY_PLACES)
+    return ratio(mj, MJ_PER_KWH, DISPLAY_PLACES)
 
 
 def utilization(busy_ms: int, allocated_ms: int) -> Decimal | None:
     """Busy over allocated GPU time as a fraction 0..1 (4 places); None when nothing was allocated."""
     if allocated_ms <= 0:
         return None
-    return round_half_even(Fraction(busy_ms, allocated_ms), 4)
+    return ratio(busy_ms, allocated_ms, 4)
 
 
 def ms_to_local(ts_ms: int, zone: str) -> datetime:
@@ -377,19 +386,32 @@ def tou_pieces(session: Session, tenant_id: str, start_ms: int, end_ms: int) -> 
 # -- the window's pieces, mapped by the database --------------------------------------------------
 
 
-def _bucket_case(column: str, boundaries: Sequence[int]) -> str:
-    """SQL: the index i of the piece [boundaries[i], boundaries[i+1]) that `column` falls in, as a
-    balanced CASE (a binary search). Values below the first boundary give 0, at or above the last
-    give the last piece: the caller's WHERE keeps the column inside [first, last)."""
+def _bucket_case(column: str, boundaries: Sequence[int], codes: Sequence[int] | None = None) -> str:
+    """SQL: the index i of the piece [boundaries[i], boundaries[i+1]) that `column` falls in (or
+    codes[i]), as a balanced CASE (a binary search). Values below the first boundary give the first
+    piece, at or above the last the last piece: the caller's WHERE keeps the column inside."""
     pieces = len(boundaries) - 1
 
     def node(lo: int, hi: int) -> str:
         if hi - lo <= 1:
-            return str(lo)
+            return str(int(codes[lo]) if codes is not None else lo)
         mid = (lo + hi) // 2
         return f"CASE WHEN {column} < {int(boundaries[mid])} THEN {node(lo, mid)} ELSE {node(mid, hi)} END"
 
     return node(0, max(pieces, 1))
+
+
+def _merged(boundaries: Sequence[int], codes: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Neighbouring pieces with the same code joined: fewer boundaries for the CASE to search."""
+    out_bounds: list[int] = [boundaries[0]]
+    out_codes: list[int] = []
+    for index, code in enumerate(codes):
+        if out_codes and out_codes[-1] == code:
+            out_bounds[-1] = boundaries[index + 1]
+        else:
+            out_codes.append(code)
+            out_bounds.append(boundaries[index + 1])
+    return out_bounds, out_codes
 
 
 def _boundaries(*cuts: Iterable[int], start_ms: int, end_ms: int) -> list[int]:
@@ -416,16 +438,32 @@ def _pieces_query(
     end_ms: int,
     boundaries: Sequence[int],
     keys: Sequence[str] = (),
+    codes: Sequence[int] | None = None,
 ) -> list[Any]:
-    """(piece, *keys, allocated, busy, energy, records) summed per piece of the window (and keys).
+    """(code, *keys, allocated, busy, energy, records) summed per code of the window's pieces (and keys).
 
-    One index range read of (tenant_id, hour_start_ms) over the hours starting in [start_ms, end_ms)."""
-    piece = _bucket_case("hour_start_ms", boundaries)
+    A piece [boundaries[i], boundaries[i+1]) has the code codes[i] (default: i); pieces that share a
+    code are summed together, so the database returns one row per (code, keys). One index range read
+    of (tenant_id, hour_start_ms) over the hours starting in [start_ms, end_ms)."""
+    if codes is None:
+        codes = range(len(boundaries) - 1)
+    bounds, merged = _merged(boundaries, codes)
+    piece = _bucket_case("hour_start_ms", bounds, merged)
     cols = "".join(f", {k}" for k in keys)
     sql = (
         f"SELECT piece{cols}, {_SUMS} FROM (SELECT {piece} AS piece{cols}, allocated_gpu_ms, busy_gpu_ms, "
         "energy_mj, records FROM usage_hourly WHERE tenant_id = :tenant AND hour_start_ms >= :start "
         f"AND hour_start_ms < :end) AS hourly GROUP BY piece{cols}"
+    )
+    return list(session.execute(text(sql), {"tenant": tenant_id, "start": start_ms, "end": end_ms}))
+
+
+def _hours_query(session: Session, tenant_id: str, start_ms: int, end_ms: int) -> list[Any]:
+    """(hour_start_ms, allocated, busy, energy, records) per hour of [start_ms, end_ms): a streaming
+    aggregate over the index (tenant_id, hour_start_ms), with no sort."""
+    sql = (
+        f"SELECT hour_start_ms, {_SUMS} FROM usage_hourly WHERE tenant_id = :tenant AND hour_start_ms >= :start "
+        "AND hour_start_ms < :end GROUP BY hour_start_ms ORDER BY hour_start_ms"
     )
     return list(session.execute(text(sql), {"tenant": tenant_id, "start": start_ms, "end": end_ms}))
 
@@ -506,15 +544,22 @@ def tenant_usage(
     piece_bucket = [bisect_right(bucket_starts, b) - 1 for b in bounds[:-1]]
     tou_starts = [lo for lo, _, _ in tou]
     piece_period = [tou[max(bisect_right(tou_starts, b) - 1, 0)][2] if tou else UNPRICED for b in bounds[:-1]]
+    names = sorted(set(piece_period))
+    # a piece's code: its (bucket, period); the database sums the pieces of one code together
+    codes = [piece_bucket[i] * len(names) + names.index(piece_period[i]) for i in range(len(piece_period))]
     keys = ("gpu_uuid", "model") if by_gpu else ()
-    rows = _pieces_query(session, tenant_id, start_ms, end_ms, bounds, keys)
+    if by_gpu:
+        rows = _pieces_query(session, tenant_id, start_ms, end_ms, bounds, keys, codes)
+    else:  # grouped by hour in the index's own order (no sort), each hour then given its code here
+        hourly = _hours_query(session, tenant_id, start_ms, end_ms)
+        rows = [(codes[bisect_right(bounds, row[0]) - 1], *row[1:]) for row in hourly]
 
     acc: dict[tuple[int, str, str], dict[str, Measures]] = {}
     for row in rows:
-        index = int(row[0])
+        bucket, period = divmod(int(row[0]), len(names))
         gpu, model = (str(row[1]), str(row[2])) if by_gpu else ("", "")
-        periods = acc.setdefault((piece_bucket[index], gpu, model), {})
-        name = piece_period[index]
+        periods = acc.setdefault((bucket, gpu, model), {})
+        name = names[period]
         periods[name] = periods.get(name, ZERO) + _measures(row, 1 + len(keys))
     if not by_gpu:
         for bucket in range(len(bucket_starts)):
@@ -561,11 +606,13 @@ def gpu_table(session: Session, tenant_id: str, start_ms: int, end_ms: int) -> l
     bounds = _boundaries((lo for lo, _, _ in tou), start_ms=start_ms, end_ms=end_ms)
     tou_starts = [lo for lo, _, _ in tou]
     piece_period = [tou[max(bisect_right(tou_starts, b) - 1, 0)][2] if tou else UNPRICED for b in bounds[:-1]]
-    rows = _pieces_query(session, tenant_id, start_ms, end_ms, bounds, ("gpu_uuid", "model"))
+    names = sorted(set(piece_period))
+    codes = [names.index(name) for name in piece_period]
+    rows = _pieces_query(session, tenant_id, start_ms, end_ms, bounds, ("gpu_uuid", "model"), codes)
     acc: dict[tuple[str, str], dict[str, Measures]] = {}
     for row in rows:
         periods = acc.setdefault((str(row[1]), str(row[2])), {})
-        name = piece_period[int(row[0])]
+        name = names[int(row[0])]
         periods[name] = periods.get(name, ZERO) + _measures(row, 3)
     return [
         GpuRow(gpu, model, _sum(periods.values()), dict(sorted(periods.items())))
@@ -646,46 +693,81 @@ def find_invoice(
     return invoice
 
 
-def _line_usage(session: Session, tenant_id: str, lines: Sequence[Any]) -> dict[int, LineUsage]:
-    """The usage behind each usage line (gpu_time, energy), by position: one grouped read per distinct
-    service window, pieces cut at every segment boundary of every line."""
-    wanted = []
+@dataclass(frozen=True)
+class _Wanted:
+    position: int
+    kind: str
+    plan: str
+    model: str
+    quantity_base: int
+    measure: str
+    segments: tuple[tuple[int, int], ...]
+    window: tuple[int, int]
+
+
+def _wanted_lines(lines: Sequence[Any]) -> list[_Wanted]:
+    """The usage lines (gpu_time, energy) whose usage_query names a measure and segments."""
+    out = []
     for line in lines:
         query = line.usage_query or {}
         measure = query.get("measure") or ""
-        segments = [(int(a), int(b)) for a, b in query.get("segments") or []]
-        if line.kind not in ("gpu_time", "energy") or measure not in ("allocated_gpu_ms", "energy_mj") or not segments:
-            continue
-        wanted.append((line, measure, segments))
-    windows: dict[tuple[int, int], list[tuple[Any, str, list[tuple[int, int]]]]] = {}
+        segments = tuple((int(a), int(b)) for a, b in query.get("segments") or [])
+        if line.kind in ("gpu_time", "energy") and measure in ("allocated_gpu_ms", "energy_mj") and segments:
+            out.append(_Wanted(line.position, line.kind, line.plan, line.model, line.quantity_base, measure, segments,
+                               (line.service_start_ms, line.service_end_ms)))  # fmt: skip
+    return out
+
+
+def _line_usage(session: Session, tenant_id: str, lines: Sequence[Any]) -> dict[int, LineUsage]:
+    """The usage behind each usage line (gpu_time, energy), by position: one grouped read per distinct
+    service window (normally one), cut into pieces at every segment boundary of every line; each piece
+    then goes to the lines whose segments hold it (gpu_time: of the row's model and plan)."""
+    wanted = _wanted_lines(lines)
+    windows: dict[tuple[int, int], list[_Wanted]] = {}
     for item in wanted:
-        line = item[0]
-        windows.setdefault((line.service_start_ms, line.service_end_ms), []).append(item)
+        windows.setdefault(item.window, []).append(item)
     out: dict[int, LineUsage] = {}
     for (lo, hi), items in windows.items():
-        seg_lo = min(a for _, _, segs in items for a, _ in segs)
-        seg_hi = max(b for _, _, segs in items for _, b in segs)
-        start, end = min(lo, seg_lo), max(hi, seg_hi)
-        bounds = _boundaries((x for _, _, segs in items for ab in segs for x in ab), start_ms=start, end_ms=end)
-        rows = _pieces_query(session, tenant_id, start, end, bounds, ("gpu_uuid", "model", "plan"))
-        for line, measure, segments in items:
-            # the pieces inside the line's segments (every segment boundary is a piece boundary)
-            inside = {i for a, b in segments for i in range(bisect_right(bounds, a) - 1, bisect_right(bounds, b) - 1)}
-            per_gpu: dict[tuple[str, str, str], Measures] = {}
-            for row in rows:
-                if int(row[0]) not in inside:
-                    continue
-                gpu, model, plan = str(row[1]), str(row[2]), str(row[3])
-                if line.kind == "gpu_time" and (plan != line.plan or model != line.model):
-                    continue
-                key = (gpu, model, plan)
-                per_gpu[key] = per_gpu.get(key, ZERO) + _measures(row, 4)
+        start = min(lo, *(a for item in items for a, _ in item.segments))
+        end = max(hi, *(b for item in items for _, b in item.segments))
+        bounds = _boundaries((x for item in items for ab in item.segments for x in ab), start_ms=start, end_ms=end)
+        # each piece's class: the set of lines whose segments hold it (the database sums per class)
+        holding: list[set[int]] = [set() for _ in bounds[:-1]]
+        for index, item in enumerate(items):
+            for a, b in item.segments:
+                for piece in range(bisect_right(bounds, a) - 1, bisect_right(bounds, b) - 1):
+                    holding[piece].add(index)
+        classes: dict[frozenset[int], int] = {}
+        codes = [classes.setdefault(frozenset(held), len(classes)) for held in holding]
+        # class -> the lines holding it: energy lines for every row, gpu_time lines by (model, plan)
+        energy: dict[int, list[int]] = {}
+        gpu_time: dict[tuple[int, str, str], list[int]] = {}
+        for held, code in classes.items():
+            for index in sorted(held):
+                item = items[index]
+                if item.kind == "energy":
+                    energy.setdefault(code, []).append(index)
+                else:
+                    gpu_time.setdefault((code, item.model, item.plan), []).append(index)
+        per_line: list[dict[tuple[str, str, str], Measures]] = [{} for _ in items]
+        for row in _pieces_query(session, tenant_id, start, end, bounds, ("gpu_uuid", "model", "plan"), codes):
+            code, gpu, model, plan = int(row[0]), str(row[1]), str(row[2]), str(row[3])
+            holders = energy.get(code, []) + gpu_time.get((code, model, plan), [])
+            if not holders:
+                continue
+            value = _measures(row, 4)
+            key = (gpu, model, plan)
+            for index in holders:
+                sums = per_line[index]
+                before = sums.get(key)
+                sums[key] = value if before is None else before + value
+        for item, per_gpu in zip(items, per_line):
             total = _sum(per_gpu.values())
-            out[line.position] = LineUsage(
-                measure=measure,
+            out[item.position] = LineUsage(
+                measure=item.measure,
                 total=total,
                 by_gpu=[GpuUsage(g, m, p, v) for (g, m, p), v in sorted(per_gpu.items())],
-                matches_quantity=total.measure(measure) == line.quantity_base,
+                matches_quantity=total.measure(item.measure) == item.quantity_base,
             )
     return out
 
