@@ -16,7 +16,7 @@ import pytest
 from billing.ledger.store import add_contract, upsert_tenant
 from billing.usage.rollup import rollup_period
 from billing.web import queries
-from tests.billing_fixtures import HOUR, NOV_1, UsageWriter, ledger_with, minutes
+from tests.billing_fixtures import HOUR, NOV_1, SIMPLE_CARD, UsageWriter, ledger_with, minutes
 from tests.web_support import PERIOD, TENANTS, World, build_world, serve
 
 API = "/api/v1"
@@ -276,4 +276,37 @@ def test_hours_no_contract_covers_are_unpriced(tmp_path: Path) -> None:
         gpus = queries.gpu_table(session, "late", start, end)
     assert {name: m.allocated_gpu_ms for name, m in total.periods.items()} == {"peak": HOUR, queries.UNPRICED: HOUR}
     assert gpus[0].period(queries.UNPRICED).allocated_gpu_ms == HOUR
+    ledger.dispose()
+
+
+def test_usage_behind_lines_is_exact_for_a_gpu_with_two_models_and_two_plans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast per-GPU read folds the plan into an integer and takes a GPU's model as one: a GPU that
+    shows two models, or two plans, must still give each line exactly its own usage."""
+    from billing.invoicing.service import finalize_period, run_period
+
+    card = SIMPLE_CARD + '[gpu_hour."*".valley]\npeak = "2.00"\nvalley = "1.00"\n'
+    ledger = ledger_with(f"sqlite:///{tmp_path}/b.db", card)
+    writer = UsageWriter(tmp_path / "usage")
+    writer.write(minutes("acme", NOV_1 + 9 * 24 * HOUR + 12 * HOUR, 90, gpu="GPU-1", model="H100"))
+    writer.write(minutes("acme", NOV_1 + 9 * 24 * HOUR + 14 * HOUR, 45, gpu="GPU-1", model="A100", lease="l2"))
+    writer.write(minutes("acme", NOV_1 + 12 * 24 * HOUR + 2 * HOUR, 30, gpu="GPU-1", plan="valley", lease="l3"))
+    run_period(ledger, tmp_path / "usage", PERIOD, "test")
+    [invoice] = finalize_period(ledger, "test", PERIOD)
+    rollup_period(ledger, tmp_path / "usage", PERIOD)
+    plain = queries._pieces_query
+    asked: list[object] = []
+    monkeypatch.setattr(queries, "_pieces_query", lambda *a, **k: asked.append(a) or plain(*a, **k))
+    with ledger.transaction() as session:
+        detail = queries.invoice_detail(session, str(invoice.number))
+    assert asked, "two models in one piece of one GPU: the plain grouping must answer"
+    usage_lines = [line for line in detail.lines if line.kind in ("gpu_time", "energy")]
+    assert {(line.model, line.plan) for line in usage_lines if line.kind == "gpu_time"} == {
+        ("H100", "on_demand"), ("A100", "on_demand"), ("H100", "valley")
+    }  # fmt: skip
+    for line in usage_lines:
+        assert line.usage is not None and line.usage.matches_quantity, line
+        if line.kind == "gpu_time":
+            assert {(g.model, g.plan) for g in line.usage.by_gpu} == {(line.model, line.plan)}
     ledger.dispose()

@@ -61,6 +61,7 @@ from billing.ledger.models import (
 from billing.pricing.ratecards import RateCardVersion
 from billing.pricing.segments import card_spans as versions_to_spans
 from billing.web.auth import NotFound
+from schemas.leases import PLANS
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR
 
 UNPRICED = "unpriced"  # the time-of-use period of an hour that no contract covers
@@ -458,6 +459,31 @@ def _pieces_query(
     return list(session.execute(text(sql), {"tenant": tenant_id, "start": start_ms, "end": end_ms}))
 
 
+def _gpu_pieces_query(
+    session: Session, tenant_id: str, start_ms: int, end_ms: int, boundaries: Sequence[int], codes: Sequence[int]
+) -> list[Any]:
+    """As `_pieces_query(..., keys=("gpu_uuid", "model", "plan"), codes)`, the same rows, but grouped on
+    (GPU, one integer) only: the plan is folded into the integer and the model taken as the GPU's
+    (a GPU has one model), which spares the database a sort on three strings (a third of the time).
+    If a plan outside `schemas.leases.PLANS` shows up, or a GPU with two models, it asks again the
+    plain way, so the answer is exact whatever the rows."""
+    if codes is None or not len(codes):
+        return []
+    bounds, merged = _merged(boundaries, codes)
+    piece = _bucket_case("hour_start_ms", bounds, merged)
+    plans = len(PLANS) + 1
+    plan_code = "CASE plan " + " ".join(f"WHEN '{p}' THEN {i}" for i, p in enumerate(PLANS)) + f" ELSE {plans - 1} END"
+    sql = (
+        f"SELECT gpu_uuid, ({piece}) * {plans} + {plan_code} AS k, min(model), max(model), {_SUMS} "
+        "FROM usage_hourly WHERE tenant_id = :tenant AND hour_start_ms >= :start AND hour_start_ms < :end "
+        "GROUP BY gpu_uuid, k"
+    )
+    rows = list(session.execute(text(sql), {"tenant": tenant_id, "start": start_ms, "end": end_ms}))
+    if any(row[2] != row[3] or int(row[1]) % plans == plans - 1 for row in rows):
+        return _pieces_query(session, tenant_id, start_ms, end_ms, boundaries, ("gpu_uuid", "model", "plan"), codes)
+    return [(int(row[1]) // plans, row[0], row[2], PLANS[int(row[1]) % plans], *row[4:]) for row in rows]
+
+
 def _hours_query(session: Session, tenant_id: str, start_ms: int, end_ms: int) -> list[Any]:
     """(hour_start_ms, allocated, busy, energy, records) per hour of [start_ms, end_ms): a streaming
     aggregate over the index (tenant_id, hour_start_ms), with no sort."""
@@ -750,7 +776,7 @@ def _line_usage(session: Session, tenant_id: str, lines: Sequence[Any]) -> dict[
                 else:
                     gpu_time.setdefault((code, item.model, item.plan), []).append(index)
         per_line: list[dict[tuple[str, str, str], Measures]] = [{} for _ in items]
-        for row in _pieces_query(session, tenant_id, start, end, bounds, ("gpu_uuid", "model", "plan"), codes):
+        for row in _gpu_pieces_query(session, tenant_id, start, end, bounds, codes):
             code, gpu, model, plan = int(row[0]), str(row[1]), str(row[2]), str(row[3])
             holders = energy.get(code, []) + gpu_time.get((code, model, plan), [])
             if not holders:
