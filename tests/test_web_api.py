@@ -186,6 +186,25 @@ def test_statement_json(world: World) -> None:
         assert sum(g["allocated_gpu_ms"] for g in statement["gpus"]) == world.expected[spec.tenant_id].allocated_gpu_ms
 
 
+def test_statement_csv_and_pdf_carry_the_same_figures(world: World) -> None:
+    from billing.web.statements import parse_csv
+
+    with world.client("globex") as client:
+        csv_response = client.get(f"{API}/statements/globex/{PERIOD}.csv")
+        pdf_response = client.get(f"{API}/statements/globex/{PERIOD}.pdf")
+        statement = client.get(f"{API}/statements/globex/{PERIOD}").json()
+    assert csv_response.status_code == 200 and csv_response.headers["content-type"].startswith("text/csv")
+    assert csv_response.headers["content-disposition"] == f'attachment; filename="statement-globex-{PERIOD}.csv"'
+    sections = parse_csv(csv_response.text)
+    fields = {row["field"]: row["value"] for row in sections["statement"]}
+    assert fields["tenant_id"] == "globex" and fields["timezone"] == "Europe/Berlin"
+    csv_text = csv_response.text
+    assert str(statement["total"]["allocated_gpu_ms"]) in csv_text and str(statement["total"]["energy_mj"]) in csv_text
+    assert world.invoices["globex"] in csv_text and statement["amount_due"] in csv_text
+    assert pdf_response.status_code == 200 and pdf_response.headers["content-type"] == "application/pdf"
+    assert pdf_response.content.startswith(b"%PDF")
+
+
 def test_invoice_lists_and_drafts(world: World) -> None:
     mine = get(world, "acme", "/invoices")["invoices"]
     assert [i["number"] for i in mine] == [world.invoices["acme"]]  # the December draft is not shown

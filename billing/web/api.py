@@ -20,7 +20,6 @@ import re
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -423,7 +422,10 @@ class StatementOut(BaseModel):
     days: list[BucketOut]
     gpus: list[GpuOut]
     invoices: list[InvoiceDetailOut] = Field(description="the period's invoices (tenant keys: issued ones)")
-    amount_due: str = Field(description="sum of the period's finalized invoices' amount due")
+    subtotal: str = Field(description="summed over the period's invoices that are not void")
+    tax: str
+    total_invoiced: str
+    amount_due: str
 
 
 class LeaseOut(BaseModel):
@@ -567,34 +569,85 @@ TenantPath = Annotated[str, Path(json_schema_extra=_ID_SCHEMA), ID_CHECK]
 PeriodPath = Annotated[str, Path(json_schema_extra={"pattern": _PERIOD_PATTERN}, description="YYYY-MM"), PERIOD_CHECK]
 
 
-def statement(session: Session, who: Principal, tenant_id: str, period: str) -> StatementOut:
-    """The statement of a tenant's month: usage by day and per GPU, the period's invoices (a tenant
-    key: issued ones) with the usage behind their lines."""
-    tenant = queries.get_tenant(session, tenant_id)
-    lo, hi = _period(period, tenant.timezone)
-    days = queries.tenant_usage(session, tenant_id, lo, hi, "day")
-    total = queries.usage_total(days)
-    gpus = queries.gpu_table(session, tenant_id, lo, hi)
-    summaries = queries.tenant_invoices(session, tenant_id, period=period, include_drafts=not who.is_tenant)
-    details = [
-        queries.invoice_detail(session, s.id, owner_check=lambda owner: check_owner(who, owner)) for s in summaries
-    ]
-    due = sum((s.amount_due for s in summaries if s.status == "finalized"), Decimal(0))
-    return StatementOut(tenant_id=tenant.tenant_id, tenant_name=tenant.name, timezone=tenant.timezone,
-                        currency=tenant.currency, period=period, start_ms=lo, end_ms=hi,
-                        total=MeasuresOut.of(total.total), periods=_periods(total.periods),
-                        days=[_bucket(b) for b in days], gpus=[_gpu(g) for g in gpus],
-                        invoices=[invoice_out(d) for d in details], amount_due=str(due))  # fmt: skip
+class CsvResponse(Response):
+    media_type = "text/csv; charset=utf-8"
+
+
+class PdfResponse(Response):
+    media_type = "application/pdf"
+
+
+def _statement(request: Request, who: Principal, tenant: str, period: str) -> Any:
+    """B's `billing.web.statements.Statement` of a tenant's month (one builder for JSON, CSV, PDF and the
+    portal), for the tenant this key may read (another tenant's: 404, as an unknown one)."""
+    from billing.web import statements
+
+    tenant_id = required_tenant(who, tenant)
+    with read(request) as session:
+        return statements.build_statement(session, tenant_id, period, include_drafts=not who.is_tenant)
+
+
+def _download(body: str | bytes, statement: Any, form: str, response_class: type[Response]) -> Response:
+    from billing.web import statements
+
+    filename = f"{statements.file_stem(statement)}.{form}"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"}
+    return response_class(body, headers=headers)
+
+
+def _file_responses(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a download: the file, and the API's JSON errors (said explicitly, or
+    FastAPI would document the errors in the file's media type)."""
+    schema = {"type": "string", "format": "binary"} if media_type == "application/pdf" else {"type": "string"}
+    out: dict[int | str, dict[str, Any]] = {
+        200: {"description": description, "content": {media_type: {"schema": schema}}}
+    }
+    for status, entry in ERRORS.items():
+        out[status] = {"description": entry["description"],
+                       "content": {"application/json": {"schema": ErrorOut.model_json_schema()}}}  # fmt: skip
+    return out
+
+
+@router.get("/statements/{tenant}/{period}.csv", response_class=CsvResponse, tags=["statements"],
+            responses=_file_responses("text/csv", "the statement as sectioned CSV"))  # fmt: skip
+def get_statement_csv(
+    request: Request, who: Annotated[Principal, Depends(principal)], tenant: TenantPath, period: PeriodPath
+) -> Response:
+    """A tenant's statement for a month as CSV (sections: statement, usage, days, GPUs, invoices, lines;
+    exact ms and mJ, plain-decimal money): the same figures as the JSON and the PDF."""
+    from billing.web import statements
+
+    statement = _statement(request, who, tenant, period)
+    return _download(statements.render_csv(statement), statement, "csv", CsvResponse)
+
+
+@router.get("/statements/{tenant}/{period}.pdf", response_class=PdfResponse, tags=["statements"],
+            responses=_file_responses("application/pdf", "the statement as PDF"))  # fmt: skip
+def get_statement_pdf(
+    request: Request, who: Annotated[Principal, Depends(principal)], tenant: TenantPath, period: PeriodPath
+) -> Response:
+    """A tenant's statement for a month as PDF, with its charts (WeasyPrint)."""
+    from billing.web import statements
+
+    statement = _statement(request, who, tenant, period)
+    return _download(statements.render_pdf(statement), statement, "pdf", PdfResponse)
 
 
 @router.get("/statements/{tenant}/{period}", response_model=StatementOut, responses=ERRORS, tags=["statements"])
 def get_statement(
     request: Request, who: Annotated[Principal, Depends(principal)], tenant: TenantPath, period: PeriodPath
 ) -> StatementOut:
-    """A tenant's statement for a month, as JSON (the same figures as the CSV and PDF statements)."""
-    tenant_id = required_tenant(who, tenant)
-    with read(request) as session:
-        return statement(session, who, tenant_id, period)
+    """A tenant's statement for a month as JSON: usage by day and per GPU, the period's invoices (a tenant
+    key: issued ones) with the usage behind their lines; the same figures as the CSV and the PDF."""
+    st = _statement(request, who, tenant, period)
+    usage = st.usage
+    return StatementOut(tenant_id=st.tenant_id, tenant_name=st.tenant_name, timezone=st.timezone,
+                        currency=st.currency, period=st.period, start_ms=st.start_ms, end_ms=st.end_ms,
+                        total=MeasuresOut.of(usage.total), periods=_periods(usage.periods),
+                        days=[_bucket(b) for b in st.days], gpus=[_gpu(g) for g in st.gpus],
+                        invoices=[invoice_out(d) for d in st.invoices],
+                        subtotal=str(st.invoiced("subtotal")), tax=str(st.invoiced("tax")),
+                        total_invoiced=str(st.invoiced("total")), amount_due=str(st.invoiced("amount_due")))  # fmt: skip
 
 
 # -- endpoints: leases ----------------------------------------------------------------------------
