@@ -111,3 +111,9 @@ def localstripe_clean(localstripe: StripePeer) -> StripePeer:
     registers one removes it (`unregister_localstripe_webhook`)."""
     flush_localstripe(localstripe.url)
     return localstripe
+
+
+# Debian's Chromium driven by Playwright, ONE per session for every browser test module (two
+# session fixtures of the same name in two modules would start two sync Playwrights, and the
+# second refuses to start inside the first's event loop), and screenshots kept as artifacts.
+from tests.browser_support import chromium, screenshots  # noqa: E402,F401

@@ -16,12 +16,8 @@ import pytest
 from billing.reports.service import yield_report
 from billing.reports.yield_report import csv_text
 from billing.web.formatting import money
-from tests import browser_support
 from tests.browser_support import LAPTOP, PHONE, Screenshots
 from tests.web_support import PERIOD, World, build_world, serve
-
-chromium = browser_support.chromium  # Debian's Chromium, one per session
-screenshots = browser_support.screenshots  # kept as test artifacts
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,8 @@ import pytest
 from billing.web.formatting import money, quantity
 from billing.web.queries import gpu_hours, invoice_detail, kwh
 from billing.web.statements import parse_csv
-from tests import browser_support
 from tests.browser_support import LAPTOP, PHONE, Screenshots
 from tests.web_support import PERIOD, World, build_world, serve
-
-chromium = browser_support.chromium  # the fixtures: Debian's Chromium, and screenshots kept as artifacts
-screenshots = browser_support.screenshots
 
 
 @pytest.fixture(scope="module")

@@ -278,7 +278,7 @@ def test_only_the_operator_manages_leases(world: World) -> None:
             for call in (open_call, end_call):
                 response = call.send(client)
                 assert response.status_code == 403, (who, call, response.text)
-                assert response.json() == {"error": "this needs a operator key"}
+                assert response.json() == {"error": "this needs an operator key"}
     with world.client("acme") as client:
         listing = client.get(API + "/leases", params={"tenant": "acme"})
         assert listing.status_code == 403  # a tenant key does not list leases, not even its own

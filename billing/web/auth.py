@@ -104,7 +104,8 @@ def authenticate(session: Session, presented: str | None) -> Principal:
 
 def require_role(principal: Principal, *roles: str) -> None:
     if principal.role not in roles:
-        raise Forbidden(f"this needs a {' or '.join(roles)} key")
+        names = " or ".join(roles)
+        raise Forbidden(f"this needs {'an' if names[0] in 'aeiou' else 'a'} {names} key")
 
 
 def scope_tenant(principal: Principal, requested: str | None) -> str | None:
