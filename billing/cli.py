@@ -318,21 +318,9 @@ def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:
 
 
 def _progress(args: argparse.Namespace, what: str) -> Any:
-    if args.json or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+    from billing.progress import tick_bar
 
-    bar = tqdm(desc=what, unit=" tenant", file=sys.stderr, leave=False)
-
-    class _Bar:
-        def __call__(self, message: str) -> None:
-            bar.set_postfix_str(message[:40])
-            bar.update(1)
-
-        def close(self) -> None:
-            bar.close()
-
-    return _Bar()
+    return tick_bar(what, " tenant", json=args.json)
 
 
 # --- wiring -----------------------------------------------------------------------------------

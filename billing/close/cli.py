@@ -37,24 +37,10 @@ def add_close_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
 def _bars(args: argparse.Namespace) -> Any:
     from billing.close.service import Bars
 
-    tty = sys.stderr.isatty() and not args.json
-
     def bar(step: str, total: int) -> Any:
-        if not tty:
-            return _Silent()
-        from tqdm import tqdm
+        from billing.progress import tick_bar
 
-        progress = tqdm(desc=f"  {step}", total=total or None, unit=" item", file=sys.stderr, leave=True)
-
-        class _Tick:
-            def __call__(self, message: str) -> None:
-                progress.set_postfix_str(message[:40])
-                progress.update(1)
-
-            def close(self) -> None:
-                progress.close()
-
-        return _Tick()
+        return tick_bar(f"  {step}", " item", json=args.json, total=total or None, leave=True) or _Silent()
 
     def say(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)

@@ -100,18 +100,12 @@ def _done(row: MonthClose | None, step: str) -> bool:
     return row is not None and STEPS.index(row.step) >= STEPS.index(step)
 
 
-def _drafts(ledger: Ledger, period: str) -> list[Invoice]:
+def _invoices(ledger: Ledger, period: str, status: str) -> list[Invoice]:
+    """The period's invoices in `status`: drafts by tenant, issued ones by number."""
+    order = Invoice.tenant_id if status == INVOICE_DRAFT else Invoice.number
     with ledger.transaction() as session:
-        rows = list(session.scalars(select(Invoice).where(Invoice.period == period, Invoice.status == INVOICE_DRAFT)
-                                    .order_by(Invoice.tenant_id)))  # fmt: skip
-        session.expunge_all()
-        return rows
-
-
-def _issued(ledger: Ledger, period: str) -> list[Invoice]:
-    with ledger.transaction() as session:
-        rows = list(session.scalars(select(Invoice).where(Invoice.period == period, Invoice.status == INVOICE_FINALIZED)
-                                    .order_by(Invoice.number)))  # fmt: skip
+        rows = list(session.scalars(select(Invoice).where(Invoice.period == period, Invoice.status == status)
+                                    .order_by(order)))  # fmt: skip
         session.expunge_all()
         return rows
 
@@ -161,7 +155,7 @@ def close_period(
             bar.close()
         summary.flagged += report.flags
         row = _record(ledger, period, "rated", actor, rated_tenants=len(report.outcomes))
-        drafts = _drafts(ledger, period)
+        drafts = _invoices(ledger, period, INVOICE_DRAFT)
         bars.say(f"[2/5] review {len(drafts)} draft(s)")
         for line in review_lines(drafts):
             bars.say(line)
@@ -175,7 +169,7 @@ def close_period(
         reviewed = dict((row.summary or {}).get("drafts", {}))
         bar = bars.bar("finalize", len(reviewed))
         try:
-            for draft in _drafts(ledger, period):
+            for draft in _invoices(ledger, period, INVOICE_DRAFT):
                 if reviewed.get(str(draft.id)) != draft.content_hash:
                     raise CloseStopped(f"close {period}: draft {draft.id} ({draft.tenant_id}) changed after review; "
                                        "run the close again to review it")  # fmt: skip
@@ -186,7 +180,7 @@ def close_period(
         row = _record(ledger, period, "finalized", actor)
     else:
         summary.skipped += ["rate", "review", "finalize"]
-    issued = _issued(ledger, period)
+    issued = _invoices(ledger, period, INVOICE_FINALIZED)
     summary.issued, summary.amount = len(issued), _totals(issued)
     if not _done(row, "reconciled"):  # the hourly rows the portal and statements read (a rebuild: idempotent)
         from billing.usage.rollup import rollup_period

@@ -59,8 +59,9 @@ def run_stripe_command(args: argparse.Namespace, ledger: Ledger) -> int:
             print(f"{len(applied)} event(s), {sum(1 for a in applied if a.outcome == 'duplicate')} already applied")
         return 0
     from billing.payments.stripe_sync import push
+    from billing.progress import tick_bar
 
-    bar = _bar(args)
+    bar = tick_bar("stripe push", " invoice", json=args.json)
     try:
         report = push(ledger, stripe, args.actor, period=args.period, numbers=args.invoice, progress=bar)
     finally:
@@ -76,24 +77,6 @@ def run_stripe_command(args: argparse.Namespace, ledger: Ledger) -> int:
             f"{len(report.outcomes)} document(s), {len(report.failed)} failed" if report.outcomes else "nothing to push"
         )
     return 1 if report.failed else 0
-
-
-def _bar(args: argparse.Namespace) -> Any:
-    if args.json or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    bar = tqdm(desc="stripe push", unit=" invoice", file=sys.stderr, leave=False)
-
-    class _Bar:
-        def __call__(self, message: str) -> None:
-            bar.set_postfix_str(message[:40])
-            bar.update(1)
-
-        def close(self) -> None:
-            bar.close()
-
-    return _Bar()
 
 
 def _status(args: argparse.Namespace, ledger: Ledger) -> int:
