@@ -36,9 +36,10 @@ from billing.ledger.models import INVOICE_FINALIZED, Invoice
 from billing.pricing.money import minor_units, round_half_even
 from billing.reports.errors import ReportError
 from billing.reports.yield_report import rate_places
-from billing.web.auth import AuthError, Forbidden, Principal, authenticate, require_role
-from billing.web.deps import context, presented_key
+from billing.web.auth import Forbidden, Principal, require_role
+from billing.web.deps import context
 from billing.web.formatting import DEFAULT_LOCALE
+from billing.web.portal.pages import PageError, page_principal
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -55,24 +56,7 @@ SECURITY_HEADERS = {
 }
 
 
-class PageError(Exception):
-    def __init__(self, status: int, title: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.title, self.message = status, title, message
-
-
 # -- who and how -----------------------------------------------------------------------------------
-
-
-def _principal(request: Request) -> Principal | None:
-    key = presented_key(request)
-    if not key:
-        return None
-    try:
-        with context(request).ledger.transaction() as session:
-            return authenticate(session, key)
-    except AuthError:
-        return None
 
 
 def page_locale(request: Request) -> str:
@@ -168,7 +152,7 @@ def _to_login(request: Request) -> RedirectResponse:
 def _error(request: Request, principal: Principal, error: PageError, active: str) -> HTMLResponse:
     ctx = _base(request, principal, active)
     ctx.update(title=error.title, message=error.message, status=error.status)
-    return _page(request, "operator_error.html", ctx, error.status)
+    return _page(request, "error.html", ctx, error.status)
 
 
 def _check_period(period: str) -> str:
@@ -196,7 +180,7 @@ def default_period(request: Request) -> str:
 
 
 def _guarded(request: Request, roles: Sequence[str], active: str) -> tuple[Principal | None, Response | None]:
-    principal = _principal(request)
+    principal = page_principal(request)
     if principal is None:
         return None, _to_login(request)
     try:

@@ -48,7 +48,8 @@ ROLE_NAMES = {"finance": "Finance", "operator": "Operator", "tenant": "Tenant"}
 
 
 class PageError(Exception):
-    """An answer as an HTML page: 400 (a bad period or day) or 404 (nothing this key may see)."""
+    """An answer as an HTML page: 400 (a bad period or day), 403 (a key of another role) or 404 (nothing this
+    key may see); the operator's and finance's pages raise it too."""
 
     def __init__(self, status: int, title: str, message: str) -> None:
         super().__init__(message)
@@ -61,7 +62,8 @@ NOT_FOUND = PageError(404, "Not found", "There is nothing here, or nothing this 
 # -- who is asking --------------------------------------------------------------------------------
 
 
-def _principal(request: Request) -> Principal | None:
+def page_principal(request: Request) -> Principal | None:
+    """The principal of the request's key (cookie or header), or None: a page then redirects to /login."""
     key = presented_key(request)
     if not key:
         return None
@@ -133,7 +135,7 @@ def _error_page(request: Request, principal: Principal | None, error: PageError)
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str | None = None) -> Response:
-    if _principal(request) is not None:
+    if page_principal(request) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
     ctx = _base_context(request, None)
     ctx.update(hide_account=True, error=None, next=_safe_next(next))
@@ -226,7 +228,7 @@ def _check_period(period: str) -> None:
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, period: str | None = None, tenant: str | None = None) -> Response:
-    principal = _principal(request)
+    principal = page_principal(request)
     if principal is None:
         return _to_login(request)
     try:
@@ -287,7 +289,7 @@ def _dashboard(request: Request, principal: Principal, period: str | None, reque
 
 @router.get("/days/{day}", response_class=HTMLResponse)
 def day_view(request: Request, day: str, tenant: str | None = None) -> Response:
-    principal = _principal(request)
+    principal = page_principal(request)
     if principal is None:
         return _to_login(request)
     try:
@@ -342,7 +344,7 @@ def day_view(request: Request, day: str, tenant: str | None = None) -> Response:
 
 @router.get("/invoices/{number}", response_class=HTMLResponse)
 def invoice_page(request: Request, number: str) -> Response:
-    principal = _principal(request)
+    principal = page_principal(request)
     if principal is None:
         return _to_login(request)
     try:
@@ -375,7 +377,7 @@ def invoice_page(request: Request, number: str) -> Response:
 
 @router.get("/statements/{period}.{form}")
 def statement_download(request: Request, period: str, form: str, tenant: str | None = None) -> Response:
-    principal = _principal(request)
+    principal = page_principal(request)
     if principal is None:
         return _to_login(request)
     try:
