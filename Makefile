@@ -6,21 +6,31 @@ STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 CACHE_DIR ?= $(or $(WATTMETER_CACHE_DIR),$(HOME)/.cache/wattmeter)
 STRIPE_MOCK := $(CACHE_DIR)/bin/stripe-mock
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
 
-.PHONY: demo test bench install lint system-deps stripe-mock broker-start broker-stop clean
+.PHONY: demo test bench install lock lint system-deps browser-deps stripe-mock broker-start broker-stop clean
 
-$(STAMP): pyproject.toml
+## install: the virtualenv holds exactly the versions in requirements.lock (uv pip sync), then wattmeter itself
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.10+"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(PY) $(LOCK)
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+## lock: resolve pyproject.toml's dependencies again (newest allowed versions) into requirements.lock, one
+## universal lock for every CPython 3.10+ and platform; commit it, and every machine installs the same versions
+lock:
+	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet uv==$(UV_VERSION); }
+	$(UV) pip compile pyproject.toml --extra dev --universal --python-version 3.10 --upgrade --quiet -o $(LOCK)
+
 ## system-deps: apt only for what is missing: the PostgreSQL server the tests start (deploy/local/postgres.py);
-## WeasyPrint's libraries (pango, fonts) for the PDF statements; Debian's Chromium that the browser tests drive
-## with Playwright (executable_path=/usr/bin/chromium: Playwright never downloads a browser here)
+## WeasyPrint's libraries (pango, fonts) for the PDF statements
 system-deps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
@@ -32,12 +42,20 @@ system-deps:
 	ls /usr/lib/*/libpango-1.0.so.0 /usr/lib64/libpango-1.0.so.0 /usr/lib/libpango-1.0.so.0 2>/dev/null | grep -q . || missing="$$missing libpango-1.0-0"; \
 	ls /usr/lib/*/libpangoft2-1.0.so.0 /usr/lib64/libpangoft2-1.0.so.0 /usr/lib/libpangoft2-1.0.so.0 2>/dev/null | grep -q . || missing="$$missing libpangoft2-1.0-0"; \
 	ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || missing="$$missing fonts-dejavu-core"; \
-	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-		echo "make: installing with apt-get:$$missing (PDF statements: WeasyPrint; browser tests: Chromium)"; \
+		echo "make: installing with apt-get:$$missing (PDF statements: WeasyPrint)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else echo "make: missing$$missing and there is no apt-get: install pango 1.44+, the DejaVu fonts and Chromium (at /usr/bin/chromium)"; exit 2; fi
+	else echo "make: missing$$missing and there is no apt-get: install pango 1.44+ and the DejaVu fonts"; exit 2; fi
+
+## browser-deps: Debian's Chromium, only for the browser tests (Playwright drives /usr/bin/chromium with
+## executable_path and never downloads a browser); `make demo` does not need it
+browser-deps:
+	@if test -x /usr/bin/chromium; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "make: installing Debian's chromium with apt-get (browser tests)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "make: /usr/bin/chromium missing and there is no apt-get: install Chromium at /usr/bin/chromium"; exit 2; fi
 
 ## stripe-mock: Stripe's official mock (Go), built once into the cache (like the Kafka jars); the tests start it
 ## (deploy/local/stripe_peers.py, which also runs this `go install` when the binary is missing)
@@ -58,7 +76,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 ## test: lint, then the whole suite against real parts started by the suite itself
-test: lint system-deps $(STRIPE_MOCK)
+test: lint system-deps browser-deps $(STRIPE_MOCK)
 	$(PY) -m pytest -q
 
 ## bench: every benchmark; writes bench/results.json and prints a table

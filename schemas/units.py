@@ -16,6 +16,12 @@ MS_PER_MINUTE = 60_000
 MS_PER_HOUR = 3_600_000
 MJ_PER_KWH = 3_600_000_000  # 1 kWh = 3.6 MJ = 3.6e9 mJ
 
+# The one bound for instants, wherever a time enters (CLI, imports, API, agents' samples):
+# 1970-01-01T00:00:00Z up to, not including, 10000-01-01T00:00:00Z, so every instant has a
+# four-digit year and survives datetime, ISO 8601, SQL and Parquet round trips.
+MIN_INSTANT_MS = 0
+MAX_INSTANT_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z, exclusive
+
 
 def energy_mj(power_mw: int, duration_ms: int) -> int:
     """Energy of a constant power over a duration, floored to whole mJ.
@@ -40,6 +46,17 @@ def gpu_hours(gpu_ms: int) -> Decimal:
 def kwh(mj: int) -> Decimal:
     """Exact kilowatt-hours from millijoules."""
     return Decimal(mj) / Decimal(MJ_PER_KWH)
+
+
+def check_instant_ms(ts_ms: object, what: str = "time") -> int:
+    """`ts_ms` if it is an int instant in [MIN_INSTANT_MS, MAX_INSTANT_MS); ValueError (one line) otherwise.
+
+    A bool is refused although Python counts it as an int: `true` is not a time."""
+    if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
+        raise ValueError(f"{what} must be an integer of epoch ms, not {type(ts_ms).__name__}")
+    if not MIN_INSTANT_MS <= ts_ms < MAX_INSTANT_MS:
+        raise ValueError(f"{what} {ts_ms} is outside 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z")
+    return ts_ms
 
 
 def ms_to_datetime(ts_ms: int) -> datetime:
