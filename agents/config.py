@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the agent runs on 3.10 too (requires-python)
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):

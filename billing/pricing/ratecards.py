@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -44,7 +45,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # requires-python >= 3.10; tomli is the same parser
+    import tomli as tomllib
 
 from billing.pricing.calendar import TouCalendar
 from billing.pricing.errors import (
