@@ -794,3 +794,21 @@ def test_a_contract_starting_mid_period_prices_only_its_part():
     assert (line.amount, line.service_start_ms, line.service_end_ms) == (Decimal("10.00"), start, DEC)
     with pytest.raises(PricingError, match="no rate card in effect"):
         november([use(NOV, HOUR)])
+
+
+def test_a_line_for_an_unknown_model_says_so():
+    """The agent writes model "" when it cannot read the GPU's name: priced at "*", named "(unknown model)"."""
+    c = card(PRICES)
+    invoice = rate(
+        c,
+        MON,
+        MON + 12 * HOUR,
+        [use(MON + 6 * HOUR, HOUR, "")],
+        [LeaseQuantity("L", "on_demand", "", 1, MON + 6 * HOUR)],
+    )
+    gpu, rounding = invoice.lines[0], invoice.lines[1]
+    # "*" on_demand peak: 1 h x 2.00 = 2.00
+    assert (gpu.kind, gpu.model, gpu.amount) == ("gpu_time", "", Decimal("2.00"))
+    assert gpu.description.startswith("GPU time (unknown model), on_demand, peak")
+    assert rounding.kind == "gpu_time_rounding" and "(unknown model), on_demand, peak" in rounding.description
+    assert " , " not in gpu.description + rounding.description

@@ -11,7 +11,9 @@ currency's minor unit, half to even; every total is a sum of rounded lines):
 
 - gpu_time: one line per (card span, model, plan, period): allocated GPU-ms x price per GPU-hour.
   Tiered prices count per that key: graduated gives one line per tier reached; volume prices the
-  whole quantity at the tier the total reaches (tier bounds are inclusive).
+  whole quantity at the tier the total reaches (tier bounds are inclusive). Usage whose model is
+  unknown (the empty model of the usage records) is priced at the "*" model and described as
+  "(unknown model)".
 - gpu_time_rounding: per lease, billed = max(minimum, ceil(allocated / increment) x increment)
   (the card of the lease's last segment gives increment and minimum). The uplift, billed - actual,
   is one line per (span, model, plan, period) of the leases' last segments, priced at that key's
@@ -269,6 +271,14 @@ def _marginal(price: Price, ms: int) -> tuple[int | None, Decimal]:
     return number, unit_price
 
 
+UNKNOWN_MODEL = "(unknown model)"
+
+
+def model_text(model: str) -> str:
+    """A GPU model as a line names it: the usage records' empty model (the agent could not read it) says so."""
+    return model if model.strip() else UNKNOWN_MODEL
+
+
 def _percent_text(rate: Decimal) -> str:
     return format(rate.scaleb(2).normalize(), "f")
 
@@ -390,7 +400,7 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
         if ms < 0:
             raise PricingError(f"allocated GPU time of {model} / {plan} / {period} is negative ({ms} ms)")
         price = card.gpu_price(model, plan, period)
-        what = f"{model}, {plan}, {period}"
+        what = f"{model_text(model)}, {plan}, {period}"
         if ms > 0:
             split = _tier_split(price, ms) if isinstance(price, Tiered) else [(0, ms, price)]
             for number, tier_ms, unit_price in split:
