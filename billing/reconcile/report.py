@@ -23,6 +23,7 @@ from billing.reconcile.waterfall import (
     fraction_text,
     gpu_hours_text,
 )
+from schemas.csv_cells import csv_cell
 
 CSV_COLUMNS = ("period", "tenant", "invoice", "leg", "cause", "amount", "currency", "quantity", "detail", "explained")
 LEGS = (LEG_QUANTITY, LEG_MONEY, LEG_COLLECTED)
@@ -96,7 +97,7 @@ def csv_text(result: Reconciliation) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows(result))
+    writer.writerows({column: csv_cell(value) for column, value in row.items()} for row in rows(result))
     return buffer.getvalue()
 
 

@@ -48,6 +48,7 @@ from billing.pricing.calendar import TouCalendar
 from billing.pricing.money import from_minor, minor_units, round_half_even, to_minor, zero
 from billing.pricing.ratecards import ms_to_iso
 from billing.reports.errors import ReportError
+from schemas.csv_cells import csv_cell
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR
 
 NOT_REVENUE = frozenset({"tax", "credit"})  # every other invoice line is pre-tax revenue
@@ -649,7 +650,7 @@ def csv_text(report: YieldReport) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_rows(report))
+    writer.writerows({column: csv_cell(value) for column, value in row.items()} for row in csv_rows(report))
     return buffer.getvalue()
 
 

@@ -49,6 +49,7 @@ from billing.web.queries import (
     tenant_usage,
     usage_total,
 )
+from schemas.csv_cells import csv_cell
 
 TEMPLATES = Path(__file__).parent / "portal" / "templates"
 FORMATS = ("html", "pdf", "csv")
@@ -349,7 +350,7 @@ def render_csv(statement: Statement) -> str:
     def section(name: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
         w.writerow(["section", *header])
         for row in rows:
-            w.writerow([name, *("" if v is None else str(v) for v in row)])
+            w.writerow([name, *(csv_cell("" if v is None else str(v)) for v in row)])
         w.writerow([])
 
     section("statement", ["field", "value"], [

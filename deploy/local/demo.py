@@ -81,7 +81,10 @@ def billing(*argv: str) -> None:
 
 
 def write_lease_file(plan: FleetPlan, path: Path) -> None:
-    """The operator's scheduler export: one row per lease, times in ISO 8601."""
+    """The operator's scheduler export: one row per lease, times in ISO 8601. Cells go through
+    `csv_cell` as in every CSV wattmeter writes; the demo's ids never start like a formula, so
+    `leases import` reads back exactly the plan's values."""
+    from schemas.csv_cells import csv_cell
     from schemas.units import ms_to_datetime
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +93,9 @@ def write_lease_file(plan: FleetPlan, path: Path) -> None:
         writer.writerow(["lease_id", "tenant_id", "gpu_uuid", "start", "end", "plan"])
         for lease in plan.leases:
             end = ms_to_datetime(lease.end_ms).isoformat() if lease.end_ms is not None else ""
-            writer.writerow([lease.lease_id, lease.tenant_id, lease.gpu_uuid,
-                             ms_to_datetime(lease.start_ms).isoformat(), end, lease.plan])  # fmt: skip
+            start = ms_to_datetime(lease.start_ms).isoformat()
+            cells = [lease.lease_id, lease.tenant_id, lease.gpu_uuid, start, end, lease.plan]
+            writer.writerow([csv_cell(cell) for cell in cells])
 
 
 def main(argv: list[str] | None = None) -> int:
