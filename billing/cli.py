@@ -279,7 +279,7 @@ def cmd_credit_notes(args: argparse.Namespace, ledger: Ledger) -> int:
 
 
 def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
-    from billing.invoicing.service import get_invoice
+    from billing.invoicing.service import explained_quantity, get_invoice
     from billing.usage.reader import explain
 
     with ledger.transaction() as session:
@@ -289,23 +289,50 @@ def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
             raise CliError(f"invoice {args.invoice} has no line {args.line}")
         line = lines[0]
     result = explain(args.usage_dir, line.usage_query)
-    matches = result.quantity == line.quantity_base
-    payload = {"invoice": args.invoice, "line": args.line, "description": line.description,
-               "recorded_quantity": line.quantity_base, "unit": line.base_unit, "query_quantity": result.quantity,
-               "matches": matches, "records": result.records, "files": result.files, "query": line.usage_query,
-               "per_gpu": [{"gpu_uuid": g, "lease_id": lease, "records": n, "quantity": q}
-                           for g, lease, n, q in result.per_gpu]}  # fmt: skip
+    derived = explained_quantity(line.kind, line.tier, line.usage_query or {}, result)
+    matches = derived.quantity == line.quantity_base
+    records = sum(n for _, _, n, _ in derived.per_gpu)
+    payload = {
+        "invoice": args.invoice,
+        "line": args.line,
+        "description": line.description,
+        "recorded_quantity": line.quantity_base,
+        "unit": line.base_unit,
+        "query_quantity": result.quantity,
+        "line_quantity": derived.quantity,
+        "rule": derived.rule,
+        "matches": matches,
+        "records": records,
+        "files": result.files,
+        "query": line.usage_query,
+        "per_gpu": [
+            {"gpu_uuid": g, "lease_id": lease, "records": n, "quantity": q} for g, lease, n, q in derived.per_gpu
+        ],
+    }
+    unit = line.base_unit
+    how = {
+        "tier": f"; this tier's part of them: {derived.quantity} {unit}",
+        "lease_rounding": f" of its lease(s); their rounding uplift: {derived.quantity} {unit}",
+        "none": f"; none of them priced here now: {derived.quantity} {unit}",
+        "legacy": "; recorded before invoices kept their rule: this line's tier or rounding cannot be re-derived",
+    }.get(derived.rule, "")
+    if derived.rule != "legacy" and "billed_ms" in ((line.usage_query or {}).get("rule") or {}):
+        how += f" (the period's complete usage, less {line.usage_query['rule']['billed_ms']} {unit} billed)"
+    verdict = (
+        "" if derived.quantity is None else " (same)" if matches else " (DIFFERENT: usage behind this line changed)"
+    )
 
     def text() -> str:
-        out = [f"line {line.position}: {line.description}",
-               f"  recorded {line.quantity_base} {line.base_unit}; re-run over {result.files} Parquet file(s): "
-               f"{result.quantity} {line.base_unit} from {result.records} usage records "
-               f"({'same' if matches else 'DIFFERENT: usage behind this line changed'})"]  # fmt: skip
-        out += [f"  {g:<28} {lease:<24} {n:>7} records {q:>16} {line.base_unit}" for g, lease, n, q in result.per_gpu]
+        out = [
+            f"line {line.position}: {line.description}",
+            f"  recorded {line.quantity_base} {unit}; re-run over {result.files} Parquet file(s): "
+            f"{sum(q for *_, q in derived.per_gpu)} {unit} from {records} usage records{how}{verdict}",
+        ]
+        out += [f"  {g:<28} {lease:<24} {n:>7} records {q:>16} {unit}" for g, lease, n, q in derived.per_gpu]
         return "\n".join(out)
 
     _emit(args, payload, text)
-    return 0 if matches or line.kind not in ("gpu_time", "energy") or line.tier is not None else 1
+    return 0 if matches or derived.quantity is None else 1
 
 
 def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:

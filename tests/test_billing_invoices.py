@@ -21,7 +21,17 @@ from billing.ledger.models import AuditEntry, Invoice, InvoiceLine, UsageConsump
 from billing.ledger.store import grant_credit
 from billing.usage.reader import explain, list_files
 from schemas.usage import KIND_ADJUSTMENT
-from tests.billing_fixtures import DEC_1, HOUR, MINUTE, NOV_1, UsageWriter, ledger_with, minutes, usage_row
+from tests.billing_fixtures import (
+    DEC_1,
+    HOUR,
+    MINUTE,
+    NOV_1,
+    SIMPLE_CARD,
+    UsageWriter,
+    ledger_with,
+    minutes,
+    usage_row,
+)
 
 MON_NOV_2 = NOV_1 + 24 * HOUR  # a Monday: valley 00:00-06:00 UTC on the simple card
 
@@ -192,6 +202,71 @@ def test_explain_reruns_the_recorded_query(billing_db_url: str, usage: UsageWrit
         == [{"gpu_uuid": "GPU-a", "lease_id": "lease-acme-GPU-a", "records": 30, "quantity": 30 * MINUTE}]
     )
     assert len(list_files(usage.root)) == 2
+
+
+def explain_json(db_url: str, usage: UsageWriter, invoice_id: int, position: int, capsys) -> tuple[int, dict]:
+    capsys.readouterr()
+    argv = ["explain", str(invoice_id), str(position), "--db", db_url, "--usage-dir", str(usage.root), "--json"]
+    code = billing_main(argv)
+    return code, json.loads(capsys.readouterr().out)
+
+
+GRADUATED_CARD = SIMPLE_CARD.replace(
+    'peak = "3.00"\nvalley = "1.20"',
+    '"*" = { mode = "graduated", tiers = [{ up_to = "1", price = "3.00" }, { price = "1.00" }] }',
+)
+
+
+def test_explain_compares_rounding_and_tier_lines_with_the_quantity_they_price(
+    billing_db_url: str, usage: UsageWriter, capsys
+):
+    """Tiers: 1 h at 3.00 then 1.00. GPU-a: 80 whole minutes (tier 1: 60, tier 2: 20); GPU-b: one 20 s
+    minute, rounded to the 60 s minimum (+40 s). Every usage line's re-derived quantity is its own;
+    with GPU-b's file gone the rounding line is DIFFERENT, exit 1."""
+    usage.write(minutes("acme", MON_NOV_2 + 8 * HOUR, 80, gpu="GPU-a"))
+    usage.write([usage_row("acme", MON_NOV_2 + 10 * HOUR, gpu="GPU-b", allocated_ms=20_000)])
+    ledger = ledger_with(billing_db_url, GRADUATED_CARD)
+    invoice_id = run_period(ledger, usage.root, "2026-11", "test").outcomes[0].invoice_id
+    with ledger.transaction() as session:
+        lines = [line for line in get_invoice(session, invoice_id).lines if line.base_unit]
+    assert [(line.kind, line.tier, line.quantity_base) for line in lines] == [
+        ("gpu_time", 1, HOUR),
+        ("gpu_time", 2, 20 * MINUTE + 20_000),
+        ("gpu_time_rounding", 2, 40_000),
+    ]
+    for line in lines:
+        code, shown = explain_json(billing_db_url, usage, invoice_id, line.position, capsys)
+        assert (code, shown["matches"], shown["line_quantity"]) == (0, True, line.quantity_base), shown
+    _, rounding = explain_json(billing_db_url, usage, invoice_id, lines[2].position, capsys)
+    assert rounding["rule"] == "lease_rounding" and rounding["per_gpu"] == [
+        {"gpu_uuid": "GPU-b", "lease_id": "lease-acme-GPU-b", "records": 1, "quantity": 20_000}
+    ]
+    argv = ["explain", str(invoice_id), str(lines[2].position), "--db", billing_db_url, "--usage-dir", str(usage.root)]
+    assert billing_main(argv) == 0
+    assert "rounding uplift: 40000 ms (same)" in capsys.readouterr().out
+    # the file holding GPU-b's minute goes missing: the rounding line's usage changed under it
+    gpu_b = [f for f in list_files(usage.root) if f.first == 80]
+    assert len(gpu_b) == 1
+    Path(gpu_b[0].path).unlink()
+    code, shown = explain_json(billing_db_url, usage, invoice_id, lines[2].position, capsys)
+    assert (code, shown["matches"], shown["line_quantity"]) == (1, False, 0)
+
+
+def test_explain_re_derives_a_correction_of_a_rounding_line(billing_db_url: str, usage: UsageWriter, capsys):
+    """November is issued with a 20 s lease (+40 s to the 60 s minimum); 30 s more of that lease arrive
+    late. December corrects November: GPU time +30 s, rounding -30 s (the uplift is now 10 s). Explain
+    re-derives both from the Parquet."""
+    usage.write([usage_row("acme", MON_NOV_2 + 8 * HOUR, allocated_ms=20_000)])
+    ledger = ledger_with(billing_db_url)
+    finalize(ledger, "test", run_period(ledger, usage.root, "2026-11", "test").outcomes[0].invoice_id)
+    usage.write([usage_row("acme", MON_NOV_2 + 9 * HOUR, allocated_ms=30_000, kind=KIND_ADJUSTMENT)])
+    december = run_period(ledger, usage.root, "2026-12", "test").outcomes[0]
+    with ledger.transaction() as session:
+        corrections = [line for line in get_invoice(session, december.invoice_id).lines if line.correction]
+    assert [(c.kind, c.quantity_base) for c in corrections] == [("gpu_time", 30_000), ("gpu_time_rounding", -30_000)]
+    for line in corrections:
+        code, shown = explain_json(billing_db_url, usage, december.invoice_id, line.position, capsys)
+        assert (code, shown["matches"], shown["line_quantity"]) == (0, True, line.quantity_base), shown
 
 
 def test_credits_are_drawn_and_a_void_releases_them(billing_db_url: str, usage: UsageWriter):

@@ -46,9 +46,18 @@ from billing.ledger.models import (
     UsageConsumption,
 )
 from billing.ledger.store import card_spans, credit_balances
-from billing.pricing.rating import CreditGrant, LeaseQuantity, PricedLine, rate_correction, rate_tenant
+from billing.pricing.rating import (
+    CreditGrant,
+    LeaseQuantity,
+    PricedLine,
+    line_key,
+    rate_correction,
+    rate_tenant,
+    rounding_uplift,
+    tier_quantity,
+)
 from billing.pricing.segments import CardSpan, PricingSegment, pricing_segments
-from billing.usage.reader import Cutoff, OffsetRange, UsageRequest, UsageResult, aggregate, read_cutoff
+from billing.usage.reader import Cutoff, Explanation, OffsetRange, UsageRequest, UsageResult, aggregate, read_cutoff
 
 INVOICE_SEQUENCE = "invoice"
 CREDIT_NOTE_SEQUENCE = "credit_note"
@@ -98,6 +107,7 @@ class _Correction:
     segments: list[PricingSegment]
     late: tuple[OffsetRange, ...]  # what no issued document counted yet
     billed: list[PricedLine]
+    everything: tuple[OffsetRange, ...] = ()  # every file up to the cut-off: the period's complete usage
 
 
 @dataclass(frozen=True)
@@ -182,7 +192,10 @@ def _plan_tenant(session: Session, tenant: Tenant, period: str, cutoff: Cutoff) 
         if late:
             s_segments = pricing_segments(s_spans, s_spans[0].start_ms, s_spans[-1].end_ms)
             billed = _billed_lines(session, tenant.tenant_id, service_period)
-            corrections.append(_Correction(service_period, s_start, s_end, s_spans, s_segments, late, billed))
+            everything = (OffsetRange({}, dict(cutoff)),)
+            corrections.append(
+                _Correction(service_period, s_start, s_end, s_spans, s_segments, late, billed, everything)
+            )
     return _TenantPlan(tenant, period, start, end, spans, segments, own, corrections, issued)
 
 
@@ -213,19 +226,85 @@ def _billed_lines(session: Session, tenant_id: str, service_period: str) -> list
 
 
 def _usage_query(
-    tenant_id: str, line: PricedLine, ranges: tuple[OffsetRange, ...], start_ms: int, end_ms: int
+    tenant_id: str,
+    line: PricedLine,
+    ranges: tuple[OffsetRange, ...],
+    start_ms: int,
+    end_ms: int,
+    correction: _Correction | None = None,
 ) -> dict[str, Any]:
+    """The query `explain` re-runs, and its `rule`: how the line's quantity follows from the rows it selects.
+
+    A GPU-time line selects its plan and model (the empty model too: the unknown model's own line), a
+    rounding line its leases' rows over the whole period. A correction of a tier or rounding line is the
+    period's complete usage re-derived, less what was billed (`billed_ms`); other corrections are the
+    late usage itself."""
+    gpu = line.base_unit == "ms"
     measure = {"ms": "allocated_gpu_ms", "mJ": "energy_mj"}.get(line.base_unit, "")
+    segments = [list(s) for s in line.segments]
+    rule: dict[str, Any] = {"kind": "sum"}
+    if line.kind == "gpu_time_rounding":
+        leases = line.basis.leases if line.basis is not None else ()
+        segments = [[start_ms, end_ms]]
+        rules = [{"lease_id": x.lease_id, "increment_ms": x.increment_ms, "minimum_ms": x.minimum_ms} for x in leases]
+        rule = {"kind": "lease_rounding", "leases": rules}
+    elif line.tier is not None:
+        basis = line.basis
+        rule = {"kind": "none"}  # a correction removing the tier: no usage priced there now
+        if basis is not None and basis.rule == "tier":
+            rule = {"kind": "tier", "mode": basis.tier_mode, "lower_ms": basis.lower_ms, "upper_ms": basis.upper_ms}
+    if correction is not None and rule["kind"] != "sum":
+        ranges = correction.everything
+        key = line_key(line)
+        rule["billed_ms"] = sum(b.quantity_base for b in correction.billed if line_key(b) == key)
     return {
         "tenant_id": tenant_id,
         "measure": measure,
-        "plan": line.plan or None,
-        "model": line.model or None,
-        "segments": [list(s) for s in line.segments],
+        "plan": line.plan if gpu else None,
+        "model": line.model if gpu else None,
+        "segments": segments,
         "ranges": [r.to_json() for r in ranges],
         "service_start_ms": start_ms,
         "service_end_ms": end_ms,
+        "rule": rule,
     }
+
+
+@dataclass(frozen=True)
+class ExplainedQuantity:
+    """A line's quantity re-derived from its re-run query (None: a line recorded before queries carried
+    their rule, whose tier or rounding cannot be re-derived), and the per-GPU rows behind it."""
+
+    quantity: int | None
+    per_gpu: list[tuple[str, str, int, int]]  # (gpu_uuid, lease_id, records, quantity)
+    rule: str
+
+
+def explained_quantity(kind: str, tier: int | None, query: dict[str, Any], result: Explanation) -> ExplainedQuantity:
+    """What the line prices, from `reader.explain`'s answer to its recorded query, by the rater's own rules."""
+    rule = query.get("rule")
+    if rule is None:  # recorded before the rule was
+        legacy = kind == "gpu_time_rounding" or tier is not None
+        return ExplainedQuantity(None if legacy else result.quantity, result.per_gpu, "legacy" if legacy else "sum")
+    per_gpu = result.per_gpu
+    if rule["kind"] == "tier":
+        upper = None if rule["upper_ms"] is None else int(rule["upper_ms"])
+        quantity = tier_quantity(result.quantity, str(rule["mode"]), int(rule["lower_ms"]), upper)
+    elif rule["kind"] == "lease_rounding":
+        leases = {lease["lease_id"]: lease for lease in rule["leases"]}
+        per_gpu = [row for row in per_gpu if row[1] in leases]
+        allocated: dict[str, int] = dict.fromkeys(leases, 0)
+        for _, lease_id, _, ms in per_gpu:
+            allocated[lease_id] += ms
+        quantity = sum(
+            rounding_uplift(allocated[i], int(lease["increment_ms"]), int(lease["minimum_ms"]))
+            for i, lease in leases.items()
+        )
+    elif rule["kind"] == "none":
+        quantity = 0
+    else:
+        quantity = result.quantity
+    return ExplainedQuantity(quantity - int(rule.get("billed_ms", 0)), per_gpu, str(rule["kind"]))
 
 
 @dataclass
@@ -305,7 +384,8 @@ def _build_draft(
         if not lines:
             continue
         dicts = [_line_dict(line, correction.service_period, True, _usage_query(tenant.tenant_id, line, correction.late,
-                                                                              correction.start_ms, correction.end_ms))
+                                                                              correction.start_ms, correction.end_ms,
+                                                                              correction))
                  for line in lines]  # fmt: skip
         if sum((line.amount for line in lines), Decimal(0)) < 0:
             draft.credit_notes.append((correction.service_period, dicts, -sum((line.amount for line in lines), Decimal(0)),

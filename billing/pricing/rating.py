@@ -34,6 +34,10 @@ currency's minor unit, half to even; every total is a sum of rounded lines):
   expires: last; ties by granted_at, then credit_id), never below zero, one negative line per
   grant drawn; a grant with expires_at <= the period end is not used.
 
+Each GPU-time line carries its `basis`: how its quantity follows from the usage behind it (a sum,
+a tier of the key's total, or the rounding of named leases), so that `explain` can re-derive it
+from the Parquet with `tier_quantity` and `rounding_uplift`, the rater's own functions.
+
 Line order: usage/discount/true-up lines by kind, span, model, plan, period, tier; then
 corrections (same order); then tax; then credits in drawing order. For money-only lines
 (`quantity_base` 0, no units): discount and tax have `quantity` = the amount they apply to and
@@ -122,6 +126,49 @@ class CreditGrant:
     granted_at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseRounding:
+    """One lease behind a rounding line: its allocated GPU-ms in the period and the rule applied to it
+    (`minimum_ms` 0 when the minimum does not apply: the lease started before the period)."""
+
+    lease_id: str
+    allocated_ms: int
+    increment_ms: int
+    minimum_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuantityBasis:
+    """How a GPU-time line's quantity follows from the usage behind it (what `explain` re-derives):
+    - "sum": the allocated GPU-ms of the line's segments (plain prices; energy is always a sum);
+    - "tier": the key's total T through `tier_quantity(T, tier_mode, lower_ms, upper_ms)`;
+    - "lease_rounding": `rounding_uplift` summed over `leases`, each lease's allocated GPU-ms in the period."""
+
+    rule: Literal["sum", "tier", "lease_rounding"] = "sum"
+    tier_mode: str = ""
+    lower_ms: int = 0
+    upper_ms: int | None = None
+    leases: tuple[LeaseRounding, ...] = ()
+
+
+def rounding_uplift(allocated_ms: int, increment_ms: int, minimum_ms: int) -> int:
+    """A lease's rounding uplift: max(minimum, ceil(allocated / increment) x increment) - allocated;
+    none for a lease with no allocated time."""
+    if allocated_ms <= 0:
+        return 0
+    billed = max(-(-allocated_ms // increment_ms) * increment_ms, minimum_ms)
+    return billed - allocated_ms
+
+
+def tier_quantity(total_ms: int, mode: str, lower_ms: int, upper_ms: int | None) -> int:
+    """The GPU-ms a tier (lower_ms, upper_ms] prices of a key's total: graduated, the part of the total
+    inside the tier; volume, the whole total when it ends in the tier (bounds inclusive), else none."""
+    if mode == "volume":
+        return total_ms if total_ms > lower_ms and (upper_ms is None or total_ms <= upper_ms) else 0
+    upper = total_ms if upper_ms is None else min(total_ms, upper_ms)
+    return max(upper - lower_ms, 0)
+
+
 @dataclass(frozen=True)
 class PricedLine:
     kind: LineKind
@@ -142,6 +189,7 @@ class PricedLine:
     tier: int | None = None  # 1-based tier of a tiered price
     segments: tuple[tuple[int, int], ...] = ()  # [start, end) ms ranges whose usage makes the quantity
     correction: bool = False  # a correction of an earlier period (rate_correction)
+    basis: QuantityBasis | None = None  # GPU-time lines: how quantity_base follows from the usage
 
 
 @dataclass(frozen=True)
@@ -233,17 +281,18 @@ def _context(
     )
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _hours(ms: int) -> Decimal:
     return round_half_even(Fraction(ms, MS_PER_HOUR), QUANTITY_PLACES)
 
 
+def _tier_bounds(price: Tiered) -> list[int | None]:
+    """Each tier's upper bound in ms (None: unbounded)."""
+    return [None if t.up_to_hours is None else int(Fraction(t.up_to_hours) * MS_PER_HOUR) for t in price.tiers]
+
+
 def _tier_split(price: Tiered, ms: int) -> list[tuple[int, int, Decimal]]:
     """(tier number, ms in it, unit price) for each tier line of `ms` under a tiered price."""
-    bounds = [None if t.up_to_hours is None else int(Fraction(t.up_to_hours) * MS_PER_HOUR) for t in price.tiers]
+    bounds = _tier_bounds(price)
     if price.mode == "volume":
         for number, (bound, tier) in enumerate(zip(bounds, price.tiers), start=1):
             if bound is None or ms <= bound:
@@ -296,6 +345,7 @@ def _gpu_line(
     unit_price: Decimal,
     tier: int | None,
     segments: tuple[tuple[int, int], ...],
+    basis: QuantityBasis,
 ) -> PricedLine:
     """A GPU-time line of one (span, model, plan, period) key: quantity_ms at unit_price per GPU-hour."""
     span_index, model, plan, period = key
@@ -319,6 +369,7 @@ def _gpu_line(
         amount=round_money(Fraction(quantity_ms) * Fraction(unit_price) / MS_PER_HOUR, ctx.currency),
         tier=tier,
         segments=segments,
+        basis=basis,
     )
 
 
@@ -362,6 +413,7 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
             started[lease.lease_id] = lease.lease_start_ms
     uplift: dict[tuple[int, str, str, str], int] = defaultdict(int)
     uplift_segments: dict[tuple[int, str, str, str], set[int]] = defaultdict(set)
+    uplift_leases: dict[tuple[int, str, str, str], list[LeaseRounding]] = defaultdict(list)
     for lease_id in sorted(totals):
         allocated, last_start = totals[lease_id]
         if allocated < 0:
@@ -371,15 +423,15 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
         index = ctx.segment_of(last_start, f"lease {lease_id}'s last segment")
         segment = ctx.segments[index]
         card = ctx.spans[segment.span_index].card
-        billed = _ceil_div(allocated, card.increment_ms) * card.increment_ms
         lease_start = started[lease_id]
-        if lease_start is None or lease_start >= ctx.service_start_ms:
-            billed = max(billed, card.minimum_ms)
-        if billed > allocated:
+        minimum = card.minimum_ms if lease_start is None or lease_start >= ctx.service_start_ms else 0
+        extra = rounding_uplift(allocated, card.increment_ms, minimum)
+        if extra > 0:
             model, plan = identity[lease_id]
             key = (segment.span_index, model, plan, segment.period)
-            uplift[key] += billed - allocated
+            uplift[key] += extra
             uplift_segments[key].add(index)
+            uplift_leases[key].append(LeaseRounding(lease_id, allocated, card.increment_ms, minimum))
 
     lines: list[PricedLine] = []
 
@@ -403,19 +455,27 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
         what = f"{model_text(model)}, {plan}, {period}"
         if ms > 0:
             split = _tier_split(price, ms) if isinstance(price, Tiered) else [(0, ms, price)]
+            bounds = [0, *_tier_bounds(price)] if isinstance(price, Tiered) else []
             for number, tier_ms, unit_price in split:
                 tier = number if isinstance(price, Tiered) else None
                 tier_text = f", tier {number} ({price.mode})" if isinstance(price, Tiered) else ""
                 description = f"GPU time {what}{tier_text} ({card.label}{partial(span_index)})"
                 segments = ranges(gpu_segments[key])
-                lines.append(_gpu_line(ctx, key, "gpu_time", description, tier_ms, unit_price, tier, segments))
+                basis = QuantityBasis()
+                if isinstance(price, Tiered):
+                    lower = bounds[number - 1]
+                    basis = QuantityBasis("tier", price.mode, 0 if lower is None else lower, bounds[number])
+                lines.append(_gpu_line(ctx, key, "gpu_time", description, tier_ms, unit_price, tier, segments, basis))
         extra = uplift.get(key, 0)
         if extra > 0:
             tier, unit_price = _marginal(price, ms)
             rule = f"{_seconds(card.increment_ms)} s increment, {_seconds(card.minimum_ms)} s minimum"
             description = f"GPU time rounding per lease ({rule}) {what} ({card.label}{partial(span_index)})"
             segments = ranges(uplift_segments[key])
-            lines.append(_gpu_line(ctx, key, "gpu_time_rounding", description, extra, unit_price, tier, segments))
+            basis = QuantityBasis("lease_rounding", leases=tuple(uplift_leases[key]))
+            lines.append(
+                _gpu_line(ctx, key, "gpu_time_rounding", description, extra, unit_price, tier, segments, basis)
+            )
 
     for (span_index, period), mj in sorted(energy.items()):
         card = ctx.spans[span_index].card
@@ -607,7 +667,8 @@ def rate_tenant(
     )
 
 
-def _line_key(line: PricedLine) -> tuple[str, int, int, str, int, str, str, str, int]:
+def line_key(line: PricedLine) -> tuple[str, int, int, str, int, str, str, str, int]:
+    """What identifies a line across ratings of one period (a correction is the difference per key)."""
     return (
         line.kind,
         line.service_start_ms,
@@ -636,12 +697,12 @@ def rate_correction(
     was billed (`billed`: that period's lines, any kinds; tax and credit lines are ignored).
     Empty when nothing changed. See the module docstring."""
     ctx = _context(tenant_id, segments, spans, service_start_ms, service_end_ms)
-    fresh = {_line_key(line): line for line in _pretax_lines(ctx, usage, leases)}
+    fresh = {line_key(line): line for line in _pretax_lines(ctx, usage, leases)}
     before: dict[tuple[str, int, int, str, int, str, str, str, int], list[PricedLine]] = defaultdict(list)
     for line in billed:
         if line.kind in PRETAX_KINDS:
             to_minor(line.amount, ctx.currency)  # a billed amount is whole minor units
-            before[_line_key(line)].append(line)
+            before[line_key(line)].append(line)
     prefix = f"Correction for {_period_text(service_start_ms, service_end_ms)}: "
     out: list[PricedLine] = []
     for key in sorted(set(fresh) | set(before)):
