@@ -280,6 +280,7 @@ def cmd_credit_notes(args: argparse.Namespace, ledger: Ledger) -> int:
 
 def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.invoicing.service import explained_quantity, get_invoice
+    from billing.leases.service import leases_overlapping
     from billing.usage.reader import explain
 
     with ledger.transaction() as session:
@@ -288,7 +289,13 @@ def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
         if not lines:
             raise CliError(f"invoice {args.invoice} has no line {args.line}")
         line = lines[0]
-    result = explain(args.usage_dir, line.usage_query)
+        query = line.usage_query or {}
+        leases = (
+            leases_overlapping(session, int(query["service_start_ms"]), int(query["service_end_ms"]),
+                               [str(query["tenant_id"])])
+            if {"tenant_id", "service_start_ms", "service_end_ms"} <= set(query) else []
+        )  # fmt: skip
+    result = explain(args.usage_dir, line.usage_query, leases)
     derived = explained_quantity(line.kind, line.tier, line.usage_query or {}, result)
     matches = derived.quantity == line.quantity_base
     records = sum(n for _, _, n, _ in derived.per_gpu)

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from billing.invoicing.consumption import overlaps, unconsumed
 from billing.invoicing.errors import ImmutableInvoice, InvoicingError
 from billing.invoicing.periods import parse_period, period_bounds, period_of
+from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, audit, now_ms
 from billing.ledger.errors import NotFound
 from billing.ledger.models import (
@@ -559,9 +560,15 @@ def run_period(
                 report.outcomes.append(TenantOutcome(tenant.tenant_id, period, "no contract"))
                 continue
             plans.append(plan)
+        requests = _usage_requests(plans, cutoff)
+        leases = (
+            leases_overlapping(session, min(r.start_ms for r in requests), max(r.end_ms for r in requests),
+                               {r.tenant_id for r in requests})
+            if requests else []
+        )  # fmt: skip
     if progress:
         progress(f"aggregating usage for {len(plans)} tenants")
-    results = aggregate(usage_root, _usage_requests(plans, cutoff)) if plans else {}
+    results = aggregate(usage_root, requests, leases) if plans else {}
     for plan in plans:
         if progress:
             progress(plan.tenant.tenant_id)

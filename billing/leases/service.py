@@ -232,6 +232,19 @@ def list_leases(
     return [_contract(row) for row in rows]
 
 
+def leases_overlapping(
+    session: Session, start_ms: int, end_ms: int, tenant_ids: Iterable[str] | None = None
+) -> list[Lease]:
+    """The leases that overlap [start_ms, end_ms), optionally of some tenants only: what billing hands
+    the usage reader so that time the worker metered as idle inside them bills to them."""
+    query = select(models.Lease).where(
+        models.Lease.start_ms < end_ms, or_(models.Lease.end_ms.is_(None), models.Lease.end_ms > start_ms)
+    )
+    rows = list(session.scalars(query.order_by(models.Lease.gpu_uuid, models.Lease.start_ms)))
+    wanted = None if tenant_ids is None else set(tenant_ids)
+    return [_contract(row) for row in rows if wanted is None or row.tenant_id in wanted]
+
+
 class _GpuTimeline:
     """One GPU's leases during an import, sorted by start, for neighbour overlap checks."""
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from billing.invoicing.errors import InvoicingError
 from billing.invoicing.periods import parse_period, period_bounds
+from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger
 from billing.ledger.db import now_ms as clock_ms
 from billing.ledger.errors import LedgerError
@@ -107,6 +108,7 @@ class _TenantFacts:
     segments: list[PricingSegment] = field(default_factory=list)
     contract_problem: str | None = None
     invoice: StoredInvoice | None = None
+    invoice_rated_ms: int | None = None  # when its lines were last rated (a lease added later is not on it)
     counted: list[OffsetRange] = field(default_factory=list)
     documents: list[_Document] = field(default_factory=list)
     drafts_holding_late: list[str] = field(default_factory=list)
@@ -195,6 +197,7 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
     )  # fmt: skip
     if invoice is not None:
         facts.invoice = _stored_invoice(invoice)
+        facts.invoice_rated_ms = invoice.rated_ms
     rows = session.execute(
         select(UsageConsumption, Invoice, CreditNote)
         .outerjoin(Invoice, Invoice.id == UsageConsumption.invoice_id)
@@ -381,7 +384,13 @@ def reconcile(
                 fact.keys[f"doc{index}"] = requests.ask(tenant_id, fact.start_ms, fact.end_ms, starts, document.ranges)
     if progress:
         progress(f"aggregating usage of {len(facts)} tenant(s): {len(requests.requests)} request(s), one call")
-    results = aggregate(root, requests.requests) if requests.requests and cutoff else {}
+    with ledger.transaction() as session:
+        ledger_leases = (
+            leases_overlapping(session, min(f.start_ms for f in facts), max(f.end_ms for f in facts),
+                               {f.tenant.tenant_id for f in facts})
+            if facts else []
+        )  # fmt: skip
+    results = aggregate(root, requests.requests, ledger_leases) if requests.requests and cutoff else {}
 
     metered_ids = {row.lease_id for result_ in results.values() for row in result_.leases}
     with ledger.transaction() as session:
@@ -421,7 +430,12 @@ def _reconcile_tenant(
                        invoice.status if invoice else "none")  # fmt: skip
     owners = {lease_id: leases[lease_id].tenant_id for lease_id in metered if lease_id in leases}
     if leased or owners:
-        out.items += quantity_leg(tenant_id, label, leased, metered, owners)
+        found = results.get(fact.keys["complete"])
+        attributed = found.attributed if found is not None else {}
+        rated = fact.invoice_rated_ms
+        unbilled = {lease_id: ms for lease_id, ms in attributed.items()
+                    if rated is not None and lease_id in leases and leases[lease_id].created_ms > rated}  # fmt: skip
+        out.items += quantity_leg(tenant_id, label, leased, metered, owners, attributed, unbilled)
     else:  # leases kept outside the billing database for this tenant: nothing to set against the meter
         out.items.append(Item(LEG_QUANTITY, METERED_TIME, quantity_ms=sum(metered.values()), role=ROLE_ANCHOR,
                               detail="allocated GPU time of every usage record of the period in the Parquet now"))  # fmt: skip

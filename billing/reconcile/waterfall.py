@@ -55,6 +55,7 @@ LEG_COLLECTED = "collected"
 LEASED = "leased GPU time"
 METERED_TIME = "metered GPU time"
 UNMETERED = "leased but unmetered time"
+ATTRIBUTED = "metered as idle, billed to the lease"  # a check row: the ledger's lease reached the worker late
 # money leg
 METERED = "metered value"
 LATE = "late usage carried forward"
@@ -348,9 +349,16 @@ def quantity_leg(
     leased: Sequence[LeasedTime],
     metered: Mapping[str, int],
     owners: Mapping[str, str],
+    attributed: Mapping[str, int] | None = None,
+    unbilled: Mapping[str, int] | None = None,
 ) -> list[Item]:
     """Leased -> metered GPU-ms, per lease. `owners`: lease id -> the tenant the ledger gives a
-    metered lease that is not among `leased` (absent: the ledger does not hold it at all)."""
+    metered lease that is not among `leased` (absent: the ledger does not hold it at all).
+    `attributed`: lease id -> GPU-ms the worker metered as idle that bill to the lease (part of
+    `metered`, shown beside the chain). `unbilled`: lease id -> those of them the invoice cannot hold,
+    because the lease reached the ledger after the invoice was rated: leased time not billed."""
+    attributed = attributed or {}
+    unbilled = unbilled or {}
     items = [
         Item(LEG_QUANTITY, LEASED, quantity_ms=sum(lease.leased_ms for lease in leased), role=ROLE_ANCHOR,
              detail=f"{len(leased)} lease(s) in the ledger, clipped to the period and to now"),
@@ -360,6 +368,18 @@ def quantity_leg(
         used = metered.get(lease.lease_id, 0)
         gap = lease.leased_ms - used
         what = f"lease {lease.lease_id} (GPU {lease.gpu_uuid}, {lease.plan})"
+        late = attributed.get(lease.lease_id, 0)
+        if unbilled.get(lease.lease_id):
+            message = (f"tenant {tenant_id}, invoice {invoice_label}, {what}: {gpu_hours_text(unbilled[lease.lease_id])} "
+                       "GPU-h metered as idle inside the lease are not on the invoice (the lease reached the ledger "
+                       "after the invoice was rated)")  # fmt: skip
+            items.append(Item(LEG_QUANTITY, UNEXPLAINED, quantity_ms=unbilled[lease.lease_id], role=ROLE_CHECK,
+                              detail=f"{what}: leased time metered as idle, not billed", explained=False,
+                              message=message))  # fmt: skip
+        elif late:
+            items.append(Item(LEG_QUANTITY, ATTRIBUTED, quantity_ms=late, role=ROLE_CHECK,
+                              detail=f"{what}: {gpu_hours_text(late)} GPU-h metered as idle (the lease reached the "
+                                     "worker after its samples), billed to the lease"))  # fmt: skip
         if gap > 0:
             items.append(Item(LEG_QUANTITY, UNMETERED, quantity_ms=-gap,
                               detail=f"{what}: leased {gpu_hours_text(lease.leased_ms)} GPU-h, metered "

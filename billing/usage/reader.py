@@ -14,6 +14,12 @@ counts in whichever offset range holds that file.
 The rows come out grouped by (tenant, plan, model, pricing segment) and by (tenant,
 lease, plan, model), in one scan with GROUPING SETS, so their number grows with tenants ×
 segments and with leases, never with GPUs × minutes.
+
+Leased time the worker metered as idle bills to the lease (`attribute_idle`). The ledger is the
+system of record of leases, and a lease can reach the worker after its samples: a late import, a
+corrected end, a lease older than the topic's horizon. So the caller hands over the ledger's leases,
+and an `idle` record on a GPU-minute that the worker metered under no lease counts for the ledger
+lease covering it, in proportion to the lease's share of the minute (docs/billing.md, "Late leases").
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from typing import Any
 
 from billing.pricing.rating import LeaseQuantity, UsageQuantity
 from billing.usage.errors import UsageDataError
-from schemas.usage import KIND_ADJUSTMENT, KIND_USAGE
+from schemas.leases import Lease
+from schemas.usage import KIND_ADJUSTMENT, KIND_IDLE, KIND_USAGE
 from streams.sink import FILE_RE
 
 USAGE_TOPIC = "usage.records"
@@ -77,6 +84,8 @@ class UsageResult:
     usage: list[UsageQuantity] = field(default_factory=list)
     leases: list[LeaseQuantity] = field(default_factory=list)
     records: int = 0
+    # lease id -> allocated GPU-ms the worker metered as idle that count for the lease (already in `leases`)
+    attributed: dict[str, int] = field(default_factory=dict)
 
 
 def read_cutoff(root: Path, topic: str = USAGE_TOPIC) -> Cutoff:
@@ -117,9 +126,10 @@ def _sql_list(values: Sequence[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
-def aggregate(root: Path, requests: Sequence[UsageRequest]) -> dict[str, UsageResult]:
+def aggregate(root: Path, requests: Sequence[UsageRequest], leases: Sequence[Lease] = ()) -> dict[str, UsageResult]:
     """The quantities of each request, keyed by `request.key`; requests that share the same
-    offset ranges are answered by one scan."""
+    offset ranges are answered by one scan. `leases`: the ledger's leases of the requests' tenants
+    over their windows, whose idle-metered time counts for them (`attribute_idle`)."""
     results = {request.key: UsageResult() for request in requests}
     if not requests:
         return results
@@ -131,12 +141,16 @@ def aggregate(root: Path, requests: Sequence[UsageRequest]) -> dict[str, UsageRe
         round_ = seen[(ranges, request.tenant_id)] = seen.get((ranges, request.tenant_id), -1) + 1
         groups.setdefault((ranges, round_), []).append(request)
     for group in groups.values():
-        _aggregate_group(files, group[0].ranges, group, results)
+        _aggregate_group(files, group[0].ranges, group, results, leases)
     return results
 
 
 def _aggregate_group(
-    files: list[UsageFile], ranges: tuple[OffsetRange, ...], group: list[UsageRequest], results: dict[str, UsageResult]
+    files: list[UsageFile],
+    ranges: tuple[OffsetRange, ...],
+    group: list[UsageRequest],
+    results: dict[str, UsageResult],
+    leases: Sequence[Lease],
 ) -> None:
     if len({r.tenant_id for r in group}) != len(group):
         raise ValueError("one scan answers at most one request per tenant")
@@ -147,7 +161,7 @@ def _aggregate_group(
         return
     tenants = [(r.tenant_id, r.start_ms, r.end_ms, _grain(r)) for r in group]
     segments = [(r.tenant_id, start) for r in group for start in r.segment_starts]
-    with _Scan(scanned, selected, tenants, segments) as scan:
+    with _Scan(scanned, selected, tenants, segments, leases) as scan:
         # 1) group the counted rows by a time bucket that no segment boundary cuts (per tenant,
         #    the gcd of its boundaries: an hour for most calendars), streaming, no join per row;
         # 2) place the few bucket rows into pricing segments with an ASOF join.
@@ -177,6 +191,8 @@ def _aggregate_group(
             result.records += count
         else:
             result.leases.append(LeaseQuantity(lease_id, plan, model, allocated, seg_start))
+    for tenant, lease_id, attributed in scan.attribution:
+        by_tenant[tenant].attributed[lease_id] = attributed
 
 
 def _grain(request: UsageRequest) -> int:
@@ -198,11 +214,14 @@ class _Scan:
         selected: Sequence[bool],
         tenants: Sequence[tuple[str, int, int, int]],
         segments: Sequence[tuple[str, int]],
+        leases: Sequence[Lease] = (),
     ) -> None:
         self.all_selected = all(selected)
         self.lo = min(t[1] for t in tenants)
         self.hi = max(t[2] for t in tenants)
         self.con = _connect()
+        self.any_attributed = False
+        self.attribution: list[tuple[str, str, int]] = []  # (tenant, lease, attributed GPU-ms)
         try:
             self.con.execute("CREATE TEMP TABLE files(filename VARCHAR, file_rank BIGINT, selected BOOLEAN)")
             self.con.executemany(
@@ -215,6 +234,11 @@ class _Scan:
             if segments:
                 self.con.executemany("INSERT INTO segs VALUES (?, ?)", list(segments))
             self.con.execute("SET VARIABLE paths = ?", [[f.path for f in scanned]])
+            names = {tenant for tenant, *_ in tenants}
+            mine = [lease for lease in leases if lease.tenant_id in names]
+            if mine and attribute_idle(self.con, mine, self.lo, self.hi):
+                self.any_attributed = True
+                self.attribution = self._attribution()
             self.con.execute(f"CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM {self._raw('u.record_id')}) "
                              "GROUP BY h HAVING count(*) > 1")  # fmt: skip
             self.any_shared = bool(self.con.execute("SELECT count(*) FROM shared").fetchone()[0])
@@ -228,13 +252,40 @@ class _Scan:
     def __exit__(self, *exc: object) -> None:
         self.con.close()
 
+    def _attribution(self) -> list[tuple[str, str, int]]:
+        """Per (tenant, lease): the attributed GPU-ms that count here (earliest copy, selected files,
+        the tenant's window)."""
+        return [
+            (str(t), str(lease), int(ms))
+            for t, lease, ms in self.con.execute(
+                """
+                WITH counted AS (
+                    SELECT a.*, f.selected FROM attributed a JOIN files f USING (filename)
+                    QUALIFY row_number() OVER (PARTITION BY a.record_id ORDER BY f.file_rank) = 1
+                )
+                SELECT c.tenant_id, c.lease_id, sum(c.allocated_gpu_ms)::BIGINT FROM counted c
+                JOIN tenants t ON c.tenant_id = t.tenant_id
+                WHERE c.selected AND c.window_start_ms >= t.lo AND c.window_start_ms < t.hi
+                GROUP BY ALL HAVING sum(c.allocated_gpu_ms) > 0 ORDER BY ALL
+                """
+            ).fetchall()
+        ]
+
     def _raw(self, columns: str = "u.*") -> str:
         """Usage and adjustment rows of the request tenants inside their windows, from the scanned files
-        (an equality join on tenant, then the window filter: a range join per row costs twice as much)."""
+        (an equality join on tenant, then the window filter: a range join per row costs twice as much),
+        and the idle rows attributed to their ledger leases."""
+        source = "read_parquet(getvariable('paths'), filename = true, hive_partitioning = false)"
+        if self.any_attributed:
+            source = f"""(
+                SELECT {_ROW_COLUMNS}, filename FROM {source} WHERE kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}')
+                UNION ALL
+                SELECT {_ROW_COLUMNS}, filename FROM attributed
+            )"""
         return f"""(
-            SELECT {columns} FROM read_parquet(getvariable('paths'), filename = true, hive_partitioning = false) u
+            SELECT {columns} FROM {source} u
             JOIN tenants t ON u.tenant_id = t.tenant_id
-            WHERE u.kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}')
+            WHERE u.kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}', '{KIND_IDLE}')
               AND u.window_start_ms >= {self.lo} AND u.window_start_ms < {self.hi}
               AND u.window_start_ms >= t.lo AND u.window_start_ms < t.hi
         )"""
@@ -272,6 +323,85 @@ class _Scan:
         return rows
 
 
+_ROW_COLUMNS = ("record_id, kind, tenant_id, lease_id, plan, model, gpu_uuid, window_start_ms, allocated_gpu_ms, "
+                "busy_gpu_ms, energy_mj")  # fmt: skip
+
+
+def attribute_idle(con: Any, leases: Sequence[Lease], lo_ms: int, hi_ms: int) -> bool:
+    """Build the temp table `attributed` on `con` (whose variable `paths` names the files): the idle
+    records with a window start in [lo_ms, hi_ms) that fall inside the ledger's `leases`, one row per
+    (record copy, lease), as usage rows of the lease. True when there is any.
+
+    The rule (docs/billing.md, "Late leases"), per idle record of a GPU-minute W = [ws, ws + w), with
+    U the GPU-ms the worker metered under leases on that GPU-minute (its usage and adjustment records):
+    - a ledger lease L the worker did not meter in W (it learnt of L too late) takes the share
+      |L ∩ W| / (w - U) of the record: the idle time is the minute less what the worker metered under
+      leases, and L's part of it is L's part of the minute. A whole minute inside L moves whole; the
+      parts of a minute cut by lease edges never add up to more than the record (cumulative floors:
+      `q * min(c_k, d) // d - q * min(c_k-1, d) // d`, c the overlaps summed in lease order, d = w - U);
+    - a lease the worker did meter in W keeps the worker's split, which cut at L's edges by the samples'
+      own times, unless L covers W wholly: then the idle time in W can only be L's too (the worker
+      learnt of L, or of its later end, within the minute), and it moves whole;
+    - when U plus the record exceed the minute, the idle record is a stale copy of time the worker
+      metered again under a lease (it reprocessed after learning of the lease): it stays idle, so
+      nothing is counted twice.
+    The attributed row's id is the record's id and the lease's, so two copies of one record (two
+    sink generations) still dedupe to one, and one record cut by two leases gives two rows."""
+    day = 24 * 3_600_000
+    con.execute("CREATE OR REPLACE TEMP TABLE ledger_leases(lease_id VARCHAR, tenant_id VARCHAR, gpu_uuid VARCHAR, "
+                "plan VARCHAR, lo BIGINT, hi BIGINT)")  # fmt: skip
+    con.executemany(
+        "INSERT INTO ledger_leases VALUES (?, ?, ?, ?, ?, ?)",
+        [(lease.lease_id, lease.tenant_id, lease.gpu_uuid, lease.plan, max(lease.start_ms, lo_ms - day),
+          hi_ms + day if lease.end_ms is None else min(lease.end_ms, hi_ms + day))
+         for lease in leases],
+    )  # fmt: skip
+    parquet = "read_parquet(getvariable('paths'), filename = true, hive_partitioning = false)"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE attributed AS
+        WITH idle AS MATERIALIZED (
+            SELECT u.record_id AS idle_id, u.tenant_id AS idle_tenant, u.plan AS idle_plan, u.gpu_uuid, u.model,
+                   u.window_start_ms, u.window_end_ms - u.window_start_ms AS w, u.allocated_gpu_ms AS qa,
+                   u.busy_gpu_ms AS qb, u.energy_mj AS qe, u.filename
+            FROM {parquet} u SEMI JOIN (SELECT DISTINCT gpu_uuid FROM ledger_leases) g USING (gpu_uuid)
+            WHERE u.kind = '{KIND_IDLE}' AND u.window_start_ms >= {int(lo_ms)} AND u.window_start_ms < {int(hi_ms)}
+              AND u.window_end_ms > u.window_start_ms
+        ), metered AS (
+            SELECT gpu_uuid, window_start_ms, sum(allocated_gpu_ms) AS u_ms, list(DISTINCT lease_id) AS known
+            FROM (SELECT DISTINCT s.record_id, s.gpu_uuid, s.window_start_ms, s.lease_id, s.allocated_gpu_ms
+                  FROM {parquet} s
+                  SEMI JOIN (SELECT DISTINCT gpu_uuid, window_start_ms FROM idle) k USING (gpu_uuid, window_start_ms)
+                  WHERE s.kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}'))
+            GROUP BY ALL
+        ), cut AS (
+            SELECT i.*, l.lease_id, l.tenant_id, l.plan, i.w - coalesce(m.u_ms, 0) AS d,
+                   greatest(i.window_start_ms, l.lo) - i.window_start_ms AS a,
+                   least(i.window_start_ms + i.w, l.hi) - i.window_start_ms AS b,
+                   coalesce(list_contains(m.known, l.lease_id), false) AS seen
+            FROM idle i
+            JOIN ledger_leases l ON i.gpu_uuid = l.gpu_uuid AND i.window_start_ms < l.hi AND i.window_start_ms + i.w > l.lo
+            LEFT JOIN metered m ON m.gpu_uuid = i.gpu_uuid AND m.window_start_ms = i.window_start_ms
+            WHERE coalesce(m.u_ms, 0) + i.qa <= i.w
+        ), shares AS (
+            SELECT *, CASE WHEN NOT seen THEN b - a WHEN a = 0 AND b = w THEN d ELSE 0 END AS n FROM cut WHERE d > 0
+        ), cum AS (
+            SELECT *, least(sum(n) OVER (PARTITION BY idle_id, filename ORDER BY a, lease_id), d) AS c1,
+                   least(sum(n) OVER (PARTITION BY idle_id, filename ORDER BY a, lease_id) - n, d) AS c0
+            FROM shares WHERE n > 0
+        )
+        SELECT idle_id || '>' || lease_id AS record_id, '{KIND_IDLE}' AS kind, tenant_id, lease_id, plan, model,
+               gpu_uuid, window_start_ms,
+               (qa * c1 // d - qa * c0 // d)::BIGINT AS allocated_gpu_ms,
+               (qb * c1 // d - qb * c0 // d)::BIGINT AS busy_gpu_ms,
+               (qe * c1 // d - qe * c0 // d)::BIGINT AS energy_mj,
+               filename, idle_id, idle_tenant, idle_plan, (c0 = 0 AND c1 = d) AS whole
+        FROM cum
+        """
+    )
+    return bool(con.execute("SELECT count(*) FROM attributed").fetchone()[0])
+
+
 def _files_in(files: list[UsageFile], ranges: Sequence[OffsetRange]) -> tuple[list[UsageFile], list[bool]]:
     """The files to scan for `ranges` (everything up to their end, for the earliest-copy rule) and which count."""
     ends: Cutoff = {}
@@ -292,9 +422,9 @@ class Explanation:
     files: int
 
 
-def explain(root: Path, query: dict[str, Any]) -> Explanation:
-    """Re-run a line's recorded usage query over the Parquet: the same counted rows, summed over
-    the line's time ranges, plan and model."""
+def explain(root: Path, query: dict[str, Any], leases: Sequence[Lease] = ()) -> Explanation:
+    """Re-run a line's recorded usage query over the Parquet: the same counted rows (with the idle
+    time attributed to the ledger's `leases`), summed over the line's time ranges, plan and model."""
     measure = query.get("measure")
     if measure not in ("allocated_gpu_ms", "energy_mj"):
         raise UsageDataError("this line is not a usage quantity (money-only lines have no usage behind them)")
@@ -310,7 +440,7 @@ def explain(root: Path, query: dict[str, Any]) -> Explanation:
     for column in ("plan", "model"):
         if query.get(column) is not None:
             conditions.append(f"{column} = {_sql_list([str(query[column])])[1:-1]}")
-    with _Scan(scanned, selected, tenants, []) as scan:
+    with _Scan(scanned, selected, tenants, [], leases) as scan:
         rows = scan.fetch(
             f"""
             SELECT gpu_uuid, lease_id, count(*)::BIGINT, sum({measure})::BIGINT FROM {scan.counted_rows()}

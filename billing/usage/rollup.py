@@ -20,10 +20,12 @@ from pathlib import Path
 from sqlalchemy import delete, insert, select
 
 from billing.invoicing.periods import period_bounds
+from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, now_ms
 from billing.ledger.models import RollupRun, Tenant, UsageHourly
 from billing.usage.errors import UsageDataError
-from billing.usage.reader import _connect, list_files, read_cutoff
+from billing.usage.reader import _connect, attribute_idle, list_files, read_cutoff
+from schemas.leases import Lease
 
 HOUR_MS = 3_600_000
 BATCH = 50_000
@@ -48,9 +50,12 @@ def period_span(ledger: Ledger, period: str) -> tuple[int, int]:
     return start - start % HOUR_MS, end + (-end % HOUR_MS)
 
 
-def hourly_rows(usage_root: Path, start_ms: int, end_ms: int) -> tuple[list[tuple[object, ...]], int]:
+def hourly_rows(
+    usage_root: Path, start_ms: int, end_ms: int, leases: Sequence[Lease] = ()
+) -> tuple[list[tuple[object, ...]], int]:
     """(tenant, gpu, model, plan, hour, allocated, busy, energy, records) rows of [start_ms, end_ms), and the
-    number of records counted, from the files the sink has made durable."""
+    number of records counted, from the files the sink has made durable. Idle time inside the ledger's
+    `leases` moves to the lease's tenant and plan, as the invoices count it (`attribute_idle`)."""
     cutoff = read_cutoff(usage_root)
     files = [f for f in list_files(usage_root) if f.first < cutoff.get(f.partition, 0)]
     if not files:
@@ -60,12 +65,24 @@ def hourly_rows(usage_root: Path, start_ms: int, end_ms: int) -> tuple[list[tupl
         con.execute("CREATE TEMP TABLE files(filename VARCHAR, file_rank BIGINT)")
         con.executemany("INSERT INTO files VALUES (?, ?)", [(f.path, i) for i, f in enumerate(files)])
         con.execute("SET VARIABLE paths = ?", [[f.path for f in files]])
+        moved = ""
+        if leases and attribute_idle(con, leases, start_ms, end_ms):
+            # the lease's part of an idle record counts for its tenant, and the idle row loses it (a record
+            # moved whole leaves the idle hour's record count too)
+            moved = """
+            UNION ALL
+            SELECT record_id, tenant_id, gpu_uuid, model, plan, window_start_ms, allocated_gpu_ms, busy_gpu_ms,
+                   energy_mj, 1, filename FROM attributed
+            UNION ALL
+            SELECT '-' || record_id, idle_tenant, gpu_uuid, model, idle_plan, window_start_ms, -allocated_gpu_ms,
+                   -busy_gpu_ms, -energy_mj, CASE WHEN whole THEN -1 ELSE 0 END, filename FROM attributed"""
         con.execute(f"""
             CREATE TEMP VIEW raw AS
-            SELECT record_id, tenant_id, gpu_uuid, model, plan, window_start_ms, allocated_gpu_ms, busy_gpu_ms,
-                   energy_mj, filename
-            FROM read_parquet(getvariable('paths'), filename = true, hive_partitioning = false)
-            WHERE window_start_ms >= {int(start_ms)} AND window_start_ms < {int(end_ms)}""")
+            SELECT * FROM (
+                SELECT record_id, tenant_id, gpu_uuid, model, plan, window_start_ms, allocated_gpu_ms, busy_gpu_ms,
+                       energy_mj, 1 AS n, filename
+                FROM read_parquet(getvariable('paths'), filename = true, hive_partitioning = false){moved}
+            ) WHERE window_start_ms >= {int(start_ms)} AND window_start_ms < {int(end_ms)}""")
         con.execute("CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM raw) "
                     "GROUP BY h HAVING count(*) > 1")  # fmt: skip
         rows = con.execute(f"""
@@ -78,8 +95,10 @@ def hourly_rows(usage_root: Path, start_ms: int, end_ms: int) -> tuple[list[tupl
                     QUALIFY row_number() OVER (PARTITION BY r.record_id ORDER BY f.file_rank) = 1)
             )
             SELECT tenant_id, gpu_uuid, max(model), plan, window_start_ms - window_start_ms % {HOUR_MS} AS hour,
-                   sum(allocated_gpu_ms)::BIGINT, sum(busy_gpu_ms)::BIGINT, sum(energy_mj)::BIGINT, count(*)::BIGINT
-            FROM counted GROUP BY tenant_id, gpu_uuid, plan, hour ORDER BY hour, tenant_id, gpu_uuid, plan
+                   sum(allocated_gpu_ms)::BIGINT, sum(busy_gpu_ms)::BIGINT, sum(energy_mj)::BIGINT, sum(n)::BIGINT
+            FROM counted GROUP BY tenant_id, gpu_uuid, plan, hour
+            HAVING sum(n) <> 0 OR sum(allocated_gpu_ms) <> 0 OR sum(energy_mj) <> 0
+            ORDER BY hour, tenant_id, gpu_uuid, plan
             """).fetchall()
     except Exception as exc:  # duckdb.Error: a damaged or foreign file
         raise UsageDataError(f"cannot read the usage Parquet: {str(exc).splitlines()[0]}") from None
@@ -92,7 +111,9 @@ def rebuild(ledger: Ledger, usage_root: Path, label: str, start_ms: int, end_ms:
     """Replace the hourly rows of [start_ms, end_ms) (whole hours) with the Parquet's, in one transaction."""
     if start_ms % HOUR_MS or end_ms % HOUR_MS or end_ms <= start_ms:
         raise UsageDataError("a rollup covers whole hours")
-    rows, records = hourly_rows(usage_root, start_ms, end_ms)
+    with ledger.transaction() as session:
+        leases = leases_overlapping(session, start_ms, end_ms)
+    rows, records = hourly_rows(usage_root, start_ms, end_ms, leases)
     columns: Sequence[str] = ("tenant_id", "gpu_uuid", "model", "plan", "hour_start_ms", "allocated_gpu_ms",
                               "busy_gpu_ms", "energy_mj", "records")  # fmt: skip
     with ledger.transaction() as session:
