@@ -96,10 +96,17 @@ def cmd_tenants(args: argparse.Namespace, ledger: Ledger) -> int:
         data = [{"tenant_id": t.tenant_id, "name": t.name, "currency": t.currency, "timezone": t.timezone,
                  "tax_jurisdiction": t.tax_jurisdiction, "contact_email": t.contact_email,
                  "stripe_mode": t.stripe_mode, "stripe_customer_id": t.stripe_customer_id} for t in rows]  # fmt: skip
-    _emit(args, data, lambda: "\n".join(
-        f"{d['tenant_id']:<16} {d['currency']} {d['timezone']:<20} tax {d['tax_jurisdiction']:<8} {d['name']}"
-        for d in data) or "no tenants")  # fmt: skip
+    _emit(args, data, lambda: "\n".join(_tenant_line(d) for d in data) or "no tenants")
     return 0
+
+
+def _tenant_line(d: dict[str, Any]) -> str:
+    """A tenant for a terminal: escape codes and bidi controls held from before the rules are escaped."""
+    from billing.ledger.tenant_rules import printable
+
+    safe = {key: printable(str(value)) for key, value in d.items()}
+    where = f"{safe['currency']} {safe['timezone']:<20} tax {safe['tax_jurisdiction']:<8}"
+    return f"{safe['tenant_id']:<16} {where} {safe['name']}"
 
 
 def cmd_ratecards(args: argparse.Namespace, ledger: Ledger) -> int:

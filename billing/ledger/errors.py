@@ -21,3 +21,7 @@ class ImmutableInvoice(LedgerError):
 
 class DatabaseUnavailable(LedgerError):
     """The billing database cannot be reached or migrated."""
+
+
+class InvalidTenant(LedgerError):
+    """A tenant id, name or time zone that breaks the rules of billing.ledger.tenant_rules."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session
 from billing.ledger.db import audit, now_ms
 from billing.ledger.errors import Conflict, LedgerError, NotFound
 from billing.ledger.models import Contract, Credit, CreditDrawdown, Invoice, RateCard, Tenant
+from billing.ledger.tenant_rules import check_tenant_id, check_tenant_name, check_timezone
 from billing.pricing.money import minor_units
 from billing.pricing.ratecards import RateCardVersion
 from billing.pricing.ratecards import ms_to_iso as iso
@@ -47,16 +47,19 @@ def upsert_tenant(
 ) -> Tenant:
     """Add a tenant, or change one; the currency of a tenant with invoices never changes.
     `stripe_mode`: "invoices" (wattmeter's invoices are pushed to Stripe, the default) or "meters"
-    (usage goes to Stripe Billing meters); None keeps the tenant's."""
+    (usage goes to Stripe Billing meters); None keeps the tenant's. The id (of a new tenant), the
+    name (when given) and the time zone follow billing.ledger.tenant_rules; `name` None keeps the
+    tenant's, or is the id for a new one."""
     currency = currency.upper()
     minor_units(currency)  # refuses an unknown currency
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise LedgerError(f"time zone {timezone!r} is not an IANA zone name (such as Europe/Berlin)") from None
+    check_timezone(timezone)
+    if name is not None:
+        name = check_tenant_name(name)
     tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        check_tenant_id(tenant_id)  # a tenant held from before the rules can still be changed
     fields = {
-        "name": name or (tenant.name if tenant else tenant_id),
+        "name": name if name is not None else (tenant.name if tenant else tenant_id),
         "currency": currency,
         "timezone": timezone,
         "tax_jurisdiction": tax_jurisdiction,
