@@ -81,9 +81,11 @@ class LeaseView:
         return True
 
     def _consumer_caught_up(self, timeout_s: float):
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
-        consumer = KafkaConsumer(
+        from streams.kafka_client import kafka_consumer
+
+        consumer = kafka_consumer(  # closes on its IO thread: see streams/kafka_client.py
             bootstrap_servers=self.bootstrap.split(","),
             enable_auto_commit=False,
             group_id=None,

@@ -109,13 +109,14 @@ class SinkRunner:
     def _connect(self, stop: threading.Event):
         """A consumer, once the broker answers; waits (quietly, the watch says it) as long as
         it takes. None if `stop` is set first."""
-        from kafka import KafkaConsumer
         from kafka.errors import KafkaError
+
+        from streams.kafka_client import kafka_consumer
 
         backoff = 1.0
         while self._watch().wait_until_up(stop):
             try:
-                return KafkaConsumer(
+                return kafka_consumer(  # closes on its IO thread: see streams/kafka_client.py
                     bootstrap_servers=self.bootstrap.split(","),
                     group_id=self.group_id,
                     enable_auto_commit=False,
