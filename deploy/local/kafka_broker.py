@@ -71,7 +71,14 @@ def _admin(bootstrap: str, timeout_s: float) -> Any:
     if int(kafka.__version__.split(".")[0]) < 3:
         raise BrokerUnavailable(f"the broker launcher needs kafka-python >= 3, not {kafka.__version__}")
     ms = int(timeout_s * 1000)
-    return KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=ms, bootstrap_timeout_ms=ms)
+    from streams.kafka_client import IoThreadClient  # closes on its IO thread: see there
+
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","),
+        request_timeout_ms=ms,
+        bootstrap_timeout_ms=ms,
+        kafka_client=IoThreadClient,
+    )
 
 
 def broker_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
