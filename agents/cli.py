@@ -30,6 +30,7 @@ examples:
   wattmeter-agent --backend nvml --bootstrap kafka-1:9092          # the real GPUs
   wattmeter-agent --backend replay --trace smi.csv --speed 60 --stdout
   wattmeter-agent --backend replay --trace one-gpu.csv --gpu-uuid GPU-1b2c... --tz Europe/Berlin --speed 0
+  wattmeter-agent --backend replay --trace no-ids-8-gpus.csv --gpus-per-sweep 8 --speed 0
   wattmeter-agent --config /etc/wattmeter/agent.toml
 """
 
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="UUID",
         help="replay: the GPU of a single-GPU trace with no GPU id column (nvidia-smi --query-gpu=uuid prints it)",
     )
+    parser.add_argument(
+        "--gpus-per-sweep",
+        dest="trace_gpus_per_sweep",
+        type=int,
+        metavar="N",
+        help="replay: a trace with no GPU id column holds N GPUs, one row each per sweep; "
+        "GPUs are named <node id>:index:<row position in the sweep>",
+    )
     parser.add_argument("--once", action="store_true", help="take one sample and exit")
     parser.add_argument("--ticks", type=int, help="stop after this many samples")
     parser.add_argument("--stdout", action="store_true", help="print samples as JSON lines; no Kafka, no spool")
@@ -101,6 +110,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
             "speed",
             "trace_tz",
             "trace_gpu_uuid",
+            "trace_gpus_per_sweep",
         )
     }
     config = load_config(args.config, overrides)

@@ -39,6 +39,7 @@ class AgentConfig:
     speed: float = 1.0
     trace_tz: str | None = None  # zone of the trace's timestamps without one: IANA name or offset (+05:30); UTC
     trace_gpu_uuid: str | None = None  # the GPU of a single-GPU trace without GPU ids
+    trace_gpus_per_sweep: int | None = None  # a trace without GPU ids: GPUs by row position in each sweep
     # kafka: bootstrap_servers plus any kafka-python producer setting (TLS, SASL) passed through
     kafka: dict[str, Any] = field(default_factory=dict)
 
@@ -56,6 +57,7 @@ _ENV_KEYS = {
     "hints_file": "WATTMETER_HINTS_FILE",
     "trace_tz": "WATTMETER_TRACE_TZ",
     "trace_gpu_uuid": "WATTMETER_TRACE_GPU_UUID",
+    "trace_gpus_per_sweep": "WATTMETER_TRACE_GPUS_PER_SWEEP",
 }
 _KAFKA_ENV = {
     "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
@@ -74,6 +76,8 @@ def _coerce(config: AgentConfig, name: str, value: Any) -> Any:
     if name in ("trace_tz", "trace_gpu_uuid"):
         return (str(value).strip() or None) if value is not None else None
     try:
+        if name == "trace_gpus_per_sweep":
+            return None if value in (None, "") else int(value)
         if kind is int:
             return int(value)
         if kind is float:
@@ -116,6 +120,8 @@ def load_config(
         raise ConfigError("interval_ms must be at least 10")
     if config.backend == "replay" and config.trace is None:
         raise ConfigError("the replay backend needs a trace: --trace FILE")
+    if config.trace_gpus_per_sweep is not None and config.trace_gpus_per_sweep < 1:
+        raise ConfigError(f"trace_gpus_per_sweep must be at least 1, not {config.trace_gpus_per_sweep}")
     if not config.speed >= 0:
         raise ConfigError(f"speed must be >= 0 (0: as fast as possible), not {config.speed}")
     if config.trace_tz:

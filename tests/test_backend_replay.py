@@ -464,3 +464,135 @@ def test_the_run_ends_with_a_one_line_summary(tmp_path: Path, caplog, capsys):
     registry = daemon.metrics.registry
     taken = registry.get_sample_value("wattmeter_agent_samples_taken_total")
     assert (taken, daemon.spool.pending_rows) == (2.0, 2)
+
+
+# --- sweep-shaped logs: several GPUs' rows a few ms apart, then a gap of the cadence, and no GPU id column
+
+
+def write_sweeps(path: Path, gpus: int = 4, sweeps: int = 5, row_ms: int = 2, cadence_ms: int = 1000) -> list[int]:
+    """An nvidia-smi log of `gpus` GPUs without an id column (GPU g draws 100 x (g + 1) W); returns row times."""
+    stamps = [s * cadence_ms + g * row_ms for s in range(sweeps) for g in range(gpus)]
+    start = datetime(2026, 11, 2, 10, 0)
+    lines = [
+        f"{start + timedelta(milliseconds=ms):%Y/%m/%d %H:%M:%S.%f}"[:-3] + f", {100 * (i % gpus + 1)}.00 W, 5 %, 1 %"
+        for i, ms in enumerate(stamps)
+    ]
+    path.write_text(f"{ISSUE_QUERY}\n" + "\n".join(lines) + "\n")
+    return stamps
+
+
+def test_a_sweep_shaped_log_is_refused_as_one_gpu(tmp_path: Path):
+    trace = tmp_path / "four.csv"
+    write_sweeps(trace)
+    reason = (
+        r"four.csv: rows come in sweeps of 4 within 6 ms, a sweep every 1000 ms: a log of 4 GPUs without GPU ids, "
+        r"not GPU GPU-x sampled every 2 ms; add index or uuid to --query-gpu, or pass --gpus-per-sweep 4"
+    )
+    with pytest.raises(TraceError, match=reason):
+        ReplayBackend(trace, gpu_uuid="GPU-x")
+    with pytest.raises(TraceError, match=reason):
+        trapezoid_energy_mj(trace, gpu_uuid="GPU-x")
+    write_sweeps(trace, gpus=2, sweeps=3, row_ms=0, cadence_ms=250)  # identical stamps within a sweep
+    with pytest.raises(TraceError, match=r"four.csv:3: a second row at the same time .*or --gpus-per-sweep N"):
+        ReplayBackend(trace, gpu_uuid="GPU-x")
+    write_sweeps(trace, gpus=8, sweeps=1, row_ms=3)  # one sweep (nvidia-smi without -l): 8 rows in 21 ms
+    with pytest.raises(TraceError, match=r"four.csv: 8 rows within 21 ms, far below the interval \(1000 ms\)"):
+        ReplayBackend(trace, gpu_uuid="GPU-x")
+    # a single GPU's log stays one GPU: even cadence (with jitter and an outage), or fast and long
+    for stamps in ([0, 250, 500], [i * 1000 + (i * 37) % 41 for i in range(50)] + [3_600_000, 3_601_000]):
+        trace.write_text(
+            f"{ISSUE_QUERY}\n" + "".join(f"{1_800_000_000_000 + ms}, 100.00 W, 5 %, 1 %\n" for ms in stamps)
+        )
+        assert len(ReplayBackend(trace, gpu_uuid="GPU-x").ticks()) == len(stamps)
+    trace.write_text(f"{ISSUE_QUERY}\n" + "".join(f"{1_800_000_000_000 + 5 * i}, 1 W, 5 %, 1 %\n" for i in range(400)))
+    assert len(ReplayBackend(trace, gpu_uuid="GPU-x").ticks()) == 400
+
+
+def test_gpus_per_sweep_keys_gpus_by_row_position(tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO, "agents.backends.replay")
+    trace = tmp_path / "four.csv"
+    write_sweeps(trace)
+    backend = ReplayBackend(trace, gpus_per_sweep=4, node_id="host-7")
+    gpus = [f"host-7:index:{g}" for g in range(4)]
+    assert backend.gpu_key == "sweep"
+    assert [[r.gpu_uuid for r in readings] for _, readings in backend.ticks()] == [gpus] * 5
+    assert [ts - backend.ticks()[0][0] for ts, _ in backend.ticks()] == [0, 1000, 2000, 3000, 4000]
+    # the whole bill: GPU g at 100 x (g + 1) W for 4 s, not one GPU for 4 x 5 rows of 2 ms
+    assert {r.gpu_uuid: r.energy_mj for r in backend.ticks()[-1][1]} == {
+        g: 400_000 * (i + 1) for i, g in enumerate(gpus)
+    }
+    assert trapezoid_energy_mj(trace, gpus_per_sweep=4, node_id="host-7") == {
+        g: 400_000 * (i + 1) for i, g in enumerate(gpus)
+    }
+    assert "GPUs keyed by their row's position in each sweep of 4 (--gpus-per-sweep): host-7:index:0" in caplog.text
+    write_sweeps(trace, gpus=2, sweeps=3, row_ms=0, cadence_ms=250)  # identical stamps are fine here
+    assert len(ReplayBackend(trace, gpus_per_sweep=2, node_id="h").ticks()) == 3
+
+
+NOT_N = {  # what a --gpus-per-sweep replay refuses: (log, N, other arguments, reason)
+    "longer": (
+        "sweeps",
+        3,
+        {},
+        r"four.csv:2: a sweep of 4 rows \(2026/11/02 10:00:00.000 to 2026/11/02 10:00:00.006\)",
+    ),
+    "shorter": (
+        "short",
+        4,
+        {},
+        r"four.csv:6: a sweep of 3 rows \(2026/11/02 10:00:01.000 to 2026/11/02 10:00:01.004\)",
+    ),
+    "no sweeps": ("even", 2, {}, r"four.csv: its rows do not come in sweeps"),
+    "gpu uuid": ("sweeps", 4, {"gpu_uuid": "GPU-x"}, r"--gpu-uuid names one GPU; with --gpus-per-sweep 4"),
+    "ids": ("index", 2, {}, r"index.csv: the log names its GPUs in an index column; --gpus-per-sweep is for a log"),
+}
+
+
+@pytest.mark.parametrize("lines,n,extra,reason", NOT_N.values(), ids=NOT_N.keys())
+def test_a_sweep_that_is_not_n_rows_is_an_error(tmp_path: Path, lines: str, n: int, extra: dict, reason: str):
+    trace = tmp_path / ("index.csv" if lines == "index" else "four.csv")
+    if lines == "sweeps":
+        write_sweeps(trace)
+    elif lines == "short":  # the second sweep lacks a GPU
+        stamps = write_sweeps(trace)
+        kept = trace.read_text().splitlines()
+        trace.write_text("\n".join(kept[:8] + kept[9:]) + "\n")
+        assert len(stamps) == 20
+    elif lines == "even":
+        trace.write_text(
+            f"{ISSUE_QUERY}\n" + "".join(f"{1_800_000_000_000 + 1000 * i}, 1 W, 5 %, 1 %\n" for i in range(9))
+        )
+    else:
+        trace.write_text("timestamp, index, power.draw [W]\n1800000000000, 0, 1 W\n1800000000002, 1, 1 W\n")
+    with pytest.raises(TraceError, match=reason):
+        ReplayBackend(trace, gpus_per_sweep=n, **extra)
+
+
+def test_a_short_last_sweep_is_kept_with_one_warning(tmp_path: Path, caplog):
+    trace = tmp_path / "four.csv"
+    write_sweeps(trace)
+    kept = trace.read_text().splitlines()
+    trace.write_text("\n".join(kept[:-2]) + "\n")  # copied while nvidia-smi wrote the last sweep
+    backend = ReplayBackend(trace, gpus_per_sweep=4, node_id="h")
+    assert [len(readings) for _, readings in backend.ticks()] == [4, 4, 4, 4, 2]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        warning == f"{trace}:18: the last sweep has 2 rows of 4 (cut off while the log was written?); kept as they are"
+    )
+
+
+def test_cli_refuses_a_sweep_shaped_log_in_one_line_and_sends_nothing(tmp_path: Path, capsys):
+    trace = tmp_path / "four.csv"
+    write_sweeps(trace)
+    spool = tmp_path / "spool"
+    argv = ["--backend", "replay", "--trace", str(trace), "--speed", "0", "--node-id", "h", "--spool-dir", str(spool)]
+    assert agent_main([*argv, "--gpu-uuid", "GPU-x", "--bootstrap", "127.0.0.1:9"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not spool.exists()
+    assert captured.err.startswith("wattmeter-agent: ") and captured.err.count("\n") == 1
+    assert "a log of 4 GPUs without GPU ids" in captured.err and "--gpus-per-sweep 4" in captured.err
+    assert agent_main([*argv, "--gpus-per-sweep", "4", "--stdout"]) == 0
+    samples = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [len(s["gpus"]) for s in samples] == [4] * 5 and [s["interval_ms"] for s in samples] == [1000] * 5
+    assert agent_main([*argv, "--gpus-per-sweep", "0", "--stdout"]) == 2
+    assert "gpus_per_sweep must be at least 1" in capsys.readouterr().err

@@ -16,6 +16,19 @@ log line at load says which column was used). A log with no id column at all (nv
 writes none unless asked) is one GPU, named by `gpu_uuid` (`--gpu-uuid`); `gpu_uuid` may
 also name the single GPU of a log keyed by bus id or index.
 
+A log without GPU ids is read whole before anything is replayed, and refused as one GPU
+when its rows come in sweeps: nvidia-smi writes one row per GPU, a few ms apart, at each
+tick of its loop, so a 4-GPU host's log would otherwise be one GPU sampled every few ms
+(a quarter of the bill). Sweep-shaped means: the gaps between rows fall into two sizes,
+those between sweeps at least `SWEEP_GAP_RATIO` times the largest within one, which is at
+most `SWEEP_ROW_GAP_MS`, and the median sweep holds 2 to `MAX_GPUS_PER_SWEEP` rows; or the
+whole log (2 to `MAX_GPUS_PER_SWEEP` rows) lies within a tenth of `interval_ms` (one sweep).
+`gpus_per_sweep` N (`--gpus-per-sweep`) reads such a log instead: sweeps are split at those
+gaps, each must hold N rows (a shorter last sweep, cut off while the log was written, is kept
+with one warning), and a row's position p in its sweep names its GPU `<node_id>:index:<p>`,
+as a log keyed by index would (nvidia-smi writes a sweep in index order). N = 1 makes every
+row its own sweep, one GPU (`gpu_uuid`, else `<node_id>:index:0`), with no shape check.
+
 Timestamps without an offset are in `tz`: an IANA zone (`Europe/Berlin`; a repeated hour
 when clocks go back is read as its second pass once the log's times would otherwise step
 back) or a fixed offset (`+05:30`, `-0800`, `UTC`). Timestamps with an offset, and epoch
@@ -64,6 +77,11 @@ log = logging.getLogger(__name__)
 
 MIB = 1024**2
 TICK_SPREAD_MS = 500  # rows of one tick lie within this much of the tick's first row
+# a log without GPU ids whose rows come in sweeps of several GPUs (see the module notes)
+SWEEP_GAP_RATIO = 4  # the gaps between sweeps are at least this many times those within one
+SWEEP_ROW_GAP_MS = 50  # rows of one sweep follow each other this closely at most (nvidia-smi: a few ms)
+MAX_GPUS_PER_SWEEP = 64
+FAR_BELOW = 10  # a whole log within interval_ms / FAR_BELOW is one sweep, not one GPU's history
 _EPOCH_MS_MIN = 10**11  # epoch-ms values below this (before 1973) are surely epoch seconds
 _MISSING = {
     "",
@@ -128,9 +146,11 @@ def _as_tz(tz: tzinfo | str | None, tz_offset_minutes: int) -> tzinfo:
     return tz
 
 
-def _find_columns(header: list[str], where: str, gpu_uuid: str | None) -> tuple[dict[str, int], str]:
-    """Column positions, and how GPUs are keyed: "uuid", "pci.bus_id", "index", or "fixed"
-    (no id column: every row is the GPU `gpu_uuid`)."""
+def _find_columns(
+    header: list[str], where: str, gpu_uuid: str | None, gpus_per_sweep: int | None = None
+) -> tuple[dict[str, int], str]:
+    """Column positions, and how GPUs are keyed: "uuid", "pci.bus_id", "index", "fixed" (no id
+    column: every row is the GPU `gpu_uuid`) or "sweep" (no id column: by row position in a sweep)."""
     names = [h.strip().lower() for h in header]
     found: dict[str, int] = {}
     for key, aliases in _COLUMNS.items():
@@ -147,6 +167,19 @@ def _find_columns(header: list[str], where: str, gpu_uuid: str | None) -> tuple[
     missing = [k for k in ("timestamp", "power") if k not in found]
     if missing:
         raise TraceError(f"{where}: header has no {', '.join(missing)} column (got: {', '.join(names)})")
+    if gpus_per_sweep is not None:
+        if key_kind != "fixed":
+            article = "an" if key_kind == "index" else "a"
+            raise TraceError(
+                f"{where}: the log names its GPUs in {article} {key_kind} column; "
+                "--gpus-per-sweep is for a log without one"
+            )
+        if gpu_uuid and gpus_per_sweep > 1:
+            raise TraceError(
+                f"{where}: --gpu-uuid names one GPU; with --gpus-per-sweep {gpus_per_sweep} the GPUs are named "
+                "<node id>:index:<row position in the sweep>, so leave --gpu-uuid out"
+            )
+        key_kind = "sweep"
     if key_kind == "fixed" and not gpu_uuid:
         raise TraceError(
             f"{where}: header has no GPU id column (uuid, pci.bus_id or index; got: {', '.join(names)}); "
@@ -238,8 +271,8 @@ class _GpuNames:
         self.first_id: str | None = None
 
     def name(self, row: list[str], cols: dict[str, int], where: str) -> str:
-        if self.kind == "fixed":
-            return self.gpu_uuid or ""
+        if self.kind in ("fixed", "sweep"):
+            return self.gpu_uuid or ""  # a sweep's rows are named once the sweeps are known (_by_sweep)
         cell = row[cols["gpu"]].strip()
         if not cell:
             raise TraceError(f"{where}: empty GPU id")
@@ -266,13 +299,145 @@ def _ends_with_newline(path: Path) -> bool:
         return handle.read(1) in (b"\n", b"\r")
 
 
+_Row = tuple[str, int, int | None, bool, GpuReading]  # ("file:line", ts_ms, trace energy, has energy, reading)
+_ReadRow = tuple[str, int, int | None, bool, GpuReading, str]  # and the timestamp as written
+
+
+def _split_sweeps(stamps: list[int]) -> list[range] | None:
+    """The rows of each sweep (positions in `stamps`), when the gaps between rows fall into two
+    sizes: within a sweep, and between sweeps at least SWEEP_GAP_RATIO times the largest gap
+    within one. None when no gap size stands out so, or when times go back."""
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    if not gaps or min(gaps) < 0:
+        return None
+    ordered = sorted(gaps)
+    cut = next((lo for lo, hi in zip(ordered, ordered[1:]) if hi >= SWEEP_GAP_RATIO * max(lo, 1)), None)
+    if cut is None:
+        return None
+    starts = [0] + [i + 1 for i, gap in enumerate(gaps) if gap > cut]
+    return [range(a, b) for a, b in zip(starts, [*starts[1:], len(stamps)])]
+
+
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2] if values else 0
+
+
+def _refuse_sweeps(path: Path, rows: list[_ReadRow], gpu: str, interval_ms: int) -> None:
+    """A log without GPU ids, replayed as the one GPU `gpu`, must look like one GPU's history.
+    Refused (TraceError) when its rows come in sweeps of 2 to MAX_GPUS_PER_SWEEP rows at most
+    SWEEP_ROW_GAP_MS apart, or when it is one such burst within interval_ms / FAR_BELOW: nvidia-smi
+    writes a row per GPU, a few ms apart, at each tick of its loop."""
+    stamps = [row[1] for row in rows]
+    fix = "add index or uuid to --query-gpu, or pass --gpus-per-sweep"
+    span = stamps[-1] - stamps[0]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    if 2 <= len(stamps) <= MAX_GPUS_PER_SWEEP and 0 <= span < interval_ms / FAR_BELOW:
+        raise TraceError(
+            f"{path}: {len(stamps)} rows within {span} ms, far below the interval ({interval_ms} ms): one sweep of "
+            f"{len(stamps)} GPUs without GPU ids, not GPU {gpu} sampled every {_median(gaps)} ms; "
+            f"{fix} {len(stamps)}"
+        )
+    sweeps = _split_sweeps(stamps)
+    if sweeps is None:
+        return
+    size = _median([len(sweep) for sweep in sweeps])
+    within = [stamps[i + 1] - stamps[i] for sweep in sweeps for i in sweep[:-1]]
+    if not 2 <= size <= MAX_GPUS_PER_SWEEP or max(within, default=0) > SWEEP_ROW_GAP_MS:
+        return
+    widest = max(stamps[sweep[-1]] - stamps[sweep[0]] for sweep in sweeps)
+    cadence = _median([stamps[b[0]] - stamps[a[0]] for a, b in zip(sweeps, sweeps[1:])])
+    raise TraceError(
+        f"{path}: rows come in sweeps of {size} within {widest} ms, a sweep every {cadence} ms: a log of {size} GPUs "
+        f"without GPU ids, not GPU {gpu} sampled every {_median(within)} ms; {fix} {size}"
+    )
+
+
+def _by_sweep(
+    path: Path,
+    rows: list[_ReadRow],
+    per_sweep: int,
+    gpu_uuid: str | None,
+    node_id: str,
+) -> None:
+    """Names each row's GPU by its position in its sweep: `<node_id>:index:<position>` (nvidia-smi
+    writes a sweep's rows in index order), or `gpu_uuid` when a sweep is one GPU. Every sweep must
+    have `per_sweep` rows; a shorter last one (the log copied while it was written) is kept, with
+    one warning. One GPU per sweep: every row is its own sweep, no shape is checked."""
+    stamps = [row[1] for row in rows]
+    for i in range(1, len(rows)):
+        if stamps[i] < stamps[i - 1]:
+            raise TraceError(f"{rows[i][0]}: timestamp goes back in time")
+    if per_sweep == 1:
+        sweeps = [range(i, i + 1) for i in range(len(rows))]
+    else:
+        found = _split_sweeps(stamps)
+        if found is None and len(rows) > per_sweep:
+            raise TraceError(
+                f"{path}: its rows do not come in sweeps (no gap between rows is {SWEEP_GAP_RATIO} times the ones "
+                f"before it), so --gpus-per-sweep {per_sweep} cannot tell them apart; add index or uuid to --query-gpu"
+            )
+        sweeps = found or [range(len(rows))]
+    for n, sweep in enumerate(sweeps):
+        first, last = rows[sweep[0]], rows[sweep[-1]]
+        if len(sweep) == per_sweep:
+            pass
+        elif n == len(sweeps) - 1 and len(sweep) < per_sweep:
+            log.warning(
+                "%s: the last sweep has %d rows of %d (cut off while the log was written?); kept as they are",
+                first[0],
+                len(sweep),
+                per_sweep,
+            )
+        else:
+            raise TraceError(
+                f"{first[0]}: a sweep of {len(sweep)} rows ({first[5]} to {last[5]}), --gpus-per-sweep says {per_sweep}"
+            )
+        for position, i in enumerate(sweep):
+            rows[i][4].gpu_uuid = gpu_uuid if gpu_uuid and per_sweep == 1 else f"{node_id}:index:{position}"
+
+
 def _rows(
-    path: Path, tz: tzinfo, gpu_uuid: str | None = None, node_id: str = "", notes: dict[str, Any] | None = None
-) -> Iterator[tuple[str, int, int | None, bool, GpuReading]]:
+    path: Path,
+    tz: tzinfo,
+    gpu_uuid: str | None = None,
+    node_id: str = "",
+    notes: dict[str, Any] | None = None,
+    gpus_per_sweep: int | None = None,
+    interval_ms: int = 1000,
+) -> Iterator[_Row]:
     """Per data row: ("file:line", ts_ms, energy from the trace, whether the trace has an
     energy column, reading). `notes` gets "gpu_key" (how GPUs were keyed) and, when the
-    cut-off last line was skipped, "skipped" (why)."""
+    cut-off last line was skipped, "skipped" (why). A log without GPU ids is read whole
+    first: refused when its rows come in sweeps (`_refuse_sweeps`), or, with
+    `gpus_per_sweep`, its GPUs named by row position (`_by_sweep`)."""
     notes = {} if notes is None else notes
+    rows = _read_rows(path, tz, gpu_uuid, node_id, notes, gpus_per_sweep)
+    first = next(rows, None)
+    if first is None:
+        return
+    if notes["gpu_key"] not in ("fixed", "sweep"):
+        yield first[:5]
+        for row in rows:
+            yield row[:5]
+        return
+    held = [first, *rows]
+    if notes["gpu_key"] == "fixed":
+        _refuse_sweeps(path, held, gpu_uuid or "", interval_ms)
+    else:
+        _by_sweep(path, held, gpus_per_sweep or 1, gpu_uuid, node_id)
+    for row in held:
+        yield row[:5]
+
+
+def _read_rows(
+    path: Path,
+    tz: tzinfo,
+    gpu_uuid: str | None,
+    node_id: str,
+    notes: dict[str, Any],
+    gpus_per_sweep: int | None,
+) -> Iterator[_ReadRow]:
+    """_rows' rows as read, each with its timestamp cell as written."""
     try:
         handle = open(path, newline="", encoding="utf-8-sig")
         terminated = _ends_with_newline(path)
@@ -285,12 +450,12 @@ def _rows(
             header = next(rows, None)
             if header is None:
                 raise TraceError(f"{path}: empty trace (no header line)")
-            cols, key_kind = _find_columns(header, str(path), gpu_uuid)
+            cols, key_kind = _find_columns(header, str(path), gpu_uuid, gpus_per_sweep)
             notes["gpu_key"] = key_kind
             names = _GpuNames(key_kind, gpu_uuid, node_id)
             has_energy = "energy" in cols
             previous: tuple[int, str] | None = None  # the last row's (ts, GPU): a fixed GPU's rows must move on
-            held: tuple[str, int, int | None, bool, GpuReading] | None = None  # yielded once a next line is seen
+            held: _ReadRow | None = None  # yielded once a next line is seen
             cut_off: tuple[str, str] | None = None  # (where, problem) of a bad row forgiven only as the last line
             for row in rows:
                 line_no = rows.line_num
@@ -319,10 +484,10 @@ def _rows(
                 if key_kind == "fixed" and previous is not None and previous[0] == ts:
                     raise TraceError(
                         f"{where}: a second row at the same time in a log without GPU ids; "
-                        "a multi-GPU log needs uuid, pci.bus_id or index in --query-gpu"
+                        "a multi-GPU log needs uuid, pci.bus_id or index in --query-gpu, or --gpus-per-sweep N"
                     )
                 previous = (ts, gpu)
-                held = (where, ts, energy, has_energy, reading)
+                held = (where, ts, energy, has_energy, reading, row[cols["timestamp"]].strip())
             if cut_off is None and held is not None and not terminated:
                 cut_off = (held[0], "no newline at its end, so its last value may be cut short")
                 held = None
@@ -365,11 +530,14 @@ def trapezoid_energy_mj(
     tz: tzinfo | str | None = None,
     gpu_uuid: str | None = None,
     node_id: str | None = None,
+    gpus_per_sweep: int | None = None,
+    interval_ms: int = 1000,
 ) -> dict[str, int]:
     """Each GPU's trapezoid-integrated energy over the whole trace in whole mJ, from the power
     column alone (an energy column, if any, is ignored); GPUs named as the replay names them."""
     integrator = _Integrator()
-    rows = _rows(Path(path), _as_tz(tz, tz_offset_minutes), gpu_uuid, node_id or socket.gethostname())
+    node = node_id or socket.gethostname()
+    rows = _rows(Path(path), _as_tz(tz, tz_offset_minutes), gpu_uuid, node, None, gpus_per_sweep, interval_ms)
     for where, ts, _energy, _has, reading in rows:
         integrator.add(reading, ts, where)
     return {gpu: twice // 2000 for gpu, twice in integrator.twice_uj.items()}
@@ -382,6 +550,9 @@ class ReplayBackend:
     `+05:30`, or a tzinfo; `tz_offset_minutes` is the older way to give a fixed offset).
     `gpu_uuid`: the GPU of a log without GPU ids. `node_id`: qualifies GPUs keyed by
     `index` or `pci.bus_id` (default: this host's name, as the agent's node id).
+    `gpus_per_sweep`: a log without GPU ids holds this many GPUs, keyed by row position in each
+    sweep. `interval_ms`: the agent's interval; a log without GPU ids that lies wholly within a
+    tenth of it is one sweep of several GPUs, not one GPU's history.
     """
 
     def __init__(
@@ -392,6 +563,8 @@ class ReplayBackend:
         tz: tzinfo | str | None = None,
         gpu_uuid: str | None = None,
         node_id: str | None = None,
+        gpus_per_sweep: int | None = None,
+        interval_ms: int = 1000,
     ) -> None:
         if not speed >= 0:
             raise ValueError(f"speed must be >= 0 (0: as fast as possible), not {speed!r}")
@@ -399,20 +572,27 @@ class ReplayBackend:
         self.speed = speed
         self.gpu_uuid = gpu_uuid or None
         self.node_id = node_id or socket.gethostname()
-        self.gpu_key = ""  # how GPUs were told apart: uuid, pci.bus_id, index, or fixed (--gpu-uuid)
+        if gpus_per_sweep is not None and gpus_per_sweep < 1:
+            raise ValueError(f"gpus_per_sweep must be at least 1, not {gpus_per_sweep!r}")
+        self.gpus_per_sweep = gpus_per_sweep
+        self.interval_ms = interval_ms
+        self.gpu_key = ""  # how GPUs were told apart: uuid, pci.bus_id, index, fixed (--gpu-uuid) or sweep
         self.skipped_line: str | None = None  # the cut-off last line that was skipped, and why
         self._ticks = self._load(_as_tz(tz, tz_offset_minutes))
         self._next = 0
 
     @classmethod
     def from_config(cls, config: Any) -> ReplayBackend:
-        """The replay backend an AgentConfig describes (trace, speed, trace_tz, trace_gpu_uuid, node_id)."""
+        """The replay backend an AgentConfig describes (trace, speed, trace_tz, trace_gpu_uuid,
+        trace_gpus_per_sweep, node_id, interval_ms)."""
         return cls(
             config.trace,
             speed=config.speed,
             tz=config.trace_tz,
             gpu_uuid=config.trace_gpu_uuid,
             node_id=config.node_id,
+            gpus_per_sweep=config.trace_gpus_per_sweep,
+            interval_ms=config.interval_ms,
         )
 
     def _load(self, tz: tzinfo) -> list[tuple[int, list[GpuReading]]]:
@@ -422,7 +602,8 @@ class ReplayBackend:
         current: list[GpuReading] = []
         tick_ts = 0
         notes: dict[str, Any] = {}
-        for where, ts, energy, has_energy, reading in _rows(self.path, tz, self.gpu_uuid, self.node_id, notes):
+        rows = _rows(self.path, tz, self.gpu_uuid, self.node_id, notes, self.gpus_per_sweep, self.interval_ms)
+        for where, ts, energy, has_energy, reading in rows:
             if not has_energy:
                 energy = integrator.add(reading, ts, where)
             elif energy is not None:  # a recorded counter that starts again is a reset, as NVML's would be
@@ -450,6 +631,13 @@ class ReplayBackend:
                 log.info("%s: no uuid column, so GPUs are keyed by %s: %s", self.path, self.gpu_key, ", ".join(gpus))
         elif self.gpu_key == "fixed":
             log.info("%s: no GPU id column; every row is GPU %s (--gpu-uuid)", self.path, self.gpu_uuid)
+        elif self.gpu_key == "sweep":
+            log.info(
+                "%s: no GPU id column; GPUs keyed by their row's position in each sweep of %d (--gpus-per-sweep): %s",
+                self.path,
+                self.gpus_per_sweep,
+                ", ".join(gpus),
+            )
         return ticks
 
     @property
