@@ -123,10 +123,14 @@ class AgentDaemon:
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port)
         self.start_sender()
+        if self.config.backend == "replay":  # it follows the log's own cadence, not interval_ms
+            doing = self.backend.describe()  # type: ignore[attr-defined]
+        else:
+            doing = f"sampling every {self.config.interval_ms} ms"
         log.info(
-            "agent %s sampling every %d ms (boot %s, %d samples spooled from before)",
+            "agent %s %s (boot %s, %d samples spooled from before)",
             self.config.node_id,
-            self.config.interval_ms,
+            doing,
             self.sampler.boot_id,
             self.spool.pending_rows,
         )

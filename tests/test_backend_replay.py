@@ -596,3 +596,22 @@ def test_cli_refuses_a_sweep_shaped_log_in_one_line_and_sends_nothing(tmp_path: 
     assert [len(s["gpus"]) for s in samples] == [4] * 5 and [s["interval_ms"] for s in samples] == [1000] * 5
     assert agent_main([*argv, "--gpus-per-sweep", "0", "--stdout"]) == 2
     assert "gpus_per_sweep must be at least 1" in capsys.readouterr().err
+
+
+def test_the_replay_agent_says_it_follows_the_log_not_an_interval(tmp_path: Path, caplog):
+    trace = tmp_path / "four.csv"
+    write_sweeps(trace)
+    caplog.set_level(logging.INFO, "agents.daemon")
+    env = {"WATTMETER_TRACE_GPUS_PER_SWEEP": "4"}
+    config = load_config(None, {"backend": "replay", "trace": trace, "speed": 0, "spool_dir": tmp_path / "s"}, env)
+    assert config.trace_gpus_per_sweep == 4
+    assert AgentDaemon(config).run() == 5
+    (started,) = [r.getMessage() for r in caplog.records if r.name == "agents.daemon" and "boot" in r.getMessage()]
+    assert f"replaying {trace} at the log's own cadence (5 ticks over 4000 ms, typically 1000 ms apart; " in started
+    assert "as fast as possible)" in started and "sampling every" not in started
+    caplog.clear()
+    simulated = AgentConfig(node_id="n4", interval_ms=250, spool_dir=tmp_path / "sim")
+    assert AgentDaemon(simulated).run(ticks=1) == 1
+    assert any("n4 sampling every 250 ms" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="trace_gpus_per_sweep must be a number"):
+        load_config(None, {}, {"WATTMETER_TRACE_GPUS_PER_SWEEP": "four"})

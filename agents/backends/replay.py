@@ -640,6 +640,18 @@ class ReplayBackend:
             )
         return ticks
 
+    def describe(self) -> str:
+        """How this replay runs, for the agent's start-up line: the log's own cadence, not an interval."""
+        ticks = [ts for ts, _ in self._ticks]
+        pace = "as fast as possible" if self.speed == 0 else f"{self.speed:g}x recorded time"
+        if len(ticks) < 2:
+            return f"replaying {self.path} ({len(ticks)} tick, {pace})"
+        every = _median([b - a for a, b in zip(ticks, ticks[1:])])
+        return (
+            f"replaying {self.path} at the log's own cadence ({len(ticks)} ticks over {ticks[-1] - ticks[0]} ms, "
+            f"typically {every} ms apart; {pace})"
+        )
+
     @property
     def trace_start_ms(self) -> int | None:
         return self._ticks[0][0] if self._ticks else None
