@@ -131,11 +131,13 @@ def test_agent_installs_and_samples_on(minor: str, agent_wheel: Path, tmp_path: 
     ]
     assert "done: node node-py" in done.stderr
 
-    trace = tmp_path / "smi.csv"  # the replay backend: an nvidia-smi log keyed by index
+    trace = (
+        tmp_path / "smi.csv"
+    )  # the replay backend: a log keyed by index, ISO times that 3.10's fromisoformat refuses
     trace.write_text(
         "timestamp, index, power.draw [W], utilization.gpu [%]\n"
         "2026/11/02 10:00:00.000, 0, 100.00 W, 10 %\n2026/11/02 10:00:00.002, 1, 200.00 W, 20 %\n"
-        "2026/11/02 10:00:01.000, 0, 300.00 W, 30 %\n2026/11/02 10:00:01.002, 1, 200.00 W, 20 %\n"
+        "2026-11-02T11:00:01.0+0100, 0, 300.00 W, 30 %\n2026-11-02T10:00:01.002Z, 1, 200.00 W, 20 %\n"
     )
     done = _run(
         [agent, "--backend", "replay", "--trace", str(trace), "--speed", "0", "--stdout", "--node-id", "h"],

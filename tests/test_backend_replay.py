@@ -367,6 +367,12 @@ def test_tz_offsets_zones_and_the_repeated_hour(tmp_path: Path):
     utc_ten = T0 + 10 * 3_600_000
     expected = [utc_ten - 3_600_000 + i * 1000 for i in range(4)]  # Berlin is UTC+01:00 in November
     assert [ts for ts, _ in ReplayBackend(trace, tz="Europe/Berlin").ticks()] == expected
+    iso = tmp_path / "iso.csv"
+    iso.write_text(  # ISO forms that Python 3.10's fromisoformat refuses read the same on every Python
+        "timestamp,gpu_uuid,power_w\n2026-11-02T10:00:00.5+0100,GPU-a,1\n2026-11-02 10:00:01.123456789Z,GPU-a,1\n"
+        "2026-11-02T05:00:02.25-05,GPU-a,1\n"
+    )
+    assert [ts - utc_ten for ts, _ in ReplayBackend(iso).ticks()] == [-3_600_000 + 500, 1123, 2250]
     assert [ts for ts, _ in ReplayBackend(trace, tz="+01:00").ticks()] == expected
     assert [ts for ts, _ in ReplayBackend(trace, tz_offset_minutes=60).ticks()] == expected
     with pytest.raises(TraceError, match="unknown time zone 'Nowhere'"):

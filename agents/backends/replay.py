@@ -112,6 +112,8 @@ _GPU_ID_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("index", ("index",)),
 )
 _OFFSET = re.compile(r"^(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?$", re.IGNORECASE)
+# an ISO time's fraction and offset, written as Python 3.10's fromisoformat takes them (3.11 takes more)
+_ISO_TAIL = re.compile(r"(\d{2}:\d{2}:\d{2})(?:[.,](\d+))?(?:([+-]\d{2}):?(\d{2})?)?$")
 
 
 def parse_tz(text: str) -> tzinfo:
@@ -211,6 +213,14 @@ def _local_ms(naive: datetime, tz: tzinfo, previous_ms: int | None) -> int:
     return second if second != first else first
 
 
+def _iso_tail(match: re.Match[str]) -> str:
+    """`10:00:00.5+0100` as `10:00:00.500000+01:00`: any number of fraction digits (cut to 6, as
+    3.11 does) and offsets without a colon read the same on every Python."""
+    clock, fraction, hours, minutes = match.groups()
+    tail = clock + (f".{(fraction + '00000')[:6]}" if fraction else "")
+    return tail + (f"{hours}:{minutes or '00'}" if hours else "")
+
+
 def _timestamp(text: str, tz: tzinfo, previous_ms: int | None = None) -> int:
     value = text.strip()
     if value.isdigit():
@@ -223,7 +233,7 @@ def _timestamp(text: str, tz: tzinfo, previous_ms: int | None = None) -> int:
         except ValueError:
             continue
         return _local_ms(naive, tz, previous_ms)
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    parsed = datetime.fromisoformat(_ISO_TAIL.sub(_iso_tail, value.replace("Z", "+00:00")))
     return datetime_to_ms(parsed) if parsed.tzinfo else _local_ms(parsed, tz, previous_ms)
 
 
