@@ -224,15 +224,34 @@ def cmd_run(args: argparse.Namespace, ledger: Ledger) -> int:
     report = run_period(ledger, args.usage_dir, args.period, args.actor, args.tenant or None, progress=bar)
     if bar:
         bar.close()
-    rows: list[dict[str, Any]] = [{"tenant_id": o.tenant_id, "status": o.status, "invoice_id": o.invoice_id, "number": o.number,
-             "currency": o.currency, "total": str(o.total), "amount_due": str(o.amount_due),
-             "corrections": o.corrections, "credit_notes": o.credit_notes} for o in report.outcomes]  # fmt: skip
+    rows: list[dict[str, Any]] = [
+        {
+            "tenant_id": o.tenant_id,
+            "status": o.status,
+            "invoice_id": o.invoice_id,
+            "number": o.number,
+            "currency": o.currency,
+            "total": str(o.total),
+            "amount_due": str(o.amount_due),
+            "corrections": o.corrections,
+            "credit_notes": o.credit_notes,
+            "note": o.note,
+        }
+        for o in report.outcomes
+    ]
     payload = {"period": args.period, "nothing_to_do": report.nothing_to_do, "tenants": rows, "flags": report.flags}
 
+    def row_text(r: dict[str, Any]) -> str:
+        if r["status"] in ("no invoice", "withdrawn"):  # e.g. "acme: no usage, no commitment, no correction"
+            done = "no invoice" if r["status"] == "no invoice" else "draft withdrawn, no invoice"
+            line = f"{r['tenant_id']}: {r['note']}: {done}"
+        else:
+            line = f"{r['tenant_id']:<16} {r['status']:<12} {r['total']:>12} {r['currency']}"
+        line += f"  {r['corrections']} correction line(s)" if r["corrections"] else ""
+        return line + (f"  credit notes {', '.join(r['credit_notes'])}" if r["credit_notes"] else "")
+
     def text() -> str:
-        lines = [f"{r['tenant_id']:<16} {r['status']:<12} {r['total']:>12} {r['currency']}"
-                 + (f"  {r['corrections']} correction line(s)" if r["corrections"] else "")
-                 + (f"  credit notes {', '.join(r['credit_notes'])}" if r["credit_notes"] else "") for r in rows]  # fmt: skip
+        lines = [row_text(r) for r in rows]
         lines += [f"flag: {flag}" for flag in report.flags]
         if report.nothing_to_do:
             lines.append(f"nothing to do: every invoice of {args.period} is up to date")

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from billing.cli import main as billing_main
 from billing.invoicing.errors import ImmutableInvoice
-from billing.invoicing.service import finalize, get_invoice, run_period, void
+from billing.invoicing.service import finalize, finalize_period, get_invoice, run_period, void
 from billing.ledger.db import Ledger
 from billing.ledger.models import AuditEntry, Invoice, InvoiceLine, UsageConsumption
 from billing.ledger.store import grant_credit
@@ -140,7 +140,7 @@ def test_late_usage_after_finalize_is_a_correction_with_its_service_period(billi
     finalize(ledger, "test", december.invoice_id)
     assert run_period(ledger, usage.root, "2026-12", "test").outcomes[0].status == "issued"
     january = run_period(ledger, usage.root, "2027-01", "test").outcomes[0]
-    assert january.corrections == 0 and january.total == Decimal("0.00")
+    assert (january.status, january.invoice_id, january.corrections) == ("no invoice", None, 0)
 
 
 def test_late_usage_that_lowers_the_amount_becomes_a_credit_note(billing_db_url: str, usage: UsageWriter):
@@ -267,6 +267,63 @@ def test_explain_re_derives_a_correction_of_a_rounding_line(billing_db_url: str,
     for line in corrections:
         code, shown = explain_json(billing_db_url, usage, december.invoice_id, line.position, capsys)
         assert (code, shown["matches"], shown["line_quantity"]) == (0, True, line.quantity_base), shown
+
+
+def test_no_invoice_for_a_tenant_with_nothing_to_bill_and_one_when_late_usage_corrects(
+    billing_db_url: str, usage: UsageWriter, capsys
+):
+    """idle has a contract but no usage in November: no invoice (run says why), run again: nothing to do.
+    After November is issued, 30 peak minutes of idle's November arrive late: December (no usage of its
+    own) has an invoice for idle, and its line says it corrects November."""
+    usage.write(minutes("acme", MON_NOV_2 + 8 * HOUR, 30))
+    ledger = ledger_with(billing_db_url, tenants={"acme": {}, "idle": {}})
+    report = run_period(ledger, usage.root, "2026-11", "test")
+    assert [(o.tenant_id, o.status) for o in report.outcomes] == [("acme", "created"), ("idle", "no invoice")]
+    assert report.outcomes[1].note == "no usage, no commitment, no correction" and not report.nothing_to_do
+    with ledger.transaction() as session:
+        assert session.scalars(select(Invoice.tenant_id)).all() == ["acme"]
+    capsys.readouterr()
+    assert billing_main(["run", "--period", "2026-11", "--db", billing_db_url, "--usage-dir", str(usage.root)]) == 0
+    out = capsys.readouterr().out
+    assert "idle: no usage, no commitment, no correction: no invoice" in out and "nothing to do" in out
+    assert [i.tenant_id for i in finalize_period(ledger, "test", "2026-11")] == ["acme"]
+    usage.write(minutes("idle", MON_NOV_2 + 8 * HOUR, 30, kind=KIND_ADJUSTMENT))
+    december = {o.tenant_id: o for o in run_period(ledger, usage.root, "2026-12", "test").outcomes}
+    assert (december["acme"].status, december["idle"].status) == ("no invoice", "created")
+    with ledger.transaction() as session:
+        lines = get_invoice(session, december["idle"].invoice_id).lines
+        assert [(line.kind, line.service_period, str(line.amount)) for line in lines] == [
+            ("gpu_time", "2026-11", "1.50"),
+            ("tax", "2026-12", "0.00"),
+        ]
+        assert lines[0].correction and lines[0].description.startswith("Correction for 2026-11-01..2026-12-01: ")
+    assert run_period(ledger, usage.root, "2026-12", "test").nothing_to_do
+
+
+def test_a_commitment_is_invoiced_without_usage(billing_db_url: str, usage: UsageWriter):
+    committed = SIMPLE_CARD.replace('pue = "1.5"', 'pue = "1.5"\ncommitment = "10.00"')
+    ledger = ledger_with(billing_db_url, committed)
+    outcome = run_period(ledger, usage.root, "2026-11", "test").outcomes[0]
+    assert (outcome.status, outcome.total) == ("created", Decimal("10.00"))
+    with ledger.transaction() as session:
+        line = get_invoice(session, outcome.invoice_id).lines[0]
+        assert line.kind == "commitment_true_up" and "Commitment true-up: committed 10.00" in line.description
+
+
+def test_a_draft_left_with_nothing_to_bill_is_withdrawn(billing_db_url: str, usage: UsageWriter):
+    """10 minutes make a draft; an adjustment taking them back leaves nothing: the draft goes, audited."""
+    usage.write(minutes("acme", MON_NOV_2 + 8 * HOUR, 10))
+    ledger = ledger_with(billing_db_url)
+    assert run_period(ledger, usage.root, "2026-11", "test").outcomes[0].status == "created"
+    usage.write(minutes("acme", MON_NOV_2 + 8 * HOUR, 10, kind=KIND_ADJUSTMENT, allocated_ms=-MINUTE))
+    outcome = run_period(ledger, usage.root, "2026-11", "test").outcomes[0]
+    assert (outcome.status, outcome.note) == ("withdrawn", "no usage, no commitment, no correction")
+    with ledger.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Invoice)) == 0
+        assert session.scalar(select(func.count()).select_from(UsageConsumption)) == 0
+        assert session.scalars(select(AuditEntry.action).where(AuditEntry.action == "invoice.withdraw")).all()
+    again = run_period(ledger, usage.root, "2026-11", "test")
+    assert again.nothing_to_do and again.outcomes[0].status == "no invoice"
 
 
 def test_credits_are_drawn_and_a_void_releases_them(billing_db_url: str, usage: UsageWriter):

@@ -42,6 +42,7 @@ from billing.ledger.models import (
     Invoice,
     InvoiceLine,
     Lease,
+    MonthClose,
     NumberSequence,
     Tenant,
     UsageConsumption,
@@ -75,7 +76,7 @@ def _prefix(sequence: str) -> str:
 class TenantOutcome:
     tenant_id: str
     period: str
-    status: str  # created | updated | unchanged | issued | no contract
+    status: str  # created | updated | unchanged | issued | no contract | no invoice | withdrawn
     invoice_id: int | None = None
     number: str | None = None
     currency: str = ""
@@ -83,6 +84,11 @@ class TenantOutcome:
     amount_due: Decimal = Decimal(0)
     corrections: int = 0
     credit_notes: list[str] = field(default_factory=list)
+    note: str = ""  # why there is no invoice ("no invoice", "withdrawn")
+
+
+NO_INVOICE_WHY = "no usage, no commitment, no correction"
+IDLE_STATUSES = ("unchanged", "issued", "no contract", "no invoice")
 
 
 @dataclass
@@ -94,9 +100,7 @@ class RunReport:
 
     @property
     def nothing_to_do(self) -> bool:
-        return all(o.status in ("unchanged", "issued", "no contract") for o in self.outcomes) and not any(
-            o.credit_notes for o in self.outcomes
-        )
+        return all(o.status in IDLE_STATUSES for o in self.outcomes) and not any(o.credit_notes for o in self.outcomes)
 
 
 @dataclass(frozen=True)
@@ -177,13 +181,7 @@ def _plan_tenant(session: Session, tenant: Tenant, period: str, cutoff: Cutoff) 
         taken = _ranges_taken(session, tenant.tenant_id, period, current.id if current else None)
         own = unconsumed(taken, cutoff)
     corrections = []
-    earlier = session.execute(
-        select(Invoice.period)
-        .where(Invoice.tenant_id == tenant.tenant_id, Invoice.status == INVOICE_FINALIZED, Invoice.period < period)
-        .distinct()
-        .order_by(Invoice.period)
-    ).scalars()
-    for service_period in earlier:
+    for service_period in _billed_periods(session, tenant.tenant_id, period):
         s_start, s_end = period_bounds(service_period, tenant.timezone)
         s_spans = card_spans(session, tenant.tenant_id, s_start, s_end)
         if not s_spans:
@@ -198,6 +196,32 @@ def _plan_tenant(session: Session, tenant: Tenant, period: str, cutoff: Cutoff) 
                 _Correction(service_period, s_start, s_end, s_spans, s_segments, late, billed, everything)
             )
     return _TenantPlan(tenant, period, start, end, spans, segments, own, corrections, issued)
+
+
+def _billed_periods(session: Session, tenant_id: str, before: str) -> list[str]:
+    """The tenant's periods before `before` whose billing is done, where late usage becomes corrections:
+    those with its issued invoice, and those it had no invoice in (no usage, no commitment, no
+    correction) that were closed: another tenant's invoice of the period is issued, or the month close
+    finalized it. A period whose only invoice was voided is not one: it is run again."""
+    issued = set(
+        session.scalars(
+            select(Invoice.period).where(
+                Invoice.tenant_id == tenant_id, Invoice.status == INVOICE_FINALIZED, Invoice.period < before
+            )
+        )
+    )
+    closed = set(
+        session.scalars(select(Invoice.period).where(Invoice.status == INVOICE_FINALIZED, Invoice.period < before))
+    )
+    closed |= set(
+        session.scalars(
+            select(MonthClose.period).where(
+                MonthClose.period < before, MonthClose.step.in_(("finalized", "pushed", "reconciled"))
+            )
+        )
+    )
+    invoiced = set(session.scalars(select(Invoice.period).where(Invoice.tenant_id == tenant_id)))
+    return sorted(issued | (closed - invoiced))
 
 
 def _priced(line: dict[str, Any]) -> PricedLine:
@@ -484,6 +508,9 @@ def _write_draft(session: Session, actor: str, plan: _TenantPlan, cutoff: Cutoff
         outcome.status = "issued"
         outcome.invoice_id, outcome.number = plan.issued.id, plan.issued.number
         return
+    if not draft.lines:  # nothing to bill: no invoice (and no draft left from an earlier run)
+        _withdraw_draft(session, actor, plan, outcome)
+        return
     str_totals = {k: str(v) for k, v in totals.items()}
     digest = draft.content_hash(tenant.currency, plan.period, str_totals)
     invoice = _current_invoice(session, tenant.tenant_id, plan.period, lock=True)
@@ -531,6 +558,28 @@ def _write_draft(session: Session, actor: str, plan: _TenantPlan, cutoff: Cutoff
         session.add(CreditDrawdown(credit_id=credit_id, invoice_id=invoice.id, amount=amount))
     audit(session, actor, f"invoice.{outcome.status}", "invoice", str(invoice.id), tenant_id=tenant.tenant_id,
           period=plan.period, total=str(totals["total"]), content_hash=digest)  # fmt: skip
+
+
+def _withdraw_draft(session: Session, actor: str, plan: _TenantPlan, outcome: TenantOutcome) -> None:
+    """No invoice for a tenant with no usage, no commitment and no correction: say why, and delete a
+    draft an earlier run made (say an empty one from before this rule); an issued one is never touched."""
+    tenant = plan.tenant
+    outcome.status, outcome.note = "no invoice", NO_INVOICE_WHY
+    invoice = _current_invoice(session, tenant.tenant_id, plan.period, lock=True)
+    if invoice is None:
+        return
+    if invoice.status == INVOICE_FINALIZED:
+        outcome.status, outcome.note = "issued", ""
+        outcome.invoice_id, outcome.number = invoice.id, invoice.number
+        return
+    session.query(UsageConsumption).filter(UsageConsumption.invoice_id == invoice.id).delete()
+    session.query(CreditDrawdown).filter(CreditDrawdown.invoice_id == invoice.id).delete()
+    invoice.lines.clear()
+    session.flush()
+    session.delete(invoice)
+    outcome.status = "withdrawn"
+    details = {"tenant_id": tenant.tenant_id, "period": plan.period, "reason": NO_INVOICE_WHY}
+    audit(session, actor, "invoice.withdraw", "invoice", str(invoice.id), **details)
 
 
 def run_period(
