@@ -5,15 +5,26 @@ figures are worked out here from the idle records themselves, record by record."
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+
+import duckdb
+import pytest
 
 from billing.usage.reader import OffsetRange, UsageRequest, aggregate, read_cutoff
 from billing.usage.rollup import hourly_rows
+from deploy.local.pipeline import service_env, start_sink, start_worker
 from schemas.leases import GpuLeaseTimeline, Lease
 from streams.leases import LeaseIndex
 from streams.rollup import NodeRollup, RollupConfig, new_state
 from streams.sink import ParquetSink
 from tests.helpers import T0, simulated_samples
+from tests.test_replay_pipeline import ROOT, START, Pipeline, _base_env, check_read_back, replay, write_log
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -23,8 +34,8 @@ def worker_records(node: str, known: list[Lease], gpus: int = 2, ticks: int = 18
     """What the worker writes for `ticks` one-second samples from T0 when it knows `known`."""
     samples, backend = simulated_samples(node, gpus=gpus, ticks=ticks)
     index = LeaseIndex()
-    for uuid in backend.uuids:
-        index.put(GpuLeaseTimeline(uuid, [lease for lease in known if lease.gpu_uuid == uuid]))
+    for gpu in backend.uuids:
+        index.put(GpuLeaseTimeline(gpu, [lease for lease in known if lease.gpu_uuid == gpu]))
     rollup = NodeRollup(RollupConfig(lateness_ms=0), index)
     state = new_state(node)
     out = [r for i, s in enumerate(samples) for r in rollup.apply(state, s, i).records] + rollup.flush(state)
@@ -50,10 +61,11 @@ def billed(root: Path, tenant: str, leases: list[Lease]) -> tuple[dict[str, int]
 
 
 def share(record: dict, lo: int, hi: int, field: str) -> int:
-    """The lease [lo, hi)'s part of an idle record's quantity: its share of the minute, floored."""
+    """The lease [lo, hi)'s part of an idle record's quantity on a minute the worker metered under no
+    lease: the lease's share of the minute, floored (one lease per minute here)."""
     ws, we = record["window_start_ms"], record["window_end_ms"]
-    a, b = max(ws, lo) - ws, min(we, hi) - ws
-    return record[field] * max(b, 0) // (we - ws) - record[field] * max(a, 0) // (we - ws) if b > a else 0
+    overlap = max(0, min(we, hi) - max(ws, lo))
+    return record[field] * overlap // (we - ws)
 
 
 def test_a_lease_imported_after_its_samples_bills_them_whole_and_cut_at_its_edges(tmp_path: Path):
@@ -79,8 +91,7 @@ def test_a_lease_imported_after_its_samples_bills_them_whole_and_cut_at_its_edge
 
 
 def test_the_workers_own_split_stands_where_it_knew_the_lease(tmp_path: Path):
-    lease = Lease("L-known", "acme", "", T0 + 90_000, T0 + 150_000)
-    rows, (g0, _) = worker_records("n1", known=[])  # learn the uuid, then meter again knowing the lease
+    _, (g0, _) = worker_records("n1", known=[])  # learn the uuid, then meter again knowing the lease
     lease = Lease("L-known", "acme", g0, T0 + 90_000, T0 + 150_000)
     rows, _ = worker_records("n1", known=[lease])
     sink(tmp_path, rows)
@@ -123,3 +134,91 @@ def test_the_hourly_rollup_moves_the_attributed_time_and_keeps_the_fleet_total(t
     assert by_tenant[("", g1, "")] == 180_000 - moved and by_tenant[("", g0, "")] == 180_000
     for column in (5, 6, 7):  # allocated, busy and energy: nothing made or lost
         assert sum(int(r[column]) for r in after) == sum(int(r[column]) for r in before)
+
+
+# ------------------------------------------------------------- the real broker, worker and sink
+
+
+@pytest.mark.broker
+def test_leases_imported_after_their_samples_are_billed_and_a_late_one_is_named(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """An nvidia-smi log of two GPUs is replayed through the real broker, worker and sink with no
+    lease known; then the operator imports leases older than the horizon: the invoice bills the
+    metered time to them, the reconciliation is clean; a lease imported after the invoice was
+    finalized is named as unexplained, exit 1."""
+    node, gpus = f"late-{uuid.uuid4().hex[:8]}", [f"GPU-{uuid.uuid4()}", f"GPU-{uuid.uuid4()}"]
+    header = "timestamp, uuid, power.draw [W], utilization.gpu [%], utilization.memory [%]"
+    trace = tmp_path / "late.csv"
+    log = write_log(trace, header, list(gpus), gpus, START, timedelta(0), 250, 1200, seed=11)
+    replay(pipeline, node, trace)
+    check_read_back(pipeline, node, log, {g: g for g in gpus})
+    records = idle_records(pipeline.usage_dir, gpus)
+    assert {r["kind"] for r in records} == {"idle"}
+
+    db = f"sqlite:///{tmp_path}/billing.db"
+    env = {**_base_env(), "KAFKA_BOOTSTRAP_SERVERS": pipeline.bootstrap, "WATTMETER_BILLING_DB": db,
+           "WATTMETER_USAGE_DIR": str(pipeline.usage_dir)}  # fmt: skip
+    billing(env, "tenants", "add", "acme", "--currency", "USD", "--timezone", "UTC", "--tax-jurisdiction", "none")
+    billing(env, "ratecards", "load", str(ROOT / "billing/ratecards/flat.toml"))
+    billing(env, "contracts", "add", "--tenant", "acme", "--rate-card", "flat-2026", "--from", "2026-11-01T00:00Z")
+    at = START.replace(microsecond=0)
+    whole = ("L-whole", gpus[0], at - timedelta(hours=1), at + timedelta(hours=1))
+    edges = ("L-edges", gpus[1], at + timedelta(seconds=90.5), at + timedelta(seconds=180))
+    imported = billing(env, "leases", "import", str(lease_file(tmp_path / "leases.csv", [whole, edges])))
+    assert "published 2 lease timeline(s) to gpu.leases" in imported.stdout
+    assert "note: 2 lease(s) ended more than 8 days ago" in imported.stderr
+
+    billing(env, "run", "--period", "2026-11")
+    lines = json.loads(billing(env, "invoices", "show", "1", "--json").stdout)["lines"]
+    gpu_ms = sum(int(line["quantity_base"]) for line in lines if line["kind"] == "gpu_time")
+    energy = sum(int(line["quantity_base"]) for line in lines if line["kind"] == "energy")
+    lo, hi = int(edges[2].timestamp() * 1000), int(edges[3].timestamp() * 1000)
+    on_edges = [r for r in records if r["gpu_uuid"] == gpus[1]]
+    expected_ms = log.span_ms(gpus[0]) + sum(share(r, lo, hi, "allocated_gpu_ms") for r in on_edges)
+    expected_mj = log.energy_mj(gpus[0]) + sum(share(r, lo, hi, "energy_mj") for r in on_edges)
+    assert (gpu_ms, energy) == (expected_ms, expected_mj)
+    assert expected_ms > log.span_ms(gpus[0]) + 80_000  # most of the 89.5 s lease was metered
+
+    clean = billing(env, "reconcile", "--period", "2026-11", "--no-stripe")
+    assert "metered as idle, billed to the lease" in clean.stdout and "L-whole" in clean.stdout
+
+    billing(env, "invoices", "finalize", "--period", "2026-11")
+    later = ("L-later", gpus[1], at + timedelta(seconds=200), at + timedelta(seconds=260))
+    billing(env, "leases", "import", str(lease_file(tmp_path / "later.csv", [later])))
+    flagged = billing(env, "reconcile", "--period", "2026-11", "--no-stripe", expect=1)
+    named = [line for line in flagged.stdout.splitlines() if "lease L-later" in line and "not on the invoice" in line]
+    assert any("tenant acme, invoice WM-000001" in line for line in named), flagged.stdout
+
+
+@pytest.fixture(scope="module")
+def pipeline(kafka_broker, tmp_path_factory) -> Iterator[Pipeline]:
+    work = tmp_path_factory.mktemp("late-leases")
+    env = service_env(kafka_broker.bootstrap, f"late-{uuid.uuid4().hex[:8]}", work / "usage", work / "state",
+                      WATTMETER_SINK_SECONDS="0.5", WATTMETER_IDLE_CLOSE_MS="2000")  # fmt: skip
+    services = (start_worker(env, work / "worker.log"), start_sink(env, work / "sink.log"))
+    yield Pipeline(kafka_broker.bootstrap, work / "usage", work, services)
+    for service in services:
+        service.stop()
+
+
+def idle_records(usage_dir: Path, gpus: list[str]) -> list[dict]:
+    files = [str(p) for p in usage_dir.glob("date=*/*.parquet")]
+    rel = duckdb.sql(f"select distinct * exclude (filename) from read_parquet({files}, filename = true)")
+    rows = [dict(zip(rel.columns, row)) for row in rel.fetchall()]
+    return [r for r in rows if r["gpu_uuid"] in gpus]
+
+
+def lease_file(path: Path, leases: list[tuple[str, str, datetime, datetime]]) -> Path:
+    rows = ["lease_id,tenant_id,gpu_uuid,start,end,plan"]
+    rows += [f"{lid},acme,{gpu},{start.isoformat()},{end.isoformat()},on_demand" for lid, gpu, start, end in leases]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def billing(env: dict[str, str], *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "billing.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=180)  # fmt: skip
+    assert result.returncode == expect, f"{args}: {result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result

@@ -24,17 +24,21 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from billing.leases.errors import PublishFailed
 from billing.leases.importers import FORMATS, parse_time, read_lease_file
 from billing.leases.outbox import bootstrap_servers, lease_horizon_ms, publish_pending
 from billing.leases.service import end_lease, format_ms, import_leases, list_leases, open_lease
+from billing.ledger import models
 from billing.ledger.db import Ledger
+from billing.ledger.db import now_ms as wall_ms
 from billing.ledger.errors import LedgerError
 from schemas.leases import PLANS, Lease
 
@@ -117,9 +121,28 @@ def _fault_after_commit() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _publish(ledger: Ledger, horizon_ms: int) -> None:
+def _publish(ledger: Ledger, horizon_ms: int, behind: int = 0) -> None:
     sent = publish_pending(ledger, bootstrap_servers(), horizon_ms)
     print(f"published {sent} lease timeline(s) to gpu.leases")
+    if behind:
+        print(
+            f"{PROG}: note: {behind} lease(s) ended more than {horizon_ms / 86_400_000:g} days ago, before the lease "
+            "horizon: the timelines sent to the workers leave them out, and the time the workers metered as idle "
+            'on their GPUs bills to them from the ledger (docs/billing.md, "Late leases")',
+            file=sys.stderr,
+        )
+
+
+def _behind_horizon(session: Any, lease_ids: Sequence[str], horizon_ms: int) -> int:
+    """How many of the leases ended before now - horizon: no worker will be told of them."""
+    cutoff = wall_ms() - horizon_ms
+    behind = 0
+    for start in range(0, len(lease_ids), 500):
+        query = select(func.count()).where(
+            models.Lease.lease_id.in_(lease_ids[start : start + 500]), models.Lease.end_ms <= cutoff
+        )
+        behind += int(session.scalar(query) or 0)
+    return behind
 
 
 def _run(args: argparse.Namespace, ledger: Ledger) -> int:
@@ -138,6 +161,7 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
                 print("no leases")
         return 0
     horizon_ms = lease_horizon_ms()  # refuse a bad horizon before anything is committed
+    behind = 0
     if command == "publish":
         _publish(ledger, horizon_ms)
         return 0
@@ -146,6 +170,7 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
         assert start is not None
         with ledger.transaction() as session:
             lease = open_lease(session, args.tenant, args.gpu, start, end, args.plan, args.lease_id, actor)
+            behind = _behind_horizon(session, [lease.lease_id], horizon_ms)
         _fault_after_commit()
         print(_describe(lease))
     elif command == "end":
@@ -153,12 +178,14 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
         assert at is not None
         with ledger.transaction() as session:
             lease = end_lease(session, args.lease_id, at, actor)
+            behind = _behind_horizon(session, [lease.lease_id], horizon_ms)
         _fault_after_commit()
         print(_describe(lease))
     elif command == "import":
         rows = read_lease_file(args.file, args.format)
         with ledger.transaction() as session:
             result = import_leases(session, rows, actor)
+            behind = _behind_horizon(session, result.created, horizon_ms)
         _fault_after_commit()
         print(
             f"imported {len(result.created)} lease(s) from {args.file} on {len(result.gpus)} GPU(s); "
@@ -168,7 +195,7 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
         raise _UsageError(f"unknown command {command!r}")
     if not args.no_publish:
         try:
-            _publish(ledger, horizon_ms)
+            _publish(ledger, horizon_ms, behind)
         except PublishFailed as exc:
             raise PublishFailed(f"committed, but not on gpu.leases yet: {exc}; run `leases publish` again") from None
     return 0
