@@ -274,8 +274,11 @@ def cmd_invoices(args: argparse.Namespace, ledger: Ledger) -> int:
                                             for d in done) or "no drafts to finalize")  # fmt: skip
         return 0
     if args.action == "void":
-        invoice = service.void(ledger, args.actor, args.ref, args.reason or "")
-        _emit(args, invoice_json(invoice), lambda: f"voided {invoice.number}: {invoice.void_reason}")
+        voided = service.void(ledger, args.actor, args.ref, args.reason or "")
+        with ledger.transaction() as session:  # the void's session has closed: read the lines in a new one
+            invoice = service.get_invoice(session, voided.id)
+            payload = invoice_json(invoice)
+        _emit(args, payload, lambda: f"voided {invoice.number}: {invoice.void_reason}")
         return 0
     with ledger.transaction() as session:
         if args.action == "show":
