@@ -7,8 +7,8 @@ with the same keys (`start_ms`/`end_ms` are accepted for `start`/`end`); blank l
 skipped in both.
 
 Times are ISO 8601 (`2026-11-01T06:00:00Z`, `...+01:00`; no offset means UTC; a bare date
-is midnight UTC) or integer milliseconds since the epoch. Every row carries its file and
-line, and every error starts with `file:line:`.
+is midnight UTC) or integer milliseconds since the epoch, in the years 1970-9999. Every row
+carries its file and line, and every error starts with `file:line:`.
 
 Parsing here only checks shapes; what a row means (known tenant and plan, no overlap) is
 checked by `billing.leases.service.import_leases`, which names the same `file:line`.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from billing.leases.errors import LeaseFileError
-from schemas.units import datetime_to_ms
+from schemas.units import check_instant_ms, datetime_to_ms
 
 FORMATS = ("csv", "jsonl")
 REQUIRED = ("tenant_id", "gpu_uuid", "start")
@@ -54,7 +54,11 @@ class LeaseRow:
 
 
 def parse_time(value: Any) -> int:
-    """Epoch ms from integer ms or an ISO 8601 string (no offset: UTC); ValueError says why not."""
+    """Epoch ms from integer ms or an ISO 8601 string (no offset: UTC); ValueError says why not.
+
+    The one parser of times that people and files give billing (the CLI's options, lease files):
+    a bool is not a time, and an instant outside `schemas.units.check_instant_ms`'s bound (years
+    1970-9999) is refused here, before anything is written."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"expected a time, got {json.dumps(value)}")
     if isinstance(value, int):
@@ -79,9 +83,8 @@ def parse_time(value: Any) -> int:
             ms = datetime_to_ms(instant)
     else:
         raise ValueError(f"expected a time, got {json.dumps(value)}")
-    if ms < 0:
-        raise ValueError(f"{value!r} is before 1970-01-01")
-    return ms
+    as_text = isinstance(value, str) and not _INTEGER.fullmatch(value.strip())
+    return check_instant_ms(ms, f"time {value!r} =" if as_text else "time")
 
 
 def _row(fields: dict[str, Any], source: str, line: int) -> LeaseRow:

@@ -40,6 +40,7 @@ from billing.ledger import models
 from billing.ledger.db import audit, default_actor, now_ms
 from billing.pricing.ratecards import ms_to_iso
 from schemas.leases import PLANS, Lease
+from schemas.units import MAX_INSTANT_MS, MIN_INSTANT_MS, check_instant_ms
 
 DEFAULT_PLAN = "on_demand"
 MAX_ID_LENGTH = 128  # the ledger's String(128) columns
@@ -60,8 +61,13 @@ def default_lease_id(tenant_id: str, gpu_uuid: str, start_ms: int) -> str:
 
 
 def format_ms(ms: int | None) -> str:
-    """An instant for people: ISO 8601 UTC with a Z; `open` for no end."""
-    return "open" if ms is None else ms_to_iso(ms)
+    """An instant for people: ISO 8601 UTC with a Z; `open` for no end; the bare ms of one outside
+    the bound (a row written before times were bounded), which no datetime can hold."""
+    if ms is None:
+        return "open"
+    if not MIN_INSTANT_MS <= ms < MAX_INSTANT_MS:
+        return f"{ms} ms (outside 1970..9999)"
+    return ms_to_iso(ms)
 
 
 def _span(lease: Lease) -> str:
@@ -72,6 +78,14 @@ def _contract(row: models.Lease) -> Lease:
     return Lease(row.lease_id, row.tenant_id, row.gpu_uuid, row.start_ms, row.end_ms, row.plan)
 
 
+def _check_instant(ms: int, what: str) -> None:
+    """The one bound for instants (schemas.units: years 1970-9999, no bools), as an InvalidLease."""
+    try:
+        check_instant_ms(ms, what)
+    except ValueError as exc:
+        raise InvalidLease(str(exc)) from None
+
+
 def _check_fields(lease: Lease) -> None:
     for name, value in (("lease_id", lease.lease_id), ("tenant_id", lease.tenant_id), ("gpu_uuid", lease.gpu_uuid)):
         if not value or not value.strip():
@@ -80,8 +94,9 @@ def _check_fields(lease: Lease) -> None:
             raise InvalidLease(f"{name} is longer than {MAX_ID_LENGTH} characters")
     if lease.plan not in PLANS:
         raise InvalidLease(f"unknown plan {lease.plan!r}: use one of {', '.join(PLANS)}")
-    if lease.start_ms < 0:
-        raise InvalidLease(f"lease {lease.lease_id}: start {lease.start_ms} is before 1970")
+    _check_instant(lease.start_ms, f"lease {lease.lease_id}: start")
+    if lease.end_ms is not None:
+        _check_instant(lease.end_ms, f"lease {lease.lease_id}: end")
     if lease.end_ms is not None and lease.end_ms <= lease.start_ms:
         raise InvalidLease(
             f"lease {lease.lease_id}: end {format_ms(lease.end_ms)} is not after its start {format_ms(lease.start_ms)}"
@@ -191,6 +206,7 @@ def open_lease(
 
 def end_lease(session: Session, lease_id: str, end_ms: int, actor: str | None = None) -> Lease:
     """End an open lease at `end_ms`. Ending it again at the same instant is a no-op."""
+    _check_instant(end_ms, f"lease {lease_id}: end")
     row = session.get(models.Lease, lease_id)
     if row is None:
         raise UnknownLease(f"unknown lease {lease_id!r}")
