@@ -7,25 +7,40 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from billing.invoicing.errors import InvoicingError
+from schemas.units import MAX_INSTANT_MS, MIN_INSTANT_MS
 
-_PERIOD = re.compile(r"^(?P<year>\d{4})-(?P<month>\d{2})$")
+_PERIOD = re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})")
+FIRST_YEAR = 1970
+LAST_PERIOD = (9999, 11)
 
 
 def parse_period(text: str) -> tuple[int, int]:
-    """'2026-11' -> (2026, 11), or a one-line error."""
-    match = _PERIOD.match(text.strip())
+    """'2026-11' -> (2026, 11), or a one-line error. Months are those of the bound for instants
+    (`schemas.units.check_instant_ms`): none before 1970-01; 9999-12 is refused too, since it ends
+    in the year 10000, which no datetime holds (the month's end is where its arithmetic starts)."""
+    match = _PERIOD.fullmatch(text.strip())
     if not match or not 1 <= int(match["month"]) <= 12:
         raise InvoicingError(f"period {text!r} does not parse: write a month as YYYY-MM, such as 2026-11")
-    return int(match["year"]), int(match["month"])
+    year, month = int(match["year"]), int(match["month"])
+    if not (FIRST_YEAR, 1) <= (year, month) <= LAST_PERIOD:
+        raise InvoicingError(f"period {text!r} is outside the months wattmeter bills, 1970-01 .. 9999-11")
+    return year, month
 
 
 def period_bounds(period: str, timezone: str) -> tuple[int, int]:
-    """[start, end) of the month in ms since the epoch, midnight to midnight in `timezone`."""
+    """[start, end) of the month in ms since the epoch, midnight to midnight in `timezone`; a
+    one-line error for a month that reaches outside the bound for instants (east of UTC, 1970-01
+    starts in 1969)."""
     year, month = parse_period(period)
     zone = ZoneInfo(timezone)
-    start = datetime(year, month, 1, tzinfo=zone)
-    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=zone)
-    return int(start.timestamp()) * 1000, int(end.timestamp()) * 1000
+    outside = InvoicingError(
+        f"period {period!r} in {timezone} reaches outside 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z"
+    )
+    start = int(datetime(year, month, 1, tzinfo=zone).timestamp()) * 1000
+    end = int(datetime(year + month // 12, month % 12 + 1, 1, tzinfo=zone).timestamp()) * 1000
+    if start < MIN_INSTANT_MS or end > MAX_INSTANT_MS:
+        raise outside
+    return start, end
 
 
 def previous_periods(period: str, count: int) -> list[str]:

@@ -67,7 +67,7 @@ def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
     from babel import Locale, UnknownLocaleError
 
     from billing.invoicing.errors import InvoicingError
-    from billing.invoicing.periods import parse_period
+    from billing.invoicing.periods import parse_period, period_bounds
     from billing.ledger.models import RollupRun, Tenant
     from billing.usage.rollup import rollup_period
     from billing.web.auth import NotFound
@@ -85,8 +85,13 @@ def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
     except InvoicingError as exc:
         return _fail(str(exc))
     with ledger.transaction() as session:
-        if session.get(Tenant, args.tenant) is None:
+        tenant = session.get(Tenant, args.tenant)
+        if tenant is None:
             return _fail(f"unknown tenant {args.tenant!r}")
+        try:
+            period_bounds(args.period, tenant.timezone)  # within the bound for instants in its zone
+        except InvoicingError as exc:
+            return _fail(str(exc))
     if args.rollup:
         rollup_period(ledger, args.usage_dir, args.period)
     with ledger.transaction() as session:
