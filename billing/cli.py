@@ -111,12 +111,13 @@ def _tenant_line(d: dict[str, Any]) -> str:
 
 def cmd_ratecards(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.ledger.store import list_rate_cards, rate_card_versions, store_rate_card
-    from billing.pricing.ratecards import load_rate_card
+    from billing.pricing.ratecards import parse_rate_card, read_rate_card_text
 
     if args.action == "load":
-        card = load_rate_card(args.file)
+        source = read_rate_card_text(args.file)
+        card = parse_rate_card(source, args.file)
         with ledger.transaction() as session:
-            _row, created = store_rate_card(session, args.actor, card, source=Path(args.file).read_text())
+            _row, created = store_rate_card(session, args.actor, card, source=source)
         message = f"rate card {card.name} version {card.version} {'stored' if created else 'already stored'}"
         _emit(args, {"name": card.name, "version": card.version, "stored": created}, lambda: message)
         return 0

@@ -468,20 +468,32 @@ def _card_from_dict(data: dict[str, Any], source: str) -> RateCardVersion:
 
 
 def parse_rate_card(text: str, source: str) -> RateCardVersion:
-    """A card from TOML text; `source` (a file name) is what error messages name."""
+    """A card from TOML text; `source` (a file name) is what error messages name. A leading byte
+    order mark (as some Windows editors write) is not part of the TOML and is dropped."""
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
         raise RateCardError(f"{source}: not valid TOML: {exc}") from None
     return _card_from_dict(data, source)
 
 
-def load_rate_card(path: str | Path) -> RateCardVersion:
-    """A card from a TOML file (the one place in billing.pricing that reads a file)."""
+def read_rate_card_text(path: str | Path) -> str:
+    """The text of a TOML rate card file (the one place in billing.pricing that reads a file):
+    UTF-8, as TOML is, with or without a byte order mark; anything else is a one-line error."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise RateCardError(f"rate card {path} does not exist") from None
     except OSError as exc:
         raise RateCardError(f"rate card {path} cannot be read: {exc.strerror}") from None
-    return parse_rate_card(text, str(path))
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RateCardError(
+            f"rate card {path} is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}): save it as UTF-8"
+        ) from None
+
+
+def load_rate_card(path: str | Path) -> RateCardVersion:
+    """A card from a TOML file."""
+    return parse_rate_card(read_rate_card_text(path), str(path))
