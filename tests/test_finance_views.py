@@ -114,7 +114,8 @@ def test_the_reconciliation_flags_appear(world: World):
 
     with world.client("finance") as client:
         page = client.get("/finance", params={"period": PERIOD})
-    assert page.status_code == 200 and page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert page.status_code == 200 and page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "unsafe-inline" not in page.headers["content-security-policy"]
     html = page.text
     for text in ("paid in Stripe, but", "card_declined: Your card was declined.", 'data-testid="close-step">pushed',
                  world.invoices["globex"], 'id="flagged"'):  # fmt: skip

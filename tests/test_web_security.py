@@ -20,7 +20,7 @@ from tests.web_support import PERIOD, TENANTS, World, build_world, serve
 
 API = "/api/v1"
 NOT_FOUND = {"error": "not found"}
-NO_ROUTE = {"detail": "Not Found"}  # Starlette's, for a path no route matches
+NO_ROUTE = NOT_FOUND  # a path no route matches: the same body as an object that does not exist
 UNAUTHORIZED = {"error": "a valid API key is required (Authorization: Bearer wm_...)"}
 
 

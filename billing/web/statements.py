@@ -310,14 +310,17 @@ def environment() -> Environment:
     return _ENV
 
 
-def render_html(statement: Statement, locale: str = formatting.DEFAULT_LOCALE, *, for_pdf: bool = False) -> str:
-    """The statement as one self-contained HTML page (inline CSS and SVG charts)."""
+def render_html(
+    statement: Statement, locale: str = formatting.DEFAULT_LOCALE, *, for_pdf: bool = False, nonce: str | None = None
+) -> str:
+    """The statement as one self-contained HTML page (inline CSS and SVG charts). `nonce`: the CSP nonce
+    of its one `<style>` element, when the page is served (its policy allows that style and nothing else)."""
     fmt = Formatter(locale, statement.currency, statement.timezone)
     pair = usage_charts(statement.days, fmt, prefix="statement", width=720, height=250)
     return (
         environment()
         .get_template("statement.html")
-        .render(s=statement, fmt=fmt, charts=pair, for_pdf=for_pdf, lang=locale.split("_")[0])
+        .render(s=statement, fmt=fmt, charts=pair, for_pdf=for_pdf, lang=locale.split("_")[0], nonce=nonce)
     )
 
 

@@ -47,13 +47,7 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 YIELD_ROLES = ("operator", "finance")
 CLOSE_STEPS = ("started", "rated", "reviewed", "finalized", "pushed", "reconciled")  # billing.close.service.STEPS
 FINANCE_ROLES = ("finance",)
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    "script-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-}
+PAGE_HEADERS = {"Cache-Control": "no-store"}  # nosniff, the CSP and no framing: the app's (billing.web.deps)
 
 
 # -- who and how -----------------------------------------------------------------------------------
@@ -128,7 +122,7 @@ def _nav(principal: Principal) -> list[tuple[str, str]]:
 
 def _page(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> HTMLResponse:
     response = templates.TemplateResponse(request, name, ctx, status_code=status)
-    response.headers.update(SECURITY_HEADERS)
+    response.headers.update(PAGE_HEADERS)
     return response
 
 

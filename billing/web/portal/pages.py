@@ -18,6 +18,7 @@ as one that does not exist. Numbers, money and dates follow the browser's `Accep
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -34,7 +35,7 @@ from billing.ledger.db import now_ms
 from billing.ledger.models import Tenant
 from billing.web import charts, statements
 from billing.web.auth import AuthError, Forbidden, NotFound, Principal, authenticate, check_owner, scope_tenant
-from billing.web.deps import COOKIE, context, presented_key
+from billing.web.deps import COOKIE, context, inline_document_policy, presented_key
 from billing.web.queries import gpu_table, invoice_detail, tenant_invoices, tenant_usage, usage_total
 
 router = APIRouter(include_in_schema=False)
@@ -112,14 +113,9 @@ def _base_context(request: Request, principal: Principal | None, session: Sessio
 
 
 def _page(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> HTMLResponse:
+    """A page (its security headers, the strict CSP among them, are the app's: `billing.web.deps`)."""
     response = templates.TemplateResponse(request, name, ctx, status_code=status)
     response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-        "script-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-    )
     return response
 
 
@@ -393,16 +389,16 @@ def statement_download(request: Request, period: str, form: str, tenant: str | N
     except (PageError, NotFound, Forbidden) as exc:
         return _error_page(request, principal, exc if isinstance(exc, PageError) else NOT_FOUND)
     body: str | bytes
+    headers = {"Cache-Control": "no-store"}
     if form == "csv":
         body = statements.render_csv(statement)
     elif form == "pdf":
         body = statements.render_pdf(statement, locale)
-    else:
-        body = statements.render_html(statement, locale)
+    else:  # shown in the browser: its own policy allows its one inline <style>, by nonce
+        nonce = secrets.token_urlsafe(18)
+        body = statements.render_html(statement, locale, nonce=nonce)
+        headers["Content-Security-Policy"] = inline_document_policy(nonce)
     filename = f"{statements.file_stem(statement)}.{form}"
     disposition = "inline" if form == "html" else "attachment"
-    return Response(
-        body,
-        media_type=MEDIA[form],
-        headers={"Content-Disposition": f'{disposition}; filename="{filename}"', "Cache-Control": "no-store"},
-    )
+    headers["Content-Disposition"] = f'{disposition}; filename="{filename}"'
+    return Response(body, media_type=MEDIA[form], headers=headers)
