@@ -1,7 +1,8 @@
 """Security of the JSON API: a tenant key never reaches another tenant's usage, invoices or statements
 (by query, path or tampered reference: 404, or 403 for what its role may not do, and nothing of the
 other tenant in the answer); a wrong, malformed, missing or revoked key is a 401; finance sees every
-tenant; only the operator manages leases. On SQLite and PostgreSQL."""
+tenant; an operator key reads no tenant's usage, invoices or statements (403); only the operator
+manages leases. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from billing.web.auth import NOT_TENANT_DATA
 from billing.web.queries import tenant_invoices
 from tests.web_support import PERIOD, TENANTS, World, build_world, serve
 
@@ -268,6 +270,26 @@ def test_finance_sees_every_tenant(world: World) -> None:
         assert client.get(f"{API}/statements/no-such-tenant/{PERIOD}").json() == NOT_FOUND
         assert client.get(API + "/usage", params={"tenant": "no-such-tenant", "period": PERIOD}).json() == NOT_FOUND
         assert client.get(API + "/leases").status_code == 200
+
+
+def test_an_operator_key_reads_no_tenants_billing_data(world: World) -> None:
+    """The operator's role is the fleet (the yield report, the leases): every tenant's usage, invoices and
+    statement, asked every way a tenant key could ask for another's, is the one 403 (before any look-up:
+    the same for what exists and what does not), with nothing of the tenant in it."""
+    with world.client("operator") as client:
+        for spec in TENANTS:
+            secrets = secrets_of(world, spec.tenant_id)
+            me = world.others(spec.tenant_id)[0].tenant_id
+            for call in cross_tenant_calls(world, me, spec.tenant_id):
+                response = call.send(client)
+                assert response.status_code in (403, 404, 422), (call, response.status_code, response.text)
+                if response.status_code == 403:
+                    assert response.json() == {"error": NOT_TENANT_DATA}, (call, response.text)
+                if response.status_code == 404:  # only a path no route matches
+                    assert "%2F" in call.path and response.json() == NO_ROUTE, (call, response.text)
+                assert_reveals_nothing(response, secrets, call)
+        assert client.get(API + "/invoices").json() == {"error": NOT_TENANT_DATA}
+        assert client.get(API + "/leases").status_code == 200  # what it is for
 
 
 def test_only_the_operator_manages_leases(world: World) -> None:

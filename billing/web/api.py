@@ -3,8 +3,9 @@ statements, and leases. OpenAPI at /api/v1/openapi.json.
 
 Every endpoint takes the request's `principal` (401 without a valid key) and scopes ONLY through
 `billing.web.auth`: `scope_tenant` for a tenant named in the query or path, `check_owner` for an
-invoice fetched by number or id, `require_role` for what a role may not do (403). A tenant key that
-names another tenant, or another tenant's invoice, gets the 404 an unknown one gets, word for word.
+invoice fetched by number or id, `scope_leases` and `require_role` for what a role may not do (403).
+A tenant key that names another tenant, or another tenant's invoice, gets the 404 an unknown one
+gets, word for word. An operator key reads no tenant's usage, invoices or statements (403).
 Tenant keys see issued invoices only (finalized or void): a draft changes until finance finalizes it.
 
 Quantities are exact integers (GPU time and busy time in ms, energy in mJ) beside display strings
@@ -38,7 +39,7 @@ from billing.leases import service as leases
 from billing.leases.errors import InvalidLease, UnknownLease, UnknownTenant
 from billing.ledger.errors import Conflict, LedgerError
 from billing.web import queries
-from billing.web.auth import Principal, check_owner, require_role, scope_tenant
+from billing.web.auth import Principal, check_owner, require_role, require_tenant_data, scope_leases, scope_tenant
 from billing.web.deps import context, error_response, principal
 
 
@@ -104,7 +105,7 @@ TenantQuery = Annotated[
     str | None,
     Query(
         json_schema_extra=_ID_SCHEMA,
-        description="the tenant (a tenant key: only its own, the default; finance and operator keys name one)",
+        description="the tenant (a tenant key: only its own, the default; a finance key names one)",
     ),
     ID_CHECK,
 ]
@@ -172,10 +173,10 @@ def window(session: Session, tenant_id: str, period: str | None, start: str | No
 
 def required_tenant(who: Principal, requested: str | None) -> str:
     """The one tenant a usage or statement request is about: a tenant key's own (another: 404); for
-    finance and operator keys the one they name."""
+    a finance key the one it names (an operator key: 403)."""
     tenant_id = scope_tenant(who, requested)
     if tenant_id is None:
-        raise invalid("tenant", "a finance or operator key names the tenant (tenant=...)")
+        raise invalid("tenant", "a finance key names the tenant (tenant=...)")
     return tenant_id
 
 
@@ -543,7 +544,7 @@ def get_invoices(
     period: PeriodQuery = None,
     status: Annotated[Literal["draft", "finalized", "void"] | None, Query()] = None,
 ) -> InvoiceListOut:
-    """Invoices, by period and tenant: a tenant key its own issued ones; finance and operator any tenant's."""
+    """Invoices, by period and tenant: a tenant key its own issued ones; a finance key any tenant's."""
     tenant_id = scope_tenant(who, tenant)
     with read(request) as session:
         found = queries.tenant_invoices(session, tenant_id, period=period, status=status,
@@ -559,6 +560,7 @@ def get_invoice(
     request: Request, who: Annotated[Principal, Depends(principal)], number: InvoiceRef
 ) -> InvoiceDetailOut:
     """One invoice by number (or id): header, lines, the usage behind each usage line, credit notes."""
+    require_tenant_data(who)  # before the look-up: an operator key's 403 says nothing of what exists
     with read(request) as session:
         detail = queries.invoice_detail(session, number, owner_check=lambda owner: check_owner(who, owner),
                                         include_drafts=not who.is_tenant)  # fmt: skip
@@ -692,8 +694,7 @@ def get_leases(
 ) -> LeaseListOut:
     """Leases by GPU and start (operator and finance keys): optionally one tenant's, one GPU's, or those
     covering an instant."""
-    require_role(who, "operator", "finance")
-    tenant_id = scope_tenant(who, tenant)
+    tenant_id = scope_leases(who, tenant)
     at = parse_instant(active_at, "UTC", "active_at") if active_at is not None else None
     with read(request) as session:
         found = leases.list_leases(session, tenant_id, gpu, at)

@@ -6,12 +6,15 @@ hash is as strong as a slow one here) and it is compared in constant time. It is
 at creation. Roles:
 
 - tenant: reads only its own tenant's usage, invoices and statements;
-- finance: reads every tenant, the reconciliation and the month at a glance;
-- operator: the fleet (yield report) and manages leases.
+- finance: reads every tenant's usage, invoices and statements, the reconciliation, the month at a
+  glance, the yield report and the leases;
+- operator: the fleet: the yield report, and lists, opens and ends leases. No tenant's billing data
+  (usage, invoices, statements): a 403, whichever tenant or object it names.
 
-Scoping is done here and only here (`scope_tenant`, `require_role`): an endpoint asks for the
-tenant it may serve and never filters by itself. A tenant asking for another tenant's object gets
-the same 404 as for an object that does not exist, so an error never reveals that it exists.
+Scoping is done here and only here (`scope_tenant`, `check_owner`, `scope_leases`, `require_role`):
+an endpoint asks for the tenant it may serve and never filters by itself. A tenant asking for
+another tenant's object gets the same 404 as for an object that does not exist, so an error never
+reveals that it exists.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ from billing.ledger.models import ApiKey, Tenant
 
 ROLES = ("tenant", "finance", "operator")
 KEY_PREFIX = "wm"
+TENANT_DATA_ROLES = ("tenant", "finance")  # a tenant's usage, invoices and statements
+LEASE_READ_ROLES = ("operator", "finance")
+LEASE_WRITE_ROLES = ("operator",)
+FLEET_ROLES = ("operator", "finance")  # the yield report
+FINANCE_ROLES = ("finance",)  # the month at a glance, the reconciliation
+NOT_TENANT_DATA = "a tenant's usage, invoices and statements need a tenant or finance key"
 
 
 class AuthError(Exception):
@@ -108,9 +117,23 @@ def require_role(principal: Principal, *roles: str) -> None:
         raise Forbidden(f"this needs {'an' if names[0] in 'aeiou' else 'a'} {names} key")
 
 
+def reads_tenant_data(principal: Principal) -> bool:
+    """Whether this key may read any tenant's usage, invoices and statements (operators: no)."""
+    return principal.role in TENANT_DATA_ROLES
+
+
+def require_tenant_data(principal: Principal) -> None:
+    """Forbidden (403) for a key whose role reads no tenant's billing data (operator keys): asked before
+    any object is looked up, so the answer is the same whether it exists or not."""
+    if not reads_tenant_data(principal):
+        raise Forbidden(NOT_TENANT_DATA)
+
+
 def scope_tenant(principal: Principal, requested: str | None) -> str | None:
-    """The tenant a request may read: a tenant key only its own (another tenant: NotFound, as if it did
-    not exist); finance and operator any tenant, or all (None)."""
+    """The tenant whose billing data (usage, invoices, statements) a request may read: a tenant key only
+    its own (another tenant: NotFound, as if it did not exist); a finance key any tenant, or all (None);
+    an operator key none (Forbidden)."""
+    require_tenant_data(principal)
     if principal.is_tenant:
         if requested is not None and requested != principal.tenant_id:
             raise NotFound("not found")
@@ -119,6 +142,15 @@ def scope_tenant(principal: Principal, requested: str | None) -> str | None:
 
 
 def check_owner(principal: Principal, owner_tenant_id: str) -> None:
-    """For an object fetched by id or number: a tenant key may only see its own (else NotFound)."""
+    """For an object fetched by id or number: a tenant key may only see its own (else NotFound); an
+    operator key none (Forbidden)."""
+    require_tenant_data(principal)
     if principal.is_tenant and owner_tenant_id != principal.tenant_id:
         raise NotFound("not found")
+
+
+def scope_leases(principal: Principal, requested: str | None) -> str | None:
+    """The tenant whose leases a listing may show: operator and finance keys any (or all, None); a tenant
+    key none (Forbidden: leases are the fleet's schedule, not a tenant's billing data)."""
+    require_role(principal, *LEASE_READ_ROLES)
+    return requested

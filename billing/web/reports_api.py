@@ -20,15 +20,14 @@ from pydantic_core import PydanticCustomError
 
 from billing.reports.errors import ReportError
 from billing.web.api import ERRORS, ID_CHECK, JsonErrors, invalid
-from billing.web.auth import Principal, require_role
+from billing.web.auth import FINANCE_ROLES, FLEET_ROLES, Principal, require_role
 from billing.web.deps import context, principal
 
 router = APIRouter(route_class=JsonErrors)  # errors in the API's one format, as billing.web.api's
 
 PERIOD_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"  # as billing.web.api's
 ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
-YIELD_ROLES = ("operator", "finance")
-FINANCE_ROLES = ("finance",)
+YIELD_ROLES = FLEET_ROLES  # who reads what: billing.web.auth
 
 
 @lru_cache(maxsize=1)

@@ -36,7 +36,7 @@ from billing.ledger.models import INVOICE_FINALIZED, Invoice
 from billing.pricing.money import minor_units, round_half_even
 from billing.reports.errors import ReportError
 from billing.reports.yield_report import rate_places
-from billing.web.auth import Forbidden, Principal, require_role
+from billing.web.auth import FINANCE_ROLES, FLEET_ROLES, Forbidden, Principal, require_role
 from billing.web.deps import context
 from billing.web.formatting import DEFAULT_LOCALE
 from billing.web.portal.pages import PageError, page_principal
@@ -44,9 +44,8 @@ from billing.web.portal.pages import PageError, page_principal
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
-YIELD_ROLES = ("operator", "finance")
+YIELD_ROLES = FLEET_ROLES
 CLOSE_STEPS = ("started", "rated", "reviewed", "finalized", "pushed", "reconciled")  # billing.close.service.STEPS
-FINANCE_ROLES = ("finance",)
 PAGE_HEADERS = {"Cache-Control": "no-store"}  # nosniff, the CSP and no framing: the app's (billing.web.deps)
 
 

@@ -9,8 +9,8 @@
 - `/statements/{period}.csv|.pdf|.html`: the statement as a download (`billing.web.statements`).
 
 Who may see what is decided by `billing.web.auth` only (`scope_tenant`, `check_owner`,
-`require_role`): a tenant key sees its own tenant; a finance key picks any tenant (`?tenant=`); an
-operator key is shown the way to the fleet's pages. Another tenant's invoice is the same 404 page
+`require_role`, `reads_tenant_data`): a tenant key sees its own tenant; a finance key picks any tenant
+(`?tenant=`); an operator key reads no tenant's pages and is shown the way to the fleet's. Another tenant's invoice is the same 404 page
 as one that does not exist. Numbers, money and dates follow the browser's `Accept-Language`
 (Babel; en_US by default), in the tenant's currency and time zone.
 """
@@ -34,7 +34,16 @@ from billing.invoicing.periods import period_of
 from billing.ledger.db import now_ms
 from billing.ledger.models import Tenant
 from billing.web import charts, statements
-from billing.web.auth import AuthError, Forbidden, NotFound, Principal, authenticate, check_owner, scope_tenant
+from billing.web.auth import (
+    AuthError,
+    Forbidden,
+    NotFound,
+    Principal,
+    authenticate,
+    check_owner,
+    reads_tenant_data,
+    scope_tenant,
+)
 from billing.web.deps import COOKIE, context, inline_document_policy, presented_key
 from billing.web.queries import gpu_table, invoice_detail, tenant_invoices, tenant_usage, usage_total
 
@@ -204,7 +213,7 @@ def _shift(period: str, months: int) -> str:
 
 def _resolve_tenant(principal: Principal, requested: str | None) -> str | None:
     """The tenant a page shows: scoped by auth (a tenant key: its own); operator keys see no tenant pages."""
-    if principal.role == "operator":
+    if not reads_tenant_data(principal):
         return None
     return scope_tenant(principal, requested or None)
 
@@ -344,7 +353,7 @@ def invoice_page(request: Request, number: str) -> Response:
     if principal is None:
         return _to_login(request)
     try:
-        if principal.role == "operator":
+        if not reads_tenant_data(principal):
             raise NOT_FOUND
         locale = _locale(request)
         with context(request).ledger.transaction() as session:
