@@ -11,7 +11,8 @@ Tenant keys see issued invoices only (finalized or void): a draft changes until 
 Quantities are exact integers (GPU time and busy time in ms, energy in mJ) beside display strings
 (GPU-hours, kWh with 6 places; utilization 0..1); money is a decimal string in the invoice's currency.
 Times come back as ms since the epoch and as ISO 8601; they are accepted as ISO 8601 (a date or a
-time without offset is the tenant's local time for usage, UTC for leases) or integer ms. Errors are
+time without offset is the tenant's local time for usage, UTC for leases) or integer ms, never a
+boolean, and must lie in 1970..9999 (`schemas.units.check_instant_ms`). Errors are
 `{"error": "one line"}`; bad input is a 422 that names the parameter.
 """
 
@@ -28,7 +29,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,8 +40,17 @@ from billing.leases import service as leases
 from billing.leases.errors import InvalidLease, UnknownLease, UnknownTenant
 from billing.ledger.errors import Conflict, LedgerError
 from billing.web import queries
-from billing.web.auth import Principal, check_owner, require_role, require_tenant_data, scope_leases, scope_tenant
+from billing.web.auth import (
+    LEASE_WRITE_ROLES,
+    Principal,
+    check_owner,
+    require_role,
+    require_tenant_data,
+    scope_leases,
+    scope_tenant,
+)
 from billing.web.deps import context, error_response, principal
+from schemas.units import check_instant_ms
 
 
 class JsonErrors(APIRoute):
@@ -62,12 +72,11 @@ class JsonErrors(APIRoute):
 
 router = APIRouter(route_class=JsonErrors)
 
-MAX_MS = 32_503_680_000_000  # 3000-01-01T00:00:00Z: no instant the ledger deals in lies beyond
 MAX_DAY_WINDOW_MS = 366 * 86_400_000
 MAX_HOUR_WINDOW_MS = 32 * 86_400_000
 _ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"  # no control characters; the ledger's String(128)
 _PERIOD_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"
-_INTEGER = re.compile(r"^[0-9]{1,16}$")
+_INTEGER = re.compile(r"[0-9]{1,16}")  # always fullmatch
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -138,14 +147,13 @@ def parse_instant(text: str, zone: str, where: str) -> int:
                 instant = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in "Zz" else value)
                 if instant.tzinfo is None:
                     instant = instant.replace(tzinfo=ZoneInfo(zone))
-            if not 1970 <= instant.year < 3000:
-                raise ValueError
             ms = (instant - _EPOCH) // timedelta(milliseconds=1)
         except (ValueError, OverflowError, IndexError):
             raise invalid(where, "must be an ISO 8601 date or time (2026-11-01, 2026-11-01T06:00:00Z) or ms") from None
-    if not 0 <= ms < MAX_MS:
-        raise invalid(where, "must lie between 1970 and 3000")
-    return ms
+    try:
+        return check_instant_ms(ms, "the time")
+    except ValueError as exc:
+        raise invalid(where, str(exc)) from None
 
 
 def _period(text: str, zone: str) -> tuple[int, int]:
@@ -189,7 +197,8 @@ def read(request: Request) -> Iterator[Session]:
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # integer arithmetic: ms / 1000 as a float loses the last millisecond in year 9999
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -450,9 +459,24 @@ class LeaseListOut(BaseModel):
     leases: list[LeaseOut]
 
 
+def _body_instant(value: object) -> int:
+    """A time in a request body: integer ms or ISO 8601 (no offset: UTC), never a boolean or a float
+    (pydantic would turn `true` into 1 ms), within `schemas.units.check_instant_ms`'s bound."""
+    from billing.leases.importers import parse_time
+
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        kind = {"kind": type(value).__name__}
+        raise PydanticCustomError("time", "must be an ISO 8601 time (no offset: UTC) or integer ms, not a {kind}", kind)
+    try:
+        return check_instant_ms(parse_time(value), "the time")
+    except ValueError as exc:
+        raise PydanticCustomError("time", "{reason}", {"reason": str(exc)}) from None
+
+
 TimeValue = Annotated[
-    int | str,
-    Field(description="ISO 8601 (no offset: UTC) or integer ms since the epoch"),
+    int,
+    PlainValidator(_body_instant, json_schema_input_type=int | str),
+    Field(description="ISO 8601 (no offset: UTC) or integer ms since the epoch, 1970..9999"),
 ]
 
 
@@ -655,18 +679,6 @@ def get_statement(
 # -- endpoints: leases ----------------------------------------------------------------------------
 
 
-def _lease_time(value: int | str, where: str) -> int:
-    from billing.leases.importers import parse_time
-
-    try:
-        ms = parse_time(value)
-    except ValueError as exc:
-        raise RequestValidationError([{"loc": ("body", where), "msg": str(exc), "type": "value_error"}]) from None
-    if ms >= MAX_MS:
-        raise RequestValidationError([{"loc": ("body", where), "msg": "must be before 3000", "type": "value_error"}])
-    return ms
-
-
 def _lease_error(exc: LedgerError) -> JSONResponse:
     if isinstance(exc, UnknownTenant | UnknownLease):
         return error_response(404, str(exc))
@@ -706,9 +718,8 @@ def post_lease(
     request: Request, who: Annotated[Principal, Depends(principal)], body: Annotated[LeaseOpenIn, Body()]
 ) -> LeaseOut | Response:
     """Open a lease (operator keys). Opening the same lease again changes nothing."""
-    require_role(who, "operator")
-    start = _lease_time(body.start, "start")
-    end = _lease_time(body.end, "end") if body.end is not None else None
+    require_role(who, *LEASE_WRITE_ROLES)
+    start, end = body.start, body.end
     try:
         with context(request).ledger.transaction() as session:
             lease = leases.open_lease(session, body.tenant_id, body.gpu_uuid, start, end, body.plan, body.lease_id,
@@ -726,8 +737,8 @@ def post_lease_end(
     body: Annotated[LeaseEndIn, Body()],
 ) -> LeaseOut | Response:
     """End an open lease (operator keys). Ending it again at the same instant changes nothing."""
-    require_role(who, "operator")
-    end = _lease_time(body.end, "end")
+    require_role(who, *LEASE_WRITE_ROLES)
+    end = body.end
     try:
         with context(request).ledger.transaction() as session:
             lease = leases.end_lease(session, lease_id, end, actor=f"api:{who.key_id}")
