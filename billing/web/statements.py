@@ -415,9 +415,11 @@ def parse_csv(text: str) -> dict[str, list[dict[str, str]]]:
 
 
 def file_stem(statement: Statement) -> str:
-    """statement-<tenant>-<period>, the tenant id reduced to characters safe in a file name and a header."""
+    """statement-<tenant>-<period>, both reduced to characters safe in a file name and a header (the
+    callers validate the period; this never lets a newline or a quote through regardless)."""
     tenant = re.sub(r"[^A-Za-z0-9_.-]+", "_", statement.tenant_id).strip("._") or "tenant"
-    return f"statement-{tenant}-{statement.period}"
+    period = re.sub(r"[^0-9-]+", "_", statement.period)[:16] or "period"
+    return f"statement-{tenant}-{period}"
 
 
 def write_statement(

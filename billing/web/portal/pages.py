@@ -1,7 +1,9 @@
 """The tenant portal: server-rendered pages (Jinja2, SVG charts, no JavaScript).
 
 - `/login`: paste an API key; it is kept in the `wattmeter_key` cookie (HttpOnly, SameSite=Strict,
-  Secure over HTTPS). A wrong key gets a clear message, never a trace. `/logout` drops it.
+  Secure over HTTPS). A wrong key gets a clear message, never a trace. `POST /logout` (the header's
+  sign-out button) drops it; a GET is a 405 and a sign-out posted from another site is refused, as a
+  login is, so no other site can sign a user out.
 - `/`: a tenant's month (default: the current month in the tenant's time zone; `?period=YYYY-MM`):
   GPU-hours and kWh per day, valley under peak, the totals, a per-GPU table and the invoices.
 - `/days/{YYYY-MM-DD}`: one local day by hour.
@@ -51,8 +53,9 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(env=statements.environment())
 
 COOKIE_MAX_AGE_S = 12 * 3600
-PERIOD = re.compile(r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])$")
-DAY = re.compile(r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
+# Always fullmatch: `$` (and match) would let "2026-11\n" through, into a file name and a header.
+PERIOD = re.compile(r"(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])")
+DAY = re.compile(r"(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])")
 MEDIA = {"csv": "text/csv; charset=utf-8", "pdf": "application/pdf", "html": "text/html; charset=utf-8"}
 ROLE_NAMES = {"finance": "Finance", "operator": "Operator", "tenant": "Tenant"}
 
@@ -89,8 +92,10 @@ def _locale(request: Request) -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this site (no scheme, no host, not //host)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only a path on this site (no scheme, no host, not //host, no control or blank characters)."""
+    if not target or not target.isprintable() or " " in target:
+        return "/"
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     parts = urlsplit(target)
     return target if not parts.scheme and not parts.netloc else "/"
@@ -148,7 +153,10 @@ def login_form(request: Request, next: str | None = None) -> Response:
 
 
 def _same_origin(request: Request) -> bool:
-    """A login form posted from another site is refused (login CSRF): its Origin, when sent, is ours."""
+    """A login or logout form posted from another site is refused (CSRF): its Origin, when sent, is ours,
+    and the browser does not call it cross-site (Sec-Fetch-Site)."""
+    if request.headers.get("sec-fetch-site", "same-origin") in ("cross-site", "same-site"):
+        return False
     origin = request.headers.get("origin")
     if not origin or origin == "null":
         return origin is None
@@ -185,8 +193,12 @@ def login(request: Request, key: str = Form(""), next: str = Form("/")) -> Respo
     return response
 
 
-@router.api_route("/logout", methods=["GET", "POST"], response_class=HTMLResponse)
+@router.post("/logout", response_class=HTMLResponse)
 def logout(request: Request) -> Response:
+    """Sign out: POST only (a link or an image on another site cannot), from this site only."""
+    if not _same_origin(request):
+        refused = PageError(403, "Sign-out refused", "This sign-out was sent from another site, so it was refused.")
+        return _error_page(request, page_principal(request), refused)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -227,7 +239,7 @@ def _with_tenant(principal: Principal, tenant_id: str, path: str, **query: str) 
 
 
 def _check_period(period: str) -> None:
-    if not PERIOD.match(period):
+    if not PERIOD.fullmatch(period):
         raise PageError(400, "Not a month", f"{period[:20]!r} is not a month: write it as YYYY-MM, such as 2026-11.")
 
 
@@ -298,7 +310,7 @@ def day_view(request: Request, day: str, tenant: str | None = None) -> Response:
     if principal is None:
         return _to_login(request)
     try:
-        if not DAY.match(day):
+        if not DAY.fullmatch(day):
             raise PageError(400, "Not a day", f"{day[:20]!r} is not a day: write it as YYYY-MM-DD.")
         try:
             local_day = date.fromisoformat(day)
