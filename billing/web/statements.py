@@ -52,6 +52,7 @@ from billing.web.queries import (
 from schemas.csv_cells import csv_cell
 
 TEMPLATES = Path(__file__).parent / "portal" / "templates"
+ASSETS = Path(__file__).parent / "portal" / "static"  # the only files a statement PDF may load
 FORMATS = ("html", "pdf", "csv")
 PERIOD_LABELS = {"peak": "Peak", "valley": "Valley", "unpriced": "Outside contract"}
 
@@ -324,12 +325,44 @@ def render_html(
     )
 
 
-def render_pdf(statement: Statement, locale: str = formatting.DEFAULT_LOCALE) -> bytes:
-    """The statement as PDF (WeasyPrint, from the statement's HTML: the same charts and tables)."""
+def asset_fetcher() -> object:
+    """WeasyPrint's url_fetcher for statements: `data:` URIs and files under the portal's static folder
+    (`ASSETS`), and nothing else: no http(s), ftp or other file, so an escaping slip in a template could
+    never become a server-side request or a local file read. A refused URL is skipped (WeasyPrint logs a
+    warning) and the PDF is rendered without it."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    from weasyprint.urls import URLFetcher
+
+    root = ASSETS.resolve()
+
+    class AssetFetcher(URLFetcher):  # type: ignore[misc]  # WeasyPrint has no type hints
+        def fetch(self, url: str, headers: object = None) -> object:
+            parts = urlsplit(url)
+            scheme = parts.scheme.lower()
+            if scheme == "data":
+                return super().fetch(url, headers)
+            if scheme == "file" and parts.netloc in ("", "localhost"):
+                path = Path(url2pathname(parts.path)).resolve()
+                if path.is_relative_to(root) and path.is_file():
+                    return super().fetch(path.as_uri(), headers)
+            raise ValueError(f"a statement loads only wattmeter's own assets, not {url[:100]!r}")
+
+    return AssetFetcher(timeout=5, allow_redirects=False)
+
+
+def html_to_pdf(html: str) -> bytes:
+    """A statement's HTML as PDF, every resource it names fetched through `asset_fetcher` only."""
     from weasyprint import HTML
 
-    pdf: bytes = HTML(string=render_html(statement, locale, for_pdf=True), base_url=str(TEMPLATES)).write_pdf()
+    pdf: bytes = HTML(string=html, base_url=ASSETS.as_uri() + "/", url_fetcher=asset_fetcher()).write_pdf()
     return pdf
+
+
+def render_pdf(statement: Statement, locale: str = formatting.DEFAULT_LOCALE) -> bytes:
+    """The statement as PDF (WeasyPrint, from the statement's HTML: the same charts and tables)."""
+    return html_to_pdf(render_html(statement, locale, for_pdf=True))
 
 
 def _ms_iso(ts_ms: int) -> str:
