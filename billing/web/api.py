@@ -610,7 +610,10 @@ def _statement(request: Request, who: Principal, tenant: str, period: str) -> An
 
     tenant_id = required_tenant(who, tenant)
     with read(request) as session:
-        return statements.build_statement(session, tenant_id, period, include_drafts=not who.is_tenant)
+        try:
+            return statements.build_statement(session, tenant_id, period, include_drafts=not who.is_tenant)
+        except InvoicingError as exc:  # a month that reaches outside 1970..9999 in the tenant's zone
+            raise invalid("period", str(exc)) from None
 
 
 def _download(body: str | bytes, statement: Any, form: str, response_class: type[Response]) -> Response:

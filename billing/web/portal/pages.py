@@ -32,6 +32,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billing.invoicing.errors import InvoicingError
 from billing.invoicing.periods import period_of
 from billing.ledger.db import now_ms
 from billing.ledger.models import Tenant
@@ -243,6 +244,14 @@ def _check_period(period: str) -> None:
         raise PageError(400, "Not a month", f"{period[:20]!r} is not a month: write it as YYYY-MM, such as 2026-11.")
 
 
+def _build_statement(session: Session, tenant_id: str, period: str, principal: Principal) -> statements.Statement:
+    """The statement of a checked month; one that reaches outside 1970..9999 in the tenant's zone is a 400."""
+    try:
+        return statements.build_statement(session, tenant_id, period, include_drafts=not principal.is_tenant)
+    except InvoicingError as exc:
+        raise PageError(400, "Not a month", str(exc)) from None
+
+
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, period: str | None = None, tenant: str | None = None) -> Response:
     principal = page_principal(request)
@@ -278,7 +287,7 @@ def _dashboard(request: Request, principal: Principal, period: str | None, reque
         current = period_of(now_ms(), row.timezone)
         period = (period or current).strip()
         _check_period(period)
-        statement = statements.build_statement(session, tenant_id, period, include_drafts=not principal.is_tenant)
+        statement = _build_statement(session, tenant_id, period, principal)
         invoices = tenant_invoices(session, tenant_id, include_drafts=not principal.is_tenant)
         ctx = _base_context(request, principal, session)
     fmt = statements.Formatter(locale, statement.currency, statement.timezone)
@@ -406,7 +415,7 @@ def statement_download(request: Request, period: str, form: str, tenant: str | N
             tenant_id = _resolve_tenant(principal, tenant)
             if tenant_id is None:
                 raise NOT_FOUND
-            statement = statements.build_statement(session, tenant_id, period, include_drafts=not principal.is_tenant)
+            statement = _build_statement(session, tenant_id, period, principal)
     except (PageError, NotFound, Forbidden) as exc:
         return _error_page(request, principal, exc if isinstance(exc, PageError) else NOT_FOUND)
     body: str | bytes
