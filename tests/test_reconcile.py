@@ -304,3 +304,21 @@ def test_metered_beyond_its_lease_is_unexplained_and_untracked_leases_are_flagge
            "does not know): quantity leg not reconciled" in result.flags  # fmt: skip
     assert any(f.startswith("tenant initech: 0.750000 GPU-h metered in 2026-11 but no invoice") for f in result.flags)
     ledger.dispose()
+
+
+def test_a_leased_tenant_with_nothing_metered_is_flagged_as_not_invoiced_for_that_reason(
+    tmp_path: Path, usage: UsageWriter
+):
+    """`run` makes no invoice for a tenant with nothing to bill; the reconciliation says so, not
+    that the period has not been run, and still shows the lease as leased but unmetered."""
+    ledger = ledger_with(f"sqlite:///{tmp_path}/b.db", tenants={"initech": {}, "hooli": {}})
+    _lease(ledger, "lease-i", "GPU-7", MON_NOV_2 + 8 * HOUR, MON_NOV_2 + 9 * HOUR, tenant="initech")
+    usage.write(minutes("hooli", MON_NOV_2 + 8 * HOUR, 10, gpu="GPU-8"))
+    assert [o.status for o in run_period(ledger, usage.root, "2026-11", "test").outcomes if o.tenant_id == "initech"] \
+        == ["no invoice"]  # fmt: skip
+    result = reconcile(ledger, usage.root, "2026-11", now_ms=NOW)
+    assert "tenant initech: nothing metered in 2026-11, so no invoice" in result.flags
+    assert not any(f.startswith("tenant initech:") and "has not been run" in f for f in result.flags)
+    assert _one(result, "initech", w.UNMETERED).quantity_ms == -HOUR
+    assert result.tenant("initech").unexplained == []
+    ledger.dispose()

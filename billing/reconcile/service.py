@@ -448,6 +448,9 @@ def _reconcile_tenant(
                               f"tenant {tenant_id}, invoice {label}: {fact.contract_problem}"))  # fmt: skip
         return out
     if invoice is None:
+        if not complete.usage and fact.spans:  # `run` makes no invoice where there is nothing to bill
+            out.flags.append(f"tenant {tenant_id}: nothing metered in {period}, so no invoice")
+            return out
         why = "no contract in the period" if not fact.spans else "the period has not been run"
         out.flags.append(f"tenant {tenant_id}: {gpu_hours_text(complete.allocated_ms)} GPU-h metered in {period} but "
                          f"no invoice ({why}): not invoiced yet")  # fmt: skip
