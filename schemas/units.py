@@ -8,9 +8,10 @@ where units change, so rounding happens in one known way.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MS_PER_SECOND = 1_000
 MS_PER_MINUTE = 60_000
 MS_PER_HOUR = 3_600_000
@@ -61,7 +62,7 @@ def check_instant_ms(ts_ms: object, what: str = "time") -> int:
 
 def ms_to_datetime(ts_ms: int) -> datetime:
     """A UTC datetime for an epoch-ms timestamp."""
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    return _EPOCH + timedelta(milliseconds=ts_ms)  # exact: ts_ms / 1000 as a float loses the ms near year 9999
 
 
 def datetime_to_ms(value: datetime) -> int:

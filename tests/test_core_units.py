@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from schemas.leases import GpuLeaseTimeline, Lease
 from schemas.samples import GpuReading
-from schemas.units import datetime_to_ms, energy_mj, gpu_hours, kwh, watts_to_mw
+from schemas.units import (
+    MAX_INSTANT_MS,
+    check_instant_ms,
+    datetime_to_ms,
+    energy_mj,
+    gpu_hours,
+    kwh,
+    ms_to_datetime,
+    watts_to_mw,
+)
 from streams import deltas
 from streams.dedupe import seen_before
 from streams.errors import ConfigError
@@ -273,3 +282,12 @@ def test_a_silent_gpu_is_closed_and_what_it_sends_later_is_an_adjustment():
     ]
     assert sum(r.allocated_gpu_ms for r in closed + later) == 99_000  # nothing lost, nothing twice
     assert sum(r.energy_mj for r in closed + later) == 99 * 385_000
+
+
+def test_instants_convert_exactly_up_to_the_bound_and_no_further():
+    last = MAX_INSTANT_MS - 1  # 9999-12-31T23:59:59.999Z: a float of seconds would show .998
+    assert ms_to_datetime(last).isoformat() == "9999-12-31T23:59:59.999000+00:00"
+    assert datetime_to_ms(ms_to_datetime(last)) == last == check_instant_ms(last)
+    for bad in (MAX_INSTANT_MS, -1, True, 1.0, "0"):
+        with pytest.raises(ValueError):
+            check_instant_ms(bad)

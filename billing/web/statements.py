@@ -50,6 +50,7 @@ from billing.web.queries import (
     usage_total,
 )
 from schemas.csv_cells import csv_cell
+from schemas.units import ms_to_datetime
 
 TEMPLATES = Path(__file__).parent / "portal" / "templates"
 ASSETS = Path(__file__).parent / "portal" / "static"  # the only files a statement PDF may load
@@ -366,7 +367,7 @@ def render_pdf(statement: Statement, locale: str = formatting.DEFAULT_LOCALE) ->
 
 
 def _ms_iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+    return ms_to_datetime(ts_ms).isoformat().replace("+00:00", "Z")
 
 
 def _measure_cells(m: Measures) -> list[object]:
