@@ -151,7 +151,7 @@ def _ledger_facts(owners: list[tuple[int, str, str, str, str]]) -> dict[str, str
     the real rater), and a key per tenant; returns {tenant: key}."""
     from sqlalchemy import text
 
-    from billing.invoicing.periods import period_bounds
+    from billing.common.periods import period_bounds
     from billing.ledger.db import Ledger
     from billing.ledger.models import Invoice, InvoiceLine
     from billing.ledger.store import add_contract, card_spans, store_rate_card, upsert_tenant

@@ -11,6 +11,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from billing.common.errors import PeriodError
 from billing.ledger.db import Ledger, default_actor
 from billing.pricing.ratecards import ms_to_iso
 
@@ -517,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
         finally:
             ledger.dispose()
-    except (CliError, LedgerError, PricingError, UsageDataError, InvoicingError, PaymentsError) as exc:
+    except (CliError, LedgerError, PricingError, UsageDataError, InvoicingError, PeriodError, PaymentsError) as exc:
         print(f"wattmeter-billing: {exc}", file=sys.stderr)
         return 2
     except SQLAlchemyError as exc:  # e.g. a trigger refusing a change, a lost connection

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from billing.invoicing.periods import parse_period
+from billing.common.periods import parse_period
 from billing.invoicing.service import finalize, run_period
 from billing.ledger.db import Ledger, audit, now_ms
 from billing.ledger.models import INVOICE_DRAFT, INVOICE_FINALIZED, Invoice, MonthClose

@@ -27,9 +27,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from billing.common.periods import parse_period, period_bounds, period_of
 from billing.invoicing.consumption import overlaps, unconsumed
 from billing.invoicing.errors import ImmutableInvoice, InvoicingError
-from billing.invoicing.periods import parse_period, period_bounds, period_of
 from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, audit, now_ms
 from billing.ledger.errors import NotFound

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from billing.common.errors import PeriodError
 from billing.leases.errors import PublishFailed
 from billing.leases.importers import FORMATS, parse_time, read_lease_file
 from billing.leases.outbox import bootstrap_servers, lease_horizon_ms, publish_pending
@@ -209,7 +210,7 @@ def run_lease_command(args: argparse.Namespace, ledger: Ledger | None = None) ->
         if ledger is None:
             ledger = Ledger(args.db)
         return _run(args, ledger)
-    except (LedgerError, _UsageError) as exc:
+    except (LedgerError, PeriodError, _UsageError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     except SQLAlchemyError as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from billing.common.errors import BillingError
 
-class LedgerError(RuntimeError):
+
+class LedgerError(BillingError, RuntimeError):
     """A ledger operation that cannot be done as asked."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from billing.common.errors import BillingError
 
-class PaymentsError(Exception):
+
+class PaymentsError(BillingError):
     """A Stripe sync or events problem that stops a command (exit 2)."""
 
 

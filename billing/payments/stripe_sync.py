@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billing.invoicing.periods import parse_period
+from billing.common.periods import parse_period
 from billing.ledger.db import Ledger, audit, now_ms
 from billing.ledger.models import (
     INVOICE_FINALIZED,

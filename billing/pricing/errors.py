@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from billing.common.errors import BillingError
 
-class PricingError(ValueError):
+
+class PricingError(BillingError, ValueError):
     """Usage that cannot be priced: a missing price, an unknown currency, a misaligned boundary."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from billing.common.errors import PeriodError
 from billing.ledger.db import Ledger, default_actor
 from billing.ledger.errors import LedgerError
 from billing.payments.errors import PaymentsError
@@ -102,7 +103,7 @@ def run_reconcile_command(args: argparse.Namespace, ledger: Ledger | None = None
         if ledger is None:
             ledger = Ledger(args.db)
         return _run(args, ledger)
-    except (ReconcileError, LedgerError, UsageDataError, PaymentsError, PricingError, OSError) as exc:
+    except (ReconcileError, LedgerError, PeriodError, UsageDataError, PaymentsError, PricingError, OSError) as exc:
         print(f"{PROG}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
               file=sys.stderr)  # fmt: skip
         return 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from billing.common.errors import BillingError
 
-class ReconcileError(Exception):
+
+class ReconcileError(BillingError):
     """Bad input (a period that does not parse, no usage directory): one line, exit 2."""

@@ -26,8 +26,9 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from billing.common.errors import PeriodError
+from billing.common.periods import parse_period, period_bounds
 from billing.invoicing.errors import InvoicingError
-from billing.invoicing.periods import parse_period, period_bounds
 from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger
 from billing.ledger.db import now_ms as clock_ms
@@ -188,7 +189,7 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
         facts.spans = card_spans(session, tenant.tenant_id, start, end)
         if facts.spans:
             facts.segments = pricing_segments(facts.spans, facts.spans[0].start_ms, facts.spans[-1].end_ms)
-    except (LedgerError, PricingError) as exc:
+    except (LedgerError, PeriodError, PricingError) as exc:
         facts.contract_problem = str(exc)
         facts.spans, facts.segments = [], []
     invoice = session.scalar(
@@ -344,7 +345,7 @@ def reconcile(
     webhooks (a flag says so, with `stripe_skipped` as the reason). Bad input raises ReconcileError."""
     try:
         parse_period(period)
-    except InvoicingError as exc:
+    except (InvoicingError, PeriodError) as exc:
         raise ReconcileError(str(exc)) from None
     root = Path(usage_root)
     if not root.is_dir():

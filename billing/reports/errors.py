@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from billing.common.errors import BillingError
 
-class ReportError(Exception):
+
+class ReportError(BillingError):
     """Bad input or facts a report cannot be built from; one line that says what to do."""

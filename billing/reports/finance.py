@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from billing.common.errors import PeriodError
 from billing.ledger.db import Ledger
 from billing.ledger.errors import LedgerError
 from billing.ledger.models import (
@@ -204,12 +205,12 @@ CACHE = ReconcileCache()
 
 def overview(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCache = CACHE) -> dict[str, Any]:
     """The month at a glance (see the module docstring); bad input raises ReportError."""
+    from billing.common.periods import parse_period
     from billing.invoicing.errors import InvoicingError
-    from billing.invoicing.periods import parse_period
 
     try:
         parse_period(period)
-    except InvoicingError as exc:
+    except (InvoicingError, PeriodError) as exc:
         raise ReportError(str(exc)) from None
     with ledger.transaction() as session:
         invoices, rows = _invoices(session, period)
@@ -243,7 +244,13 @@ def overview(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCach
             ],  # fmt: skip
             "error": None,
         }
-    except (ReportError, UsageDataError, LedgerError, PricingError) as exc:  # the rest of the month still shows
+    except (
+        ReportError,
+        UsageDataError,
+        LedgerError,
+        PeriodError,
+        PricingError,
+    ) as exc:  # the rest of the month still shows
         reconciliation = {"explained": False, "unexplained": [], "flags": [], "totals": {}, "flagged": [],
                           "tenants": [], "error": f"the reconciliation could not run: {exc}"}  # fmt: skip
     return {

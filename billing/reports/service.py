@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from billing.common.errors import PeriodError
+from billing.common.periods import period_bounds, previous_periods
 from billing.invoicing.errors import InvoicingError
-from billing.invoicing.periods import period_bounds, previous_periods
 from billing.ledger.db import Ledger
 from billing.ledger.models import (
     INVOICE_DRAFT,
@@ -62,7 +63,7 @@ def fleet_window(period: str, timezone: str = DEFAULT_TIMEZONE) -> tuple[int, in
         raise ReportError(f"time zone {timezone!r} is not an IANA zone name (such as UTC or Europe/Berlin)") from None
     try:
         start, end = period_bounds(period, timezone)
-    except InvoicingError as exc:
+    except (InvoicingError, PeriodError) as exc:
         raise ReportError(str(exc)) from None
     if start % HOUR_MS or end % HOUR_MS:
         raise ReportError(
@@ -244,7 +245,7 @@ class YieldCache:
     def fingerprint(ledger: Ledger, period: str) -> tuple[Any, ...]:
         try:
             neighbours = [previous_periods(period, 1)[0], period, next_period(period)]
-        except InvoicingError as exc:
+        except (InvoicingError, PeriodError) as exc:
             raise ReportError(str(exc)) from None
         with ledger.transaction() as session:
             runs = session.execute(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from billing.common.errors import BillingError
 
-class UsageDataError(RuntimeError):
+
+class UsageDataError(BillingError, RuntimeError):
     """The usage folder is missing, or a file in it cannot be read."""

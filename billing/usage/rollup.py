@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, insert, select
 
-from billing.invoicing.periods import period_bounds
+from billing.common.periods import period_bounds
 from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, now_ms
 from billing.ledger.models import RollupRun, Tenant, UsageHourly

@@ -34,8 +34,9 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from billing.common.errors import PeriodError
+from billing.common.periods import period_bounds
 from billing.invoicing.errors import InvoicingError
-from billing.invoicing.periods import period_bounds
 from billing.leases import service as leases
 from billing.leases.errors import InvalidLease, UnknownLease, UnknownTenant
 from billing.ledger.errors import Conflict, LedgerError
@@ -159,7 +160,7 @@ def parse_instant(text: str, zone: str, where: str) -> int:
 def _period(text: str, zone: str) -> tuple[int, int]:
     try:
         return period_bounds(text, zone)
-    except InvoicingError as exc:  # the pattern lets through only months that parse; kept as a guard
+    except (InvoicingError, PeriodError) as exc:  # the pattern lets through only months that parse; kept as a guard
         raise invalid("period", str(exc)) from None
 
 
@@ -612,7 +613,7 @@ def _statement(request: Request, who: Principal, tenant: str, period: str) -> An
     with read(request) as session:
         try:
             return statements.build_statement(session, tenant_id, period, include_drafts=not who.is_tenant)
-        except InvoicingError as exc:  # a month that reaches outside 1970..9999 in the tenant's zone
+        except (InvoicingError, PeriodError) as exc:  # a month that reaches outside 1970..9999 in the tenant's zone
             raise invalid("period", str(exc)) from None
 
 
@@ -682,7 +683,7 @@ def get_statement(
 # -- endpoints: leases ----------------------------------------------------------------------------
 
 
-def _lease_error(exc: LedgerError) -> JSONResponse:
+def _lease_error(exc: LedgerError | PeriodError) -> JSONResponse:
     if isinstance(exc, UnknownTenant | UnknownLease):
         return error_response(404, str(exc))
     if isinstance(exc, Conflict):
@@ -727,7 +728,7 @@ def post_lease(
         with context(request).ledger.transaction() as session:
             lease = leases.open_lease(session, body.tenant_id, body.gpu_uuid, start, end, body.plan, body.lease_id,
                                       actor=f"api:{who.key_id}")  # fmt: skip
-    except LedgerError as exc:
+    except (LedgerError, PeriodError) as exc:
         return _lease_error(exc)
     return LeaseOut.of(lease)
 
@@ -745,6 +746,6 @@ def post_lease_end(
     try:
         with context(request).ledger.transaction() as session:
             lease = leases.end_lease(session, lease_id, end, actor=f"api:{who.key_id}")
-    except LedgerError as exc:
+    except (LedgerError, PeriodError) as exc:
         return _lease_error(exc)
     return LeaseOut.of(lease)

@@ -48,7 +48,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
-from billing.invoicing.periods import period_bounds
+from billing.common.periods import period_bounds
 from billing.ledger.models import (
     INVOICE_DRAFT,
     Contract,

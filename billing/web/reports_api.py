@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, Field
 from pydantic_core import PydanticCustomError
 
+from billing.common.errors import PeriodError
 from billing.invoicing.errors import InvoicingError
 from billing.reports.errors import ReportError
 from billing.web.api import ERRORS, ID_CHECK, JsonErrors, invalid
@@ -162,7 +163,7 @@ def build_yield(
     try:
         return CACHE.get(context(request).ledger, period, timezone=timezone, calendar_card=calendar_card,
                          valley_periods=tuple(valley or ("valley",)), include_drafts=drafts)  # fmt: skip
-    except (ReportError, InvoicingError) as exc:  # a month outside the instants' bound in some zone: a 422
+    except (ReportError, InvoicingError, PeriodError) as exc:  # a month outside the instants' bound in some zone: a 422
         message = str(exc)
         where = "calendar_card" if "rate card" in message else "timezone" if "UTC hour" in message else "period"
         raise invalid(where, message) from None
@@ -262,7 +263,7 @@ def get_finance_overview(
     ctx = context(request)
     try:
         return FinanceOverviewOut.model_validate(overview(ctx.ledger, ctx.usage_root, period))
-    except (ReportError, InvoicingError) as exc:
+    except (ReportError, InvoicingError, PeriodError) as exc:
         raise invalid("period", str(exc)) from None
 
 
@@ -279,5 +280,5 @@ def get_reconciliation(
     ctx = context(request)
     try:
         return reconciliation_json(CACHE.get(ctx.ledger, ctx.usage_root, period))
-    except (ReportError, InvoicingError) as exc:
+    except (ReportError, InvoicingError, PeriodError) as exc:
         raise invalid("period", str(exc)) from None

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from billing.common.errors import PeriodError
 from billing.ledger.db import Ledger
 
 PROG = "wattmeter-billing statement"
@@ -66,8 +67,8 @@ def _fail(message: str) -> int:
 def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
     from babel import Locale, UnknownLocaleError
 
+    from billing.common.periods import parse_period, period_bounds
     from billing.invoicing.errors import InvoicingError
-    from billing.invoicing.periods import parse_period, period_bounds
     from billing.ledger.models import RollupRun, Tenant
     from billing.usage.rollup import rollup_period
     from billing.web.auth import NotFound
@@ -82,7 +83,7 @@ def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
             return _fail(f"unknown locale {args.locale!r} (such as en_US, fr_FR, de_DE, ja_JP)")
     try:
         parse_period(args.period)
-    except InvoicingError as exc:
+    except (InvoicingError, PeriodError) as exc:
         return _fail(str(exc))
     with ledger.transaction() as session:
         tenant = session.get(Tenant, args.tenant)
@@ -90,7 +91,7 @@ def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
             return _fail(f"unknown tenant {args.tenant!r}")
         try:
             period_bounds(args.period, tenant.timezone)  # within the bound for instants in its zone
-        except InvoicingError as exc:
+        except (InvoicingError, PeriodError) as exc:
             return _fail(str(exc))
     if args.rollup:
         rollup_period(ledger, args.usage_dir, args.period)

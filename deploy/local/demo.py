@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     services = []
     peers: list[StripePeer] = []
     try:
-        from billing.invoicing.periods import period_of
+        from billing.common.periods import period_of
 
         period = period_of(start_ms, DEMO_TIMEZONE)
         print("2/6 finance: rate cards, tenants, contracts", flush=True)

@@ -32,6 +32,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
+from billing.common.errors import PeriodError
 from billing.invoicing.errors import InvoicingError
 from billing.ledger.models import INVOICE_FINALIZED, Invoice
 from billing.pricing.money import minor_units, round_half_even
@@ -309,7 +310,7 @@ def finance_page(request: Request, period: str | None = None) -> Response:
     try:
         chosen = _check_period(period) if period else default_period(request)
         data = overview(ctx_.ledger, ctx_.usage_root, chosen)
-    except (PageError, ReportError, InvoicingError) as exc:
+    except (PageError, ReportError, InvoicingError, PeriodError) as exc:
         error = exc if isinstance(exc, PageError) else PageError(400, "Cannot build the overview", str(exc))
         return _error(request, principal, error, "/finance")
     ctx = _base(request, principal, "/finance")

@@ -32,8 +32,9 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billing.common.errors import PeriodError
+from billing.common.periods import period_of
 from billing.invoicing.errors import InvoicingError
-from billing.invoicing.periods import period_of
 from billing.ledger.db import now_ms
 from billing.ledger.models import Tenant
 from billing.web import charts, statements
@@ -248,7 +249,7 @@ def _build_statement(session: Session, tenant_id: str, period: str, principal: P
     """The statement of a checked month; one that reaches outside 1970..9999 in the tenant's zone is a 400."""
     try:
         return statements.build_statement(session, tenant_id, period, include_drafts=not principal.is_tenant)
-    except InvoicingError as exc:
+    except (InvoicingError, PeriodError) as exc:
         raise PageError(400, "Not a month", str(exc)) from None
 
 

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from billing.invoicing.errors import InvoicingError
+from billing.common.errors import PeriodError
 from schemas.units import MAX_INSTANT_MS, MIN_INSTANT_MS
 
 _PERIOD = re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})")
@@ -20,10 +20,10 @@ def parse_period(text: str) -> tuple[int, int]:
     in the year 10000, which no datetime holds (the month's end is where its arithmetic starts)."""
     match = _PERIOD.fullmatch(text.strip())
     if not match or not 1 <= int(match["month"]) <= 12:
-        raise InvoicingError(f"period {text!r} does not parse: write a month as YYYY-MM, such as 2026-11")
+        raise PeriodError(f"period {text!r} does not parse: write a month as YYYY-MM, such as 2026-11")
     year, month = int(match["year"]), int(match["month"])
     if not (FIRST_YEAR, 1) <= (year, month) <= LAST_PERIOD:
-        raise InvoicingError(f"period {text!r} is outside the months wattmeter bills, 1970-01 .. 9999-11")
+        raise PeriodError(f"period {text!r} is outside the months wattmeter bills, 1970-01 .. 9999-11")
     return year, month
 
 
@@ -33,7 +33,7 @@ def period_bounds(period: str, timezone: str) -> tuple[int, int]:
     starts in 1969)."""
     year, month = parse_period(period)
     zone = ZoneInfo(timezone)
-    outside = InvoicingError(
+    outside = PeriodError(
         f"period {period!r} in {timezone} reaches outside 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z"
     )
     start = int(datetime(year, month, 1, tzinfo=zone).timestamp()) * 1000
