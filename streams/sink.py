@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.lake import DATA_GLOB, FILE_RE, MANIFESTS_DIR, data_file_name, date_folder, manifest_name
 from schemas.parquet import usage_arrow_schema
-from schemas.units import ms_to_datetime
 from schemas.usage import USAGE_FIELD_NAMES
 
-FILE_RE = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$")
 ROW_GROUP_ROWS = 128 * 1024
 
 
@@ -52,12 +50,12 @@ class ParquetSink:
     def __init__(self, root: Path, topic: str) -> None:
         self.root = Path(root)
         self.topic = topic
-        self.manifests = self.root / "_manifests"
+        self.manifests = self.root / MANIFESTS_DIR
         self.manifests.mkdir(parents=True, exist_ok=True)
         self.schema = usage_arrow_schema()
 
     def _manifest_path(self, partition: int) -> Path:
-        return self.manifests / f"{self.topic}-{partition}.json"
+        return self.manifests / manifest_name(self.topic, partition)
 
     def next_offset(self, partition: int) -> int:
         """The first offset of `partition` not yet durably in Parquet."""
@@ -67,7 +65,7 @@ class ParquetSink:
         return int(json.loads(path.read_text())["next_offset"])
 
     def data_files(self) -> list[Path]:
-        return sorted(self.root.glob("date=*/*.parquet"))
+        return sorted(self.root.glob(DATA_GLOB))
 
     def recover(self, partition: int) -> int:
         """Remove what a crash left half-done for `partition`; returns the offset to resume at."""
@@ -107,13 +105,13 @@ class ParquetSink:
         self, partition: int, first_offset: int, last_offset: int, rows: list[dict[str, Any]]
     ) -> list[Path]:
         """Write rows read from offsets [first, last] of `partition`, then advance its manifest."""
-        by_date: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_folder: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            by_date[ms_to_datetime(row["window_start_ms"]).strftime("%Y-%m-%d")].append(row)
-        name = f"{self.topic}-p{partition}-{first_offset:020d}-{last_offset:020d}.parquet"
+            by_folder[date_folder(row["window_start_ms"])].append(row)
+        name = data_file_name(self.topic, partition, first_offset, last_offset)
         staged: list[tuple[Path, Path]] = []
-        for date, date_rows in sorted(by_date.items()):
-            folder = self.root / f"date={date}"
+        for folder_name, date_rows in sorted(by_folder.items()):
+            folder = self.root / folder_name
             folder.mkdir(parents=True, exist_ok=True)
             final = folder / name
             tmp = folder / (name + ".tmp")

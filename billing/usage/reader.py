@@ -33,9 +33,9 @@ from typing import Any
 
 from billing.pricing.rating import LeaseQuantity, UsageQuantity
 from billing.usage.errors import UsageDataError
+from schemas.lake import DATA_GLOB, FILE_RE, MANIFESTS_DIR
 from schemas.leases import Lease
 from schemas.usage import KIND_ADJUSTMENT, KIND_IDLE, KIND_USAGE
-from streams.sink import FILE_RE
 
 USAGE_TOPIC = "usage.records"
 Cutoff = dict[int, int]  # usage.records partition -> first offset NOT included
@@ -90,7 +90,7 @@ class UsageResult:
 
 def read_cutoff(root: Path, topic: str = USAGE_TOPIC) -> Cutoff:
     """The sink's manifests: per partition, the next offset it will write (everything below is durable)."""
-    manifests = Path(root) / "_manifests"
+    manifests = Path(root) / MANIFESTS_DIR
     cutoff: Cutoff = {}
     if not manifests.is_dir():
         return cutoff
@@ -109,7 +109,7 @@ def list_files(root: Path, topic: str = USAGE_TOPIC) -> list[UsageFile]:
     if not root.is_dir():
         raise UsageDataError(f"no usage data at {root}: run the streams sink first (wattmeter-streams sink)")
     files = []
-    for path in root.glob("date=*/*.parquet"):
+    for path in root.glob(DATA_GLOB):
         match = FILE_RE.match(path.name)
         if match and match["topic"] == topic:
             files.append(UsageFile(str(path), int(match["partition"]), int(match["first"]), int(match["last"])))
