@@ -19,7 +19,7 @@ meet one; the Parquet sink's stop after a broker outage did (issue 15).
 ``IoThreadClient`` closes the connections on the IO thread instead, where they are driven, and
 only then stops the loop: a read task can never see its socket vanish. It is passed through
 the clients' own ``kafka_client`` setting (``kafka_consumer``), nothing of kafka-python is
-patched. tests/test_kafka_client.py reproduces the race deterministically on the real broker
+patched. tests/streams/test_kafka_client.py reproduces the race deterministically on the real broker
 and fails with the stock client.
 """
 

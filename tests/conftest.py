@@ -116,4 +116,25 @@ def localstripe_clean(localstripe: StripePeer) -> StripePeer:
 # Debian's Chromium driven by Playwright, ONE per session for every browser test module (two
 # session fixtures of the same name in two modules would start two sync Playwrights, and the
 # second refuses to start inside the first's event loop), and screenshots kept as artifacts.
-from tests.browser_support import chromium, screenshots  # noqa: E402,F401
+from tests.support.browser_support import chromium, screenshots  # noqa: E402,F401
+
+# Markers name the real parts a test needs (`pytest -m "not broker"` runs what needs no Kafka);
+# they follow from the fixtures a test uses, so a new test cannot forget one.
+_PARTS_BY_FIXTURE = {
+    "kafka_broker": "broker",
+    "postgres_server": "postgres",
+    "stripe_mock": "stripe",
+    "localstripe": "stripe",
+    "chromium": "browser",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("billing_db_url") == "postgresql":
+            fixtures.add("postgres_server")
+        for fixture, marker in _PARTS_BY_FIXTURE.items():
+            if fixture in fixtures:
+                item.add_marker(marker)
