@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from billing.common.errors import PeriodError
+from billing.common.instants import ms_to_iso
 from billing.ledger.db import Ledger, default_actor
-from billing.pricing.ratecards import ms_to_iso
 
 DESCRIPTION = """\
 The wattmeter billing service: tenants, rate cards, contracts, leases, credits, invoices.

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
+from billing.common.instants import ms_to_iso
 from billing.leases.errors import (
     InvalidLease,
     LeaseAlreadyEnded,
@@ -38,7 +39,6 @@ from billing.leases.errors import (
 from billing.leases.importers import LeaseRow
 from billing.ledger import models
 from billing.ledger.db import audit, default_actor, now_ms
-from billing.pricing.ratecards import ms_to_iso
 from schemas.leases import PLANS, Lease
 from schemas.units import MAX_INSTANT_MS, MIN_INSTANT_MS, check_instant_ms
 

@@ -12,13 +12,13 @@ from decimal import Decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from billing.common.instants import ms_to_iso as iso
 from billing.ledger.db import audit, now_ms
 from billing.ledger.errors import Conflict, LedgerError, NotFound
 from billing.ledger.models import Contract, Credit, CreditDrawdown, Invoice, RateCard, Tenant
 from billing.ledger.tenant_rules import check_tenant_id, check_tenant_name, check_timezone
 from billing.pricing.money import minor_units
 from billing.pricing.ratecards import RateCardVersion
-from billing.pricing.ratecards import ms_to_iso as iso
 from billing.pricing.segments import CardSpan
 from billing.pricing.segments import card_spans as versions_to_spans
 

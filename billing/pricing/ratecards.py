@@ -39,7 +39,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
@@ -50,6 +50,7 @@ if sys.version_info >= (3, 11):
 else:  # requires-python >= 3.10; tomli is the same parser
     import tomli as tomllib
 
+from billing.common.instants import ms_to_iso
 from billing.pricing.calendar import TouCalendar
 from billing.pricing.errors import (
     PricingError,
@@ -100,13 +101,6 @@ Price = Decimal | Tiered
 def key_path(*parts: str) -> str:
     """A dotted TOML path, quoting keys that are not bare ("gpu_hour."*".on_demand")."""
     return ".".join(part if _BARE_KEY.match(part) else json.dumps(part) for part in parts)
-
-
-def ms_to_iso(ts_ms: int) -> str:
-    """A UTC timestamp such as 2026-11-15T00:00:00Z (milliseconds shown only when there are any)."""
-    value = _EPOCH + timedelta(milliseconds=ts_ms)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{ts_ms % 1000:03d}Z" if ts_ms % 1000 else f"{text}Z"
 
 
 def _check_amount(value: Decimal, path: str, *, minimum: Decimal = Decimal(0), maximum: Decimal | None = None) -> None:

@@ -67,9 +67,10 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
+from billing.common.instants import ms_to_iso
 from billing.pricing.errors import PricingError
 from billing.pricing.money import minor_units, round_half_even, round_money, to_minor, zero
-from billing.pricing.ratecards import Price, RateCardVersion, Tiered, ms_to_iso
+from billing.pricing.ratecards import Price, RateCardVersion, Tiered
 from billing.pricing.segments import CardSpan, PricingSegment
 from schemas.leases import PLANS
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR

@@ -13,8 +13,9 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from billing.common.instants import ms_to_iso
 from billing.pricing.errors import PricingError
-from billing.pricing.ratecards import RateCardVersion, ms_to_iso
+from billing.pricing.ratecards import RateCardVersion
 from schemas.units import MS_PER_MINUTE
 
 

@@ -10,8 +10,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from billing.common.instants import ms_to_iso
 from billing.pricing.money import minor_units, round_half_even
-from billing.pricing.ratecards import ms_to_iso
 from billing.reconcile.waterfall import (
     LEG_COLLECTED,
     LEG_MONEY,

@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billing.common.errors import PeriodError
+from billing.common.instants import ms_to_iso
 from billing.ledger.db import Ledger
 from billing.ledger.errors import LedgerError
 from billing.ledger.models import (
@@ -43,7 +44,6 @@ from billing.ledger.models import (
     Tenant,
 )
 from billing.pricing.errors import PricingError
-from billing.pricing.ratecards import ms_to_iso
 from billing.reconcile.waterfall import Reconciliation
 from billing.reports.errors import ReportError
 from billing.usage.errors import UsageDataError

@@ -21,6 +21,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from billing.common.errors import PeriodError
+from billing.common.instants import ms_to_iso
 from billing.common.periods import period_bounds, previous_periods
 from billing.invoicing.errors import InvoicingError
 from billing.ledger.db import Ledger
@@ -36,7 +37,6 @@ from billing.ledger.models import (
     UsageHourly,
 )
 from billing.ledger.store import rate_card_versions
-from billing.pricing.ratecards import ms_to_iso
 from billing.reports.errors import ReportError
 from billing.reports.yield_report import (
     CalendarSpan,

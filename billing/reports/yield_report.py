@@ -44,9 +44,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from billing.common.instants import ms_to_iso
 from billing.pricing.calendar import TouCalendar
 from billing.pricing.money import from_minor, minor_units, round_half_even, to_minor, zero
-from billing.pricing.ratecards import ms_to_iso
 from billing.reports.errors import ReportError
 from schemas.csv_cells import csv_cell
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR
