@@ -374,7 +374,7 @@ def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
 
 
 def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:
-    from billing.usage.rollup import rollup_period
+    from billing.readmodel.hourly import rollup_period
 
     report = rollup_period(ledger, args.usage_dir, args.period)
     _emit(args, report.__dict__, lambda: f"rollup {report.label}: {report.records} records -> {report.rows} hourly rows "

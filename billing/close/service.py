@@ -183,7 +183,7 @@ def close_period(
     issued = _invoices(ledger, period, INVOICE_FINALIZED)
     summary.issued, summary.amount = len(issued), _totals(issued)
     if not _done(row, "reconciled"):  # the hourly rows the portal and statements read (a rebuild: idempotent)
-        from billing.usage.rollup import rollup_period
+        from billing.readmodel.hourly import rollup_period
 
         built = rollup_period(ledger, usage_root, period)
         bars.say(f"      hourly rollup for the portal: {built.records} records -> {built.rows} rows")

@@ -49,7 +49,7 @@ from billing.reports.yield_report import (
     build_report,
     calendar_spans,
 )
-from billing.usage.rollup import HOUR_MS
+from schemas.units import MS_PER_HOUR as HOUR_MS
 
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_VALLEY = ("valley",)
@@ -164,7 +164,7 @@ def _coverage_notes(session: Session, period: str, start_ms: int, end_ms: int) -
         return [f"usage of {period} was never rolled up: run `wattmeter-billing rollup --period {period}`"]
     zones = sorted(set(session.scalars(select(Tenant.timezone))) or {"UTC"})
 
-    def span(label: str) -> tuple[int, int]:  # as billing.usage.rollup.period_span, in this transaction
+    def span(label: str) -> tuple[int, int]:  # as billing.readmodel.hourly.period_span, in this transaction
         bounds = [period_bounds(label, zone) for zone in zones]
         lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
         return lo - lo % HOUR_MS, hi + (-hi % HOUR_MS)

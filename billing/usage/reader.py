@@ -116,7 +116,8 @@ def list_files(root: Path, topic: str = USAGE_TOPIC) -> list[UsageFile]:
     return sorted(files, key=lambda f: (f.partition, f.first, f.path))
 
 
-def _connect() -> Any:
+def connect() -> Any:
+    """A DuckDB connection for reading the lake (two threads: billing shares a host with the sink)."""
     import duckdb
 
     return duckdb.connect(config={"threads": 2})
@@ -219,7 +220,7 @@ class _Scan:
         self.all_selected = all(selected)
         self.lo = min(t[1] for t in tenants)
         self.hi = max(t[2] for t in tenants)
-        self.con = _connect()
+        self.con = connect()
         self.any_attributed = False
         self.attribution: list[tuple[str, str, int]] = []  # (tenant, lease, attributed GPU-ms)
         try:

@@ -70,7 +70,7 @@ def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.common.periods import parse_period, period_bounds
     from billing.invoicing.errors import InvoicingError
     from billing.ledger.models import RollupRun, Tenant
-    from billing.usage.rollup import rollup_period
+    from billing.readmodel.hourly import rollup_period
     from billing.web.auth import NotFound
     from billing.web.formatting import DEFAULT_LOCALE
     from billing.web.statements import build_statement, write_statement

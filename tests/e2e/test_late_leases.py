@@ -16,8 +16,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from billing.readmodel.hourly import hourly_rows
 from billing.usage.reader import OffsetRange, UsageRequest, aggregate, read_cutoff
-from billing.usage.rollup import hourly_rows
 from deploy.local.pipeline import service_env, start_sink, start_worker
 from schemas.leases import GpuLeaseTimeline, Lease
 from streams.leases import LeaseIndex

@@ -17,11 +17,11 @@ from billing.ledger.db import Ledger
 from billing.ledger.models import Tenant
 from billing.ledger.store import add_contract, store_rate_card
 from billing.pricing.ratecards import parse_rate_card
+from billing.readmodel.hourly import rollup_period
 from billing.reconcile.report import csv_text as reconcile_csv
 from billing.reconcile.service import reconcile
 from billing.reports import yield_report as y
 from billing.reports.service import yield_report
-from billing.usage.rollup import rollup_period
 from billing.web.statements import build_statement, render_csv
 from deploy.local.demo import write_lease_file
 from deploy.local.fleet import FleetPlan

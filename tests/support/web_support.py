@@ -30,7 +30,7 @@ from fastapi.testclient import TestClient
 from billing.invoicing.service import finalize_period, run_period
 from billing.leases.service import open_lease
 from billing.ledger.db import Ledger
-from billing.usage.rollup import rollup_period
+from billing.readmodel.hourly import rollup_period
 from billing.web.app import create_app
 from billing.web.auth import create_key, revoke_key
 from schemas.usage import KIND_IDLE

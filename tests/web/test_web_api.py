@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from billing.ledger.store import add_contract, upsert_tenant
-from billing.usage.rollup import rollup_period
+from billing.readmodel.hourly import rollup_period
 from billing.web import queries
 from tests.support.billing_fixtures import HOUR, NOV_1, SIMPLE_CARD, UsageWriter, ledger_with, minutes
 from tests.support.web_support import PERIOD, TENANTS, World, build_world, serve

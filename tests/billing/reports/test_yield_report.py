@@ -21,10 +21,10 @@ from billing.invoicing.service import finalize, run_period
 from billing.ledger.db import Ledger
 from billing.ledger.models import Invoice
 from billing.pricing.calendar import TouCalendar
+from billing.readmodel.hourly import rollup_period
 from billing.reports import yield_report as y
 from billing.reports.errors import ReportError
 from billing.reports.service import fleet_window, yield_report
-from billing.usage.rollup import rollup_period
 from schemas.usage import KIND_IDLE
 from tests.support.billing_fixtures import DEC_1, HOUR, MINUTE, NOV_1, UsageWriter, ledger_with, minutes
 

@@ -24,10 +24,10 @@ from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, now_ms
 from billing.ledger.models import RollupRun, Tenant, UsageHourly
 from billing.usage.errors import UsageDataError
-from billing.usage.reader import _connect, attribute_idle, list_files, read_cutoff
+from billing.usage.reader import attribute_idle, connect, list_files, read_cutoff
 from schemas.leases import Lease
+from schemas.units import MS_PER_HOUR
 
-HOUR_MS = 3_600_000
 BATCH = 50_000
 
 
@@ -47,7 +47,7 @@ def period_span(ledger: Ledger, period: str) -> tuple[int, int]:
     bounds = [period_bounds(period, zone) for zone in sorted(zones)]
     start = min(b[0] for b in bounds)
     end = max(b[1] for b in bounds)
-    return start - start % HOUR_MS, end + (-end % HOUR_MS)
+    return start - start % MS_PER_HOUR, end + (-end % MS_PER_HOUR)
 
 
 def hourly_rows(
@@ -60,7 +60,7 @@ def hourly_rows(
     files = [f for f in list_files(usage_root) if f.first < cutoff.get(f.partition, 0)]
     if not files:
         return [], 0
-    con = _connect()
+    con = connect()
     try:
         con.execute("CREATE TEMP TABLE files(filename VARCHAR, file_rank BIGINT)")
         con.executemany("INSERT INTO files VALUES (?, ?)", [(f.path, i) for i, f in enumerate(files)])
@@ -94,7 +94,7 @@ def hourly_rows(
                     WHERE hash(r.record_id) IN (SELECT h FROM shared)
                     QUALIFY row_number() OVER (PARTITION BY r.record_id ORDER BY f.file_rank) = 1)
             )
-            SELECT tenant_id, gpu_uuid, max(model), plan, window_start_ms - window_start_ms % {HOUR_MS} AS hour,
+            SELECT tenant_id, gpu_uuid, max(model), plan, window_start_ms - window_start_ms % {MS_PER_HOUR} AS hour,
                    sum(allocated_gpu_ms)::BIGINT, sum(busy_gpu_ms)::BIGINT, sum(energy_mj)::BIGINT, sum(n)::BIGINT
             FROM counted GROUP BY tenant_id, gpu_uuid, plan, hour
             HAVING sum(n) <> 0 OR sum(allocated_gpu_ms) <> 0 OR sum(energy_mj) <> 0
@@ -109,7 +109,7 @@ def hourly_rows(
 
 def rebuild(ledger: Ledger, usage_root: Path, label: str, start_ms: int, end_ms: int) -> RollupReport:
     """Replace the hourly rows of [start_ms, end_ms) (whole hours) with the Parquet's, in one transaction."""
-    if start_ms % HOUR_MS or end_ms % HOUR_MS or end_ms <= start_ms:
+    if start_ms % MS_PER_HOUR or end_ms % MS_PER_HOUR or end_ms <= start_ms:
         raise UsageDataError("a rollup covers whole hours")
     with ledger.transaction() as session:
         leases = leases_overlapping(session, start_ms, end_ms)
