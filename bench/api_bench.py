@@ -167,8 +167,14 @@ def _ledger_facts(owners: list[tuple[int, str, str, str, str]]) -> dict[str, str
     with ledger.transaction() as session:
         store_rate_card(session, "bench", card)
         for index, tenant in enumerate(tenants):
-            upsert_tenant(session, "bench", tenant, name=f"Bench tenant {index}", timezone=ZONES[index % len(ZONES)],
-                          tax_jurisdiction="US-NY")  # fmt: skip
+            upsert_tenant(
+                session,
+                "bench",
+                tenant,
+                name=f"Bench tenant {index}",
+                timezone=ZONES[index % len(ZONES)],
+                tax_jurisdiction="US-NY",
+            )
             add_contract(session, "bench", tenant, card.name, card.effective_from_ms)
             keys[tenant] = create_key(session, "bench", "tenant", tenant)
     for number, tenant in enumerate(tenants, start=1):
@@ -191,18 +197,45 @@ def _ledger_facts(owners: list[tuple[int, str, str, str, str]]) -> dict[str, str
                 UsageQuantity(tenant, r[0], r[1], starts[bisect.bisect_right(starts, r[2]) - 1], r[3], r[4], r[5], r[6])
                 for r in rows
             ]
-            rated = rate_tenant(tenant_id=tenant, usage=usage, leases=[], segments=segments, spans=spans,
-                                tax_jurisdiction="US-NY", service_start_ms=start, service_end_ms=end)  # fmt: skip
-            invoice = Invoice(tenant_id=tenant, period=PERIOD, period_start_ms=start, period_end_ms=end,
-                              status="draft", currency=rated.currency,
-                              subtotal=rated.subtotal, tax=rated.tax, total=rated.total,
-                              credits_applied=rated.credits_applied, amount_due=rated.amount_due, content_hash="bench",
-                              usage_cutoff={}, rated_ms=0, finalized_ms=0)  # fmt: skip
+            rated = rate_tenant(
+                tenant_id=tenant,
+                usage=usage,
+                leases=[],
+                segments=segments,
+                spans=spans,
+                tax_jurisdiction="US-NY",
+                service_start_ms=start,
+                service_end_ms=end,
+            )
+            invoice = Invoice(
+                tenant_id=tenant,
+                period=PERIOD,
+                period_start_ms=start,
+                period_end_ms=end,
+                status="draft",
+                currency=rated.currency,
+                subtotal=rated.subtotal,
+                tax=rated.tax,
+                total=rated.total,
+                credits_applied=rated.credits_applied,
+                amount_due=rated.amount_due,
+                content_hash="bench",
+                usage_cutoff={},
+                rated_ms=0,
+                finalized_ms=0,
+            )
             for position, line in enumerate(rated.lines):
                 measure = {"ms": "allocated_gpu_ms", "mJ": "energy_mj"}.get(line.base_unit, "")
-                query = {"tenant_id": tenant, "measure": measure, "plan": line.plan or None,
-                         "model": line.model or None, "segments": [list(s) for s in line.segments], "ranges": [],
-                         "service_start_ms": start, "service_end_ms": end}  # fmt: skip
+                query = {
+                    "tenant_id": tenant,
+                    "measure": measure,
+                    "plan": line.plan or None,
+                    "model": line.model or None,
+                    "segments": [list(s) for s in line.segments],
+                    "ranges": [],
+                    "service_start_ms": start,
+                    "service_end_ms": end,
+                }
                 invoice.lines.append(
                     InvoiceLine(
                         position=position,
@@ -225,7 +258,7 @@ def _ledger_facts(owners: list[tuple[int, str, str, str, str]]) -> dict[str, str
                         unit_price=line.unit_price,
                         amount=line.amount,
                         usage_query=query,
-                    )  # fmt: skip
+                    )
                 )
             session.add(invoice)
             session.flush()
@@ -283,8 +316,11 @@ def _start_server(port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "WATTMETER_BILLING_DB": f"sqlite:///{DB_PATH}", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "billing.cli", "serve", "--port", str(port), "--usage-dir", str(LOAD_DIR / "usage")],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -348,8 +384,10 @@ def _measure_duckdb(keys: dict[str, str], windows: dict[str, Any]) -> dict[str, 
     for round_ in range(WARMUP + REQUESTS):
         tenant = rng.choice(tenants)
         window = windows[tenant]
-        for name, keys_sql, case in (("usage", "", window["usage_case"]),
-                                     ("invoice", ", gpu_uuid, model, plan", window["invoice_case"])):  # fmt: skip
+        for name, keys_sql, case in (
+            ("usage", "", window["usage_case"]),
+            ("invoice", ", gpu_uuid, model, plan", window["invoice_case"]),
+        ):
             began = time.perf_counter()
             rows = con.execute(
                 f"SELECT piece{keys_sql}, sum(allocated_gpu_ms), sum(busy_gpu_ms), sum(energy_mj), sum(records) "
@@ -385,16 +423,20 @@ def _windows(keys: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
             zone = queries.get_tenant(session, tenant).timezone
             tou = queries.tou_pieces(session, tenant, start, end)
             days = queries._local_days(ZoneInfo(zone), start, end)
-            usage_bounds = queries._boundaries((m for m, _ in days), (lo for lo, _, _ in tou), start_ms=start,
-                                               end_ms=end)  # fmt: skip
+            usage_bounds = queries._boundaries(
+                (m for m, _ in days), (lo for lo, _, _ in tou), start_ms=start, end_ms=end
+            )
             invoice = session.scalar(select(Invoice).where(Invoice.tenant_id == tenant, Invoice.period == PERIOD))
             assert invoice is not None
             invoices[tenant] = str(invoice.number)
             cuts = [x for line in invoice.lines for seg in (line.usage_query.get("segments") or []) for x in seg]
             invoice_bounds = queries._boundaries(cuts, start_ms=start, end_ms=end)
-            out[tenant] = {"start": start, "end": end,
-                           "usage_case": queries._bucket_case("hour_start_ms", usage_bounds),
-                           "invoice_case": queries._bucket_case("hour_start_ms", invoice_bounds)}  # fmt: skip
+            out[tenant] = {
+                "start": start,
+                "end": end,
+                "usage_case": queries._bucket_case("hour_start_ms", usage_bounds),
+                "invoice_case": queries._bucket_case("hour_start_ms", invoice_bounds),
+            }
     ledger.dispose()
     return out, invoices
 

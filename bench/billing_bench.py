@@ -96,8 +96,9 @@ def write_load(root: Path = LOAD_DIR) -> int:
         offsets[partition] = last + 1
         folder = root / "date=2026-11-01"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, folder / f"usage.records-p{partition}-{first:020d}-{last:020d}.parquet",
-                       row_group_size=128 * 1024)  # fmt: skip
+        pq.write_table(
+            table, folder / f"usage.records-p{partition}-{first:020d}-{last:020d}.parquet", row_group_size=128 * 1024
+        )
     for partition, offset in enumerate(offsets):
         (root / "_manifests" / f"usage.records-{partition}.json").write_text(json.dumps({"next_offset": offset}))
     marker.write_text(json.dumps({"records": total}))
@@ -111,7 +112,8 @@ from billing.ledger.db import Ledger
 from billing.ledger.store import add_contract, store_rate_card, upsert_tenant
 from billing.pricing.ratecards import load_rate_card
 from billing.invoicing.service import run_period
-db, usage, card_path, tenants, period_start = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+db, usage, card_path = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+tenants, period_start = int(sys.argv[4]), int(sys.argv[5])
 ledger = Ledger(db)
 card = load_rate_card(Path(card_path))
 with ledger.transaction() as s:
@@ -156,8 +158,9 @@ LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c
 
 def _side(code: str, *argv: str) -> dict[str, float]:
     """Run `code` in a fresh process (through LAUNCHER) that prints one JSON line; that line."""
-    done = subprocess.run([sys.executable, "-c", LAUNCHER, code, *argv], cwd=ROOT, capture_output=True, text=True,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, code, *argv], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark side failed:\n{done.stderr[-3000:]}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -170,14 +173,18 @@ def run(bootstrap: str | None = None) -> list[BenchResult]:
     print(f"billing bench: {records:,} usage records ready in {time.monotonic() - began:.0f} s", flush=True)
     baseline = _side(DUCKDB_SIDE, str(LOAD_DIR))
     with tempfile.TemporaryDirectory() as tmp:
-        ours = _side(WATTMETER_SIDE, f"sqlite:///{tmp}/bench.db", str(LOAD_DIR), str(CARD), str(TENANTS),
-                     str(PERIOD_START_MS))  # fmt: skip
+        ours = _side(
+            WATTMETER_SIDE, f"sqlite:///{tmp}/bench.db", str(LOAD_DIR), str(CARD), str(TENANTS), str(PERIOD_START_MS)
+        )
     return [
         BenchResult(
             name="rate_10m_usage_records_s",
             value=round(ours["seconds"], 3),
             unit=f"s for {records:,} records -> {int(ours['lines'])} invoice lines ({int(ours['invoices'])} invoices)",
-            baseline="DuckDB alone: the same grouped sums (tenant, plan, model, peak/valley; per lease) over the same files, no dedupe, same run",
+            baseline=(
+                "DuckDB alone: the same grouped sums (tenant, plan, model, peak/valley; per lease) over the same"
+                " files, no dedupe, same run"
+            ),
             baseline_value=round(baseline["seconds"], 3),
             target="within 2x of DuckDB (ratio <= 2)",
         ),

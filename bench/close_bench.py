@@ -120,7 +120,7 @@ def prepare_push_ledger(folder: Path, tenants: int = PUSH_TENANTS) -> str:
     """A SQLite ledger under `folder` whose November is rated and finalized: one five-line invoice
     per tenant (about half a minute for 1,000 tenants); its URL."""
     from billing.invoicing.service import finalize_period, run_period
-    from tests.billing_fixtures import HOUR, MINUTE, NOV_1, UsageWriter, ledger_with, minutes
+    from tests.support.billing_fixtures import HOUR, MINUTE, NOV_1, UsageWriter, ledger_with, minutes
 
     usage = folder / "usage"
     names = [f"tenant-{n:04d}" for n in range(tenants)]
@@ -130,8 +130,9 @@ def prepare_push_ledger(folder: Path, tenants: int = PUSH_TENANTS) -> str:
         rows += minutes(tenant_id, start, PUSH_MINUTES, gpu=f"GPU-{n:04d}", energy_mj=42_000_000)
     UsageWriter(usage).write(rows)
     url = f"sqlite:///{folder}/push.db"
-    ledger = ledger_with(url, tenants={t: {"tax_jurisdiction": "XX", "contact_email": f"{t}@example.com"}
-                                       for t in names})  # fmt: skip
+    ledger = ledger_with(
+        url, tenants={t: {"tax_jurisdiction": "XX", "contact_email": f"{t}@example.com"} for t in names}
+    )
     run_period(ledger, usage, PERIOD, "bench")
     finalize_period(ledger, "bench", PERIOD)
     ledger.dispose()
@@ -153,8 +154,10 @@ def _bare_requests(url: str, path: Path) -> tuple[int, int]:
         invoices = session.scalars(
             select(Invoice).where(Invoice.period == PERIOD, Invoice.number.is_not(None)).order_by(Invoice.tenant_id)
         )
-        work = [(i.tenant_id, tenants[i.tenant_id].name, tenants[i.tenant_id].contact_email, invoice_doc(i))
-                for i in invoices]  # fmt: skip
+        work = [
+            (i.tenant_id, tenants[i.tenant_id].name, tenants[i.tenant_id].contact_email, invoice_doc(i))
+            for i in invoices
+        ]
     ledger.dispose()
     path.write_bytes(pickle.dumps(work))
     return len(work), sum(len(doc.lines) for *_, doc in work)
@@ -167,8 +170,10 @@ def push_bench() -> list[BenchResult]:
         began = time.monotonic()
         url = prepare_push_ledger(Path(tmp))
         invoices, lines = _bare_requests(url, Path(tmp) / "bare.pickle")
-        print(f"close bench: {invoices:,} invoices ({lines:,} lines) issued in {time.monotonic() - began:.0f} s",
-              flush=True)  # fmt: skip
+        print(
+            f"close bench: {invoices:,} invoices ({lines:,} lines) issued in {time.monotonic() - began:.0f} s",
+            flush=True,
+        )
         prepared = Path(url.removeprefix("sqlite:///"))
         baselines: list[dict[str, Any]] = []
         runs: list[dict[str, Any]] = []
@@ -190,7 +195,8 @@ def push_bench() -> list[BenchResult]:
         BenchResult(
             name="stripe_push_1000_invoices_s",
             value=round(ours["seconds"], 3),
-            unit=f"s to push {invoices:,} invoices ({lines:,} items) to stripe-mock: {int(ours['requests']):,} requests, "
+            unit=f"s to push {invoices:,} invoices ({lines:,} items) to stripe-mock: "
+            f"{int(ours['requests']):,} requests, "
             f"{invoices / ours['seconds']:.0f} invoices/s, {ours['cpu_seconds']:.1f} s CPU in the pusher; "
             f"fastest of {PUSH_RUNS}",
             baseline=f"bare stripe-python: the same customer, item, invoice and finalize calls, same parameters and "
@@ -247,10 +253,17 @@ def seed_leases(url: str) -> int:
 
     day_ms = 86_400_000
     rows = [
-        LeaseRow(f"tenant-{gpu % TENANTS}", f"GPU-{gpu}", PERIOD_START_MS + day * day_ms,
-                 PERIOD_START_MS + (day + 1) * day_ms, "valley" if gpu % 5 == 0 else "on_demand", f"lease-{gpu}-{day}")
-        for gpu in range(GPUS) for day in range(MINUTES // 1440)
-    ]  # fmt: skip
+        LeaseRow(
+            f"tenant-{gpu % TENANTS}",
+            f"GPU-{gpu}",
+            PERIOD_START_MS + day * day_ms,
+            PERIOD_START_MS + (day + 1) * day_ms,
+            "valley" if gpu % 5 == 0 else "on_demand",
+            f"lease-{gpu}-{day}",
+        )
+        for gpu in range(GPUS)
+        for day in range(MINUTES // 1440)
+    ]
     ledger = Ledger(url)
     with ledger.transaction() as session:
         for t in range(TENANTS):  # as billing_bench's rating side makes them (it upserts them again)
@@ -279,8 +292,11 @@ def reconcile_bench() -> list[BenchResult]:
         # billing_bench's ledger (tenants, card, contracts) and its rating of the 10 M records
         _side(WATTMETER_SIDE, url, str(LOAD_DIR), str(CARD), str(TENANTS), str(PERIOD_START_MS))
         issued = _finalize(url)
-        print(f"close bench: {records:,} usage records on {leases:,} leases rated, {issued} invoices issued in "
-              f"{time.monotonic() - began:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"close bench: {records:,} usage records on {leases:,} leases rated, {issued} invoices issued in "
+            f"{time.monotonic() - began:.0f} s",
+            flush=True,
+        )
         baselines: list[dict[str, Any]] = []
         runs: list[dict[str, Any]] = []
         try:

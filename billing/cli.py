@@ -88,15 +88,33 @@ def cmd_tenants(args: argparse.Namespace, ledger: Ledger) -> int:
 
     with ledger.transaction() as session:
         if args.action == "add":
-            tenant = upsert_tenant(session, args.actor, args.tenant_id, name=args.name, currency=args.currency,
-                                   timezone=args.timezone, tax_jurisdiction=args.tax_jurisdiction,
-                                   contact_email=args.email, stripe_mode=args.stripe_mode)  # fmt: skip
+            tenant = upsert_tenant(
+                session,
+                args.actor,
+                args.tenant_id,
+                name=args.name,
+                currency=args.currency,
+                timezone=args.timezone,
+                tax_jurisdiction=args.tax_jurisdiction,
+                contact_email=args.email,
+                stripe_mode=args.stripe_mode,
+            )
             rows = [tenant]
         else:
             rows = list_tenants(session)
-        data = [{"tenant_id": t.tenant_id, "name": t.name, "currency": t.currency, "timezone": t.timezone,
-                 "tax_jurisdiction": t.tax_jurisdiction, "contact_email": t.contact_email,
-                 "stripe_mode": t.stripe_mode, "stripe_customer_id": t.stripe_customer_id} for t in rows]  # fmt: skip
+        data = [
+            {
+                "tenant_id": t.tenant_id,
+                "name": t.name,
+                "currency": t.currency,
+                "timezone": t.timezone,
+                "tax_jurisdiction": t.tax_jurisdiction,
+                "contact_email": t.contact_email,
+                "stripe_mode": t.stripe_mode,
+                "stripe_customer_id": t.stripe_customer_id,
+            }
+            for t in rows
+        ]
     _emit(args, data, lambda: "\n".join(_tenant_line(d) for d in data) or "no tenants")
     return 0
 
@@ -130,11 +148,27 @@ def cmd_ratecards(args: argparse.Namespace, ledger: Ledger) -> int:
             data: Any = [v.to_dict() for v in versions]
             _emit(args, data, lambda: json.dumps(data, indent=2))
             return 0
-        rows = [{"name": r.name, "version": r.version, "effective_from": iso(r.effective_from_ms),
-                 "currency": r.currency, "content_hash": r.content_hash[:12]} for r in list_rate_cards(session)]  # fmt: skip
-    _emit(args, rows, lambda: "\n".join(
-        f"{r['name']:<20} v{r['version']:<4} from {r['effective_from']}  {r['currency']}  {r['content_hash']}"
-        for r in rows) or "no rate cards")  # fmt: skip
+        rows = [
+            {
+                "name": r.name,
+                "version": r.version,
+                "effective_from": iso(r.effective_from_ms),
+                "currency": r.currency,
+                "content_hash": r.content_hash[:12],
+            }
+            for r in list_rate_cards(session)
+        ]
+    _emit(
+        args,
+        rows,
+        lambda: (
+            "\n".join(
+                f"{r['name']:<20} v{r['version']:<4} from {r['effective_from']}  {r['currency']}  {r['content_hash']}"
+                for r in rows
+            )
+            or "no rate cards"
+        ),
+    )
     return 0
 
 
@@ -150,10 +184,24 @@ def cmd_contracts(args: argparse.Namespace, ledger: Ledger) -> int:
         query = select(Contract).order_by(Contract.tenant_id, Contract.start_ms)
         if args.tenant:
             query = query.where(Contract.tenant_id == args.tenant)
-        rows = [{"id": c.id, "tenant_id": c.tenant_id, "rate_card": c.rate_card, "from": iso(c.start_ms),
-                 "to": iso(c.end_ms)} for c in session.scalars(query)]  # fmt: skip
-    _emit(args, rows, lambda: "\n".join(
-        f"{r['tenant_id']:<16} {r['rate_card']:<20} {r['from']} .. {r['to']}" for r in rows) or "no contracts")  # fmt: skip
+        rows = [
+            {
+                "id": c.id,
+                "tenant_id": c.tenant_id,
+                "rate_card": c.rate_card,
+                "from": iso(c.start_ms),
+                "to": iso(c.end_ms),
+            }
+            for c in session.scalars(query)
+        ]
+    _emit(
+        args,
+        rows,
+        lambda: (
+            "\n".join(f"{r['tenant_id']:<16} {r['rate_card']:<20} {r['from']} .. {r['to']}" for r in rows)
+            or "no contracts"
+        ),
+    )
     return 0
 
 
@@ -163,11 +211,18 @@ def cmd_credits(args: argparse.Namespace, ledger: Ledger) -> int:
     with ledger.transaction() as session:
         if args.action == "grant":
             grant_credit(session, args.actor, args.tenant, args.credit_id, args.amount, args.expires, args.note)
-        rows = [{"credit_id": b.credit_id, "remaining": str(b.remaining), "expires": iso(b.expires_ms)}
-                for b in credit_balances(session, args.tenant)]  # fmt: skip
-    _emit(args, rows, lambda: "\n".join(
-        f"{r['credit_id']:<20} remaining {r['remaining']:>12}  expires {r['expires']}" for r in rows)
-        or "no credit left")  # fmt: skip
+        rows = [
+            {"credit_id": b.credit_id, "remaining": str(b.remaining), "expires": iso(b.expires_ms)}
+            for b in credit_balances(session, args.tenant)
+        ]
+    _emit(
+        args,
+        rows,
+        lambda: (
+            "\n".join(f"{r['credit_id']:<20} remaining {r['remaining']:>12}  expires {r['expires']}" for r in rows)
+            or "no credit left"
+        ),
+    )
     return 0
 
 
@@ -192,15 +247,27 @@ def invoice_json(invoice: Any) -> dict[str, Any]:
         "content_hash": invoice.content_hash,
         "void_reason": invoice.void_reason,
         "lines": [
-            {"position": line.position, "kind": line.kind, "description": line.description,
-             "service_period": line.service_period, "correction": line.correction, "plan": line.plan,
-             "model": line.model, "tou_period": line.tou_period, "tier": line.tier,
-             "card": f"{line.card_name}@{line.card_version}" if line.card_name else None,
-             "quantity_base": line.quantity_base, "base_unit": line.base_unit, "quantity": str(line.quantity),
-             "unit": line.unit, "unit_price": str(line.unit_price), "amount": str(line.amount)}
+            {
+                "position": line.position,
+                "kind": line.kind,
+                "description": line.description,
+                "service_period": line.service_period,
+                "correction": line.correction,
+                "plan": line.plan,
+                "model": line.model,
+                "tou_period": line.tou_period,
+                "tier": line.tier,
+                "card": f"{line.card_name}@{line.card_version}" if line.card_name else None,
+                "quantity_base": line.quantity_base,
+                "base_unit": line.base_unit,
+                "quantity": str(line.quantity),
+                "unit": line.unit,
+                "unit_price": str(line.unit_price),
+                "amount": str(line.amount),
+            }
             for line in invoice.lines
         ],
-    }  # fmt: skip
+    }
 
 
 def format_invoice(invoice: Any) -> str:
@@ -213,8 +280,13 @@ def format_invoice(invoice: Any) -> str:
         quantity = f"{line.quantity:>14} {line.unit:<8} x {line.unit_price:>10}" if line.unit else " " * 37
         mark = f" [service {line.service_period}]" if line.correction else ""
         out.append(f"  {line.position:>3} {line.description[:72]:<72} {quantity} = {line.amount:>12}{mark}")
-    for label, value in (("subtotal", invoice.subtotal), ("tax", invoice.tax), ("total", invoice.total),
-                         ("credits", -invoice.credits_applied), ("amount due", invoice.amount_due)):  # fmt: skip
+    for label, value in (
+        ("subtotal", invoice.subtotal),
+        ("tax", invoice.tax),
+        ("total", invoice.total),
+        ("credits", -invoice.credits_applied),
+        ("amount due", invoice.amount_due),
+    ):
         out.append(f"  {label:>114} {value:>12} {invoice.currency}")
     return "\n".join(out)
 
@@ -269,11 +341,20 @@ def cmd_invoices(args: argparse.Namespace, ledger: Ledger) -> int:
     if args.action == "finalize":
         if bool(args.ref) == bool(args.period):
             raise CliError("finalize takes an invoice (number or id) or --period, not both")
-        issued = [service.finalize(ledger, args.actor, args.ref)] if args.ref else service.finalize_period(
-            ledger, args.actor, args.period)  # fmt: skip
+        issued = (
+            [service.finalize(ledger, args.actor, args.ref)]
+            if args.ref
+            else service.finalize_period(ledger, args.actor, args.period)
+        )
         done = [invoice_json(i) for i in issued]
-        _emit(args, done, lambda: "\n".join(f"issued {d['number']} to {d['tenant_id']}: {d['total']} {d['currency']}"
-                                            for d in done) or "no drafts to finalize")  # fmt: skip
+        _emit(
+            args,
+            done,
+            lambda: (
+                "\n".join(f"issued {d['number']} to {d['tenant_id']}: {d['total']} {d['currency']}" for d in done)
+                or "no drafts to finalize"
+            ),
+        )
         return 0
     if args.action == "void":
         voided = service.void(ledger, args.actor, args.ref, args.reason or "")
@@ -291,9 +372,19 @@ def cmd_invoices(args: argparse.Namespace, ledger: Ledger) -> int:
             return 0
         invoices = service.list_invoices(session, args.period, args.tenant, args.status)
         rows = [{k: v for k, v in invoice_json(i).items() if k != "lines"} for i in invoices]
-    _emit(args, rows, lambda: "\n".join(
-        f"{r['number'] or '(draft #' + str(r['id']) + ')':<16} {r['tenant_id']:<16} {r['period']} {r['status']:<10}"
-        f" {r['total']:>12} {r['currency']}" for r in rows) or "no invoices")  # fmt: skip
+    _emit(
+        args,
+        rows,
+        lambda: (
+            "\n".join(
+                f"{r['number'] or '(draft #' + str(r['id']) + ')':<16} {r['tenant_id']:<16} "
+                f"{r['period']} {r['status']:<10}"
+                f" {r['total']:>12} {r['currency']}"
+                for r in rows
+            )
+            or "no invoices"
+        ),
+    )
     return 0
 
 
@@ -301,11 +392,27 @@ def cmd_credit_notes(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.invoicing.service import list_credit_notes
 
     with ledger.transaction() as session:
-        rows = [{"number": n.number, "tenant_id": n.tenant_id, "invoice_id": n.invoice_id, "amount": str(n.amount),
-                 "currency": n.currency, "reason": n.reason} for n in list_credit_notes(session, args.tenant)]  # fmt: skip
-    _emit(args, rows, lambda: "\n".join(
-        f"{r['number']:<16} {r['tenant_id']:<16} {r['amount']:>12} {r['currency']}  {r['reason']}" for r in rows)
-        or "no credit notes")  # fmt: skip
+        rows = [
+            {
+                "number": n.number,
+                "tenant_id": n.tenant_id,
+                "invoice_id": n.invoice_id,
+                "amount": str(n.amount),
+                "currency": n.currency,
+                "reason": n.reason,
+            }
+            for n in list_credit_notes(session, args.tenant)
+        ]
+    _emit(
+        args,
+        rows,
+        lambda: (
+            "\n".join(
+                f"{r['number']:<16} {r['tenant_id']:<16} {r['amount']:>12} {r['currency']}  {r['reason']}" for r in rows
+            )
+            or "no credit notes"
+        ),
+    )
     return 0
 
 
@@ -322,10 +429,12 @@ def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
         line = lines[0]
         query = line.usage_query or {}
         leases = (
-            leases_overlapping(session, int(query["service_start_ms"]), int(query["service_end_ms"]),
-                               [str(query["tenant_id"])])
-            if {"tenant_id", "service_start_ms", "service_end_ms"} <= set(query) else []
-        )  # fmt: skip
+            leases_overlapping(
+                session, int(query["service_start_ms"]), int(query["service_end_ms"]), [str(query["tenant_id"])]
+            )
+            if {"tenant_id", "service_start_ms", "service_end_ms"} <= set(query)
+            else []
+        )
     result = explain(args.usage_dir, line.usage_query, leases)
     derived = explained_quantity(line.kind, line.tier, line.usage_query or {}, result)
     matches = derived.quantity == line.quantity_base
@@ -377,8 +486,14 @@ def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.readmodel.hourly import rollup_period
 
     report = rollup_period(ledger, args.usage_dir, args.period)
-    _emit(args, report.__dict__, lambda: f"rollup {report.label}: {report.records} records -> {report.rows} hourly rows "
-                                         f"[{iso(report.start_ms)}, {iso(report.end_ms)})")  # fmt: skip
+    _emit(
+        args,
+        report.__dict__,
+        lambda: (
+            f"rollup {report.label}: {report.records} records -> {report.rows} hourly rows "
+            f"[{iso(report.start_ms)}, {iso(report.end_ms)})"
+        ),
+    )
     return 0
 
 
@@ -392,14 +507,19 @@ def _progress(args: argparse.Namespace, what: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wattmeter-billing", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="wattmeter-billing", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", help="database URL (default $WATTMETER_BILLING_DB or sqlite:///.wattmeter/billing.db)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     common.add_argument("--actor", default=default_actor(), help="who is acting, for the audit log (default $USER)")
-    common.add_argument("--usage-dir", type=Path, default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
-                        help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)")  # fmt: skip
+    common.add_argument(
+        "--usage-dir",
+        type=Path,
+        default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
+        help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     tenants = sub.add_parser("tenants", parents=[common], help="add or list tenants")
@@ -410,8 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     tenants.add_argument("--timezone", default="UTC", help="IANA zone: periods are months in it (default UTC)")
     tenants.add_argument("--tax-jurisdiction", default="*", help="key into the rate card's [tax] table")
     tenants.add_argument("--email")
-    tenants.add_argument("--stripe-mode", choices=["invoices", "meters"],
-                         help="push invoices to Stripe (default) or report usage to Stripe Billing meters")  # fmt: skip
+    tenants.add_argument(
+        "--stripe-mode",
+        choices=["invoices", "meters"],
+        help="push invoices to Stripe (default) or report usage to Stripe Billing meters",
+    )
     tenants.set_defaults(handler=cmd_tenants)
 
     cards = sub.add_parser("ratecards", parents=[common], help="load, list or show rate cards")

@@ -3,9 +3,9 @@
 Both look-ups run once per GPU-sample on the worker's hot path, so neither scans a
 GPU's history. A GPU's samples arrive in order, so each GPU remembers where its last
 look-up landed and checks that position first (O(1)); only a jump elsewhere costs a
-binary search. A GPU with a year of hourly leases (8,760) then costs what one lease does. Leases of one GPU never overlap (`parse_lease_timeline`
-refuses it), so sorted by start they are sorted by end too, and the lease covering an
-instant is the first one that ends after it, if it has started.
+binary search. A GPU with a year of hourly leases (8,760) then costs what one lease does.
+Leases of one GPU never overlap (`parse_lease_timeline` refuses it), so sorted by start they
+are sorted by end too, and the lease covering an instant is the first one that ends after it, if it has started.
 """
 
 from __future__ import annotations

@@ -21,14 +21,22 @@ from billing.ledger.db import Ledger
 
 
 def add_close_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    close = subparsers.add_parser("close", parents=[common], help="close a month: rate, review, finalize, push, reconcile",
-                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    close = subparsers.add_parser(
+        "close",
+        parents=[common],
+        help="close a month: rate, review, finalize, push, reconcile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     close.add_argument("--period", required=True, help="YYYY-MM")
     close.add_argument("--yes", action="store_true", help="finalize the reviewed drafts without asking")
     close.add_argument("--no-stripe", action="store_true", help="do not push (and do not compare with Stripe)")
-    close.add_argument("--no-stripe-compare", action="store_true",
-                       help="push, but reconcile without reading Stripe back (a stateless peer such as stripe-mock); "
-                            "collected comes from the payment events received")  # fmt: skip
+    close.add_argument(
+        "--no-stripe-compare",
+        action="store_true",
+        help="push, but reconcile without reading Stripe back (a stateless peer such as stripe-mock); "
+        "collected comes from the payment events received",
+    )
     close.add_argument("--status", action="store_true", help="only print where the close stands")
     close.add_argument("--report-dir", help="write the reconciliation CSV and HTML here")
     close.set_defaults(handler=run_close_command)
@@ -74,8 +82,11 @@ def run_close_command(args: argparse.Namespace, ledger: Ledger) -> int:
 
     if args.status:
         row = close_state(ledger, args.period)
-        state = {"period": args.period, "step": row.step if row else "not started",
-                 "updated_ms": row.updated_ms if row else None}  # fmt: skip
+        state = {
+            "period": args.period,
+            "step": row.step if row else "not started",
+            "updated_ms": row.updated_ms if row else None,
+        }
         print(json.dumps(state) if args.json else f"close {args.period}: {state['step']}")
         return 0
     stripe = None
@@ -101,8 +112,16 @@ def run_close_command(args: argparse.Namespace, ledger: Ledger) -> int:
         return result
 
     try:
-        summary = close_period(ledger, args.usage_dir, args.period, args.actor, stripe=stripe, approve=_approve(args),
-                               bars=bars, reconcile=reconcile)  # fmt: skip
+        summary = close_period(
+            ledger,
+            args.usage_dir,
+            args.period,
+            args.actor,
+            stripe=stripe,
+            approve=_approve(args),
+            bars=bars,
+            reconcile=reconcile,
+        )
     except CloseStopped as exc:
         print(str(exc), file=sys.stderr)
         return 1

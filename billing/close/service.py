@@ -104,8 +104,9 @@ def _invoices(ledger: Ledger, period: str, status: str) -> list[Invoice]:
     """The period's invoices in `status`: drafts by tenant, issued ones by number."""
     order = Invoice.tenant_id if status == INVOICE_DRAFT else Invoice.number
     with ledger.transaction() as session:
-        rows = list(session.scalars(select(Invoice).where(Invoice.period == period, Invoice.status == status)
-                                    .order_by(order)))  # fmt: skip
+        rows = list(
+            session.scalars(select(Invoice).where(Invoice.period == period, Invoice.status == status).order_by(order))
+        )
         session.expunge_all()
         return rows
 
@@ -119,8 +120,9 @@ def _totals(invoices: list[Invoice]) -> dict[str, str]:
 
 def review_lines(drafts: list[Invoice]) -> list[str]:
     """The review summary: one line per draft, then the totals per currency."""
-    lines = [f"  {d.tenant_id:<16} draft {d.id:<6} total {d.total:>12} {d.currency}  due {d.amount_due:>12}"
-             for d in drafts]  # fmt: skip
+    lines = [
+        f"  {d.tenant_id:<16} draft {d.id:<6} total {d.total:>12} {d.currency}  due {d.amount_due:>12}" for d in drafts
+    ]
     for currency, amount in _totals(drafts).items():
         lines.append(f"  {len(drafts)} draft(s), amount due {amount} {currency}")
     return lines or ["  no drafts"]
@@ -171,8 +173,10 @@ def close_period(
         try:
             for draft in _invoices(ledger, period, INVOICE_DRAFT):
                 if reviewed.get(str(draft.id)) != draft.content_hash:
-                    raise CloseStopped(f"close {period}: draft {draft.id} ({draft.tenant_id}) changed after review; "
-                                       "run the close again to review it")  # fmt: skip
+                    raise CloseStopped(
+                        f"close {period}: draft {draft.id} ({draft.tenant_id}) changed after review; "
+                        "run the close again to review it"
+                    )
                 finalize(ledger, actor, draft.id)
                 bar(draft.tenant_id)
         finally:
@@ -202,8 +206,10 @@ def close_period(
                 bar.close()
             summary.push_failed = [f"{o.document} ({o.tenant_id}): {o.error}" for o in pushed.failed]
             if summary.push_failed:
-                raise CloseStopped(f"close {period}: {len(summary.push_failed)} push failure(s); run the close again "
-                                   "to retry:\n  " + "\n  ".join(summary.push_failed))  # fmt: skip
+                raise CloseStopped(
+                    f"close {period}: {len(summary.push_failed)} push failure(s); run the close again "
+                    "to retry:\n  " + "\n  ".join(summary.push_failed)
+                )
             row = _record(ledger, period, "pushed", actor)
     else:
         summary.skipped.append("push")
@@ -229,5 +235,8 @@ def _pushed(ledger: Ledger, period: str) -> list[bool]:
     from billing.payments.stripe_sync import DONE_STATES, sync_rows
 
     with ledger.transaction() as session:
-        return [sync is not None and sync.state in DONE_STATES for inv, sync in sync_rows(session, period)
-                if inv.status == INVOICE_FINALIZED]  # fmt: skip
+        return [
+            sync is not None and sync.state in DONE_STATES
+            for inv, sync in sync_rows(session, period)
+            if inv.status == INVOICE_FINALIZED
+        ]

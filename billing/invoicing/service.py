@@ -131,8 +131,13 @@ class _TenantPlan:
 def _consumption(tenant_id: str, service_period: str, offset_range: OffsetRange, **owner: int) -> UsageConsumption:
     """A row saying that an invoice (invoice_id=) or a credit note (credit_note_id=) counted `offset_range`."""
     as_json = offset_range.to_json()
-    return UsageConsumption(tenant_id=tenant_id, service_period=service_period, cutoff_from=as_json["from"],
-                            cutoff_to=as_json["to"], **owner)  # fmt: skip
+    return UsageConsumption(
+        tenant_id=tenant_id,
+        service_period=service_period,
+        cutoff_from=as_json["from"],
+        cutoff_to=as_json["to"],
+        **owner,
+    )
 
 
 def _range_of(row: UsageConsumption) -> OffsetRange:
@@ -227,23 +232,38 @@ def _billed_periods(session: Session, tenant_id: str, before: str) -> list[str]:
 def _priced(line: dict[str, Any]) -> PricedLine:
     """A stored line back as the rating core's type (for re-rating a period's corrections)."""
     return PricedLine(
-        kind=line["kind"], description=line["description"], service_start_ms=line["service_start_ms"],
-        service_end_ms=line["service_end_ms"], card_name=line["card_name"], card_version=line["card_version"],
-        plan=line["plan"], model=line["model"], period=line["tou_period"], quantity_base=line["quantity_base"],
-        base_unit=line["base_unit"], quantity=Decimal(line["quantity"]), unit=line["unit"],
-        unit_price=Decimal(line["unit_price"]), amount=Decimal(line["amount"]), tier=line["tier"],
+        kind=line["kind"],
+        description=line["description"],
+        service_start_ms=line["service_start_ms"],
+        service_end_ms=line["service_end_ms"],
+        card_name=line["card_name"],
+        card_version=line["card_version"],
+        plan=line["plan"],
+        model=line["model"],
+        period=line["tou_period"],
+        quantity_base=line["quantity_base"],
+        base_unit=line["base_unit"],
+        quantity=Decimal(line["quantity"]),
+        unit=line["unit"],
+        unit_price=Decimal(line["unit_price"]),
+        amount=Decimal(line["amount"]),
+        tier=line["tier"],
         correction=line["correction"],
-    )  # fmt: skip
+    )
 
 
 def _billed_lines(session: Session, tenant_id: str, service_period: str) -> list[PricedLine]:
     """What issued documents already billed for a tenant's service period: the period's invoice,
     corrections of it on later invoices, and credit notes."""
     rows = session.scalars(
-        select(InvoiceLine).join(Invoice, Invoice.id == InvoiceLine.invoice_id)
-        .where(Invoice.tenant_id == tenant_id, Invoice.status == INVOICE_FINALIZED,
-               InvoiceLine.service_period == service_period)
-    )  # fmt: skip
+        select(InvoiceLine)
+        .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .where(
+            Invoice.tenant_id == tenant_id,
+            Invoice.status == INVOICE_FINALIZED,
+            InvoiceLine.service_period == service_period,
+        )
+    )
     billed = [_priced({c: getattr(row, c) for c in _LINE_COLUMNS}) for row in rows]
     for note in session.scalars(select(CreditNote).where(CreditNote.tenant_id == tenant_id)):
         billed += [_priced(line) for line in note.lines if line["service_period"] == service_period]
@@ -340,16 +360,36 @@ class _Draft:
     drawdowns: list[tuple[str, Decimal]]
 
     def content_hash(self, currency: str, period: str, totals: dict[str, str]) -> str:
-        body = {"currency": currency, "period": period, "totals": totals, "lines": self.lines,
-                "consumptions": [[p, r.to_json()] for p, r in self.consumptions]}  # fmt: skip
+        body = {
+            "currency": currency,
+            "period": period,
+            "totals": totals,
+            "lines": self.lines,
+            "consumptions": [[p, r.to_json()] for p, r in self.consumptions],
+        }
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 _LINE_COLUMNS = (
-    "kind", "description", "service_start_ms", "service_end_ms", "service_period", "correction", "card_name",
-    "card_version", "plan", "model", "tou_period", "tier", "quantity_base", "base_unit", "quantity", "unit",
-    "unit_price", "amount",
-)  # fmt: skip
+    "kind",
+    "description",
+    "service_start_ms",
+    "service_end_ms",
+    "service_period",
+    "correction",
+    "card_name",
+    "card_version",
+    "plan",
+    "model",
+    "tou_period",
+    "tier",
+    "quantity_base",
+    "base_unit",
+    "quantity",
+    "unit",
+    "unit_price",
+    "amount",
+)
 
 
 def _line_dict(line: PricedLine, service_period: str, correction: bool, query: dict[str, Any]) -> dict[str, Any]:
@@ -377,8 +417,17 @@ def _line_dict(line: PricedLine, service_period: str, correction: bool, query: d
 
 
 def _query_key(line: PricedLine) -> tuple[Any, ...]:
-    return (line.kind, line.service_start_ms, line.card_name, line.card_version, line.plan, line.model, line.period,
-            line.tier, line.correction)  # fmt: skip
+    return (
+        line.kind,
+        line.service_start_ms,
+        line.card_name,
+        line.card_version,
+        line.plan,
+        line.model,
+        line.period,
+        line.tier,
+        line.correction,
+    )
 
 
 def _lease_starts(session: Session, leases: list[LeaseQuantity]) -> list[LeaseQuantity]:
@@ -402,19 +451,32 @@ def _build_draft(
     for correction in plan.corrections:
         complete = results[f"{tenant.tenant_id}/{correction.service_period}/complete"]
         lines = rate_correction(
-            tenant_id=tenant.tenant_id, usage=complete.usage, leases=_lease_starts(session, complete.leases),
-            segments=correction.segments, spans=correction.spans, service_start_ms=correction.start_ms,
-            service_end_ms=correction.end_ms, billed=correction.billed,
-        )  # fmt: skip
+            tenant_id=tenant.tenant_id,
+            usage=complete.usage,
+            leases=_lease_starts(session, complete.leases),
+            segments=correction.segments,
+            spans=correction.spans,
+            service_start_ms=correction.start_ms,
+            service_end_ms=correction.end_ms,
+            billed=correction.billed,
+        )
         if not lines:
             continue
-        dicts = [_line_dict(line, correction.service_period, True, _usage_query(tenant.tenant_id, line, correction.late,
-                                                                              correction.start_ms, correction.end_ms,
-                                                                              correction))
-                 for line in lines]  # fmt: skip
+        dicts = [
+            _line_dict(
+                line,
+                correction.service_period,
+                True,
+                _usage_query(
+                    tenant.tenant_id, line, correction.late, correction.start_ms, correction.end_ms, correction
+                ),
+            )
+            for line in lines
+        ]
         if sum((line.amount for line in lines), Decimal(0)) < 0:
-            draft.credit_notes.append((correction.service_period, dicts, -sum((line.amount for line in lines), Decimal(0)),
-                                       correction.late))  # fmt: skip
+            draft.credit_notes.append(
+                (correction.service_period, dicts, -sum((line.amount for line in lines), Decimal(0)), correction.late)
+            )
             continue
         for line, as_dict in zip(lines, dicts):
             queries[_query_key(line)] = as_dict["usage_query"]
@@ -424,10 +486,17 @@ def _build_draft(
         return draft, {}
     result = results[f"{tenant.tenant_id}/{plan.period}"]
     rated = rate_tenant(
-        tenant_id=tenant.tenant_id, usage=result.usage, leases=_lease_starts(session, result.leases),
-        segments=plan.segments, spans=plan.spans, tax_jurisdiction=tenant.tax_jurisdiction, credits=credits,
-        service_start_ms=plan.start_ms, service_end_ms=plan.end_ms, corrections=corrections,
-    )  # fmt: skip
+        tenant_id=tenant.tenant_id,
+        usage=result.usage,
+        leases=_lease_starts(session, result.leases),
+        segments=plan.segments,
+        spans=plan.spans,
+        tax_jurisdiction=tenant.tax_jurisdiction,
+        credits=credits,
+        service_start_ms=plan.start_ms,
+        service_end_ms=plan.end_ms,
+        corrections=corrections,
+    )
     for line in rated.lines:
         service_period = period_of(line.service_start_ms, tenant.timezone) if line.correction else plan.period
         query = queries.get(_query_key(line)) or _usage_query(
@@ -436,8 +505,13 @@ def _build_draft(
         draft.lines.append(_line_dict(line, service_period, line.correction, query))
     draft.consumptions.extend((plan.period, r) for r in plan.own_ranges)
     draft.drawdowns = list(rated.credit_drawdowns)
-    totals = {"subtotal": rated.subtotal, "tax": rated.tax, "total": rated.total,
-              "credits_applied": rated.credits_applied, "amount_due": rated.amount_due}  # fmt: skip
+    totals = {
+        "subtotal": rated.subtotal,
+        "tax": rated.tax,
+        "total": rated.total,
+        "credits_applied": rated.credits_applied,
+        "amount_due": rated.amount_due,
+    }
     return draft, totals
 
 
@@ -446,12 +520,28 @@ def _usage_requests(plans: Sequence[_TenantPlan], plan_cutoff: Cutoff) -> list[U
     for plan in plans:
         tenant_id = plan.tenant.tenant_id
         if plan.issued is None:
-            requests.append(UsageRequest(f"{tenant_id}/{plan.period}", tenant_id, plan.start_ms, plan.end_ms,
-                                         _segment_starts(plan.segments), plan.own_ranges))  # fmt: skip
+            requests.append(
+                UsageRequest(
+                    f"{tenant_id}/{plan.period}",
+                    tenant_id,
+                    plan.start_ms,
+                    plan.end_ms,
+                    _segment_starts(plan.segments),
+                    plan.own_ranges,
+                )
+            )
         for c in plan.corrections:  # the period's complete usage: rating subtracts what was billed
             everything = (OffsetRange({}, dict(plan_cutoff)),)
-            requests.append(UsageRequest(f"{tenant_id}/{c.service_period}/complete", tenant_id, c.start_ms, c.end_ms,
-                                         _segment_starts(c.segments), everything))  # fmt: skip
+            requests.append(
+                UsageRequest(
+                    f"{tenant_id}/{c.service_period}/complete",
+                    tenant_id,
+                    c.start_ms,
+                    c.end_ms,
+                    _segment_starts(c.segments),
+                    everything,
+                )
+            )
     return requests
 
 
@@ -483,14 +573,21 @@ def _issue_credit_note(
     original = session.scalar(
         select(Invoice).where(
             Invoice.tenant_id == tenant.tenant_id, Invoice.period == service_period, Invoice.status == INVOICE_FINALIZED
-        )  # fmt: skip
+        )
     )
     if original is None:
         raise InvoicingError(f"no issued invoice of {tenant.tenant_id} for {service_period} to credit")
     number = _take_number(session, CREDIT_NOTE_SEQUENCE)
-    note = CreditNote(number=number, tenant_id=tenant.tenant_id, invoice_id=original.id, currency=tenant.currency,
-                      amount=amount, reason=f"usage for {service_period} corrected after {original.number} was issued",
-                      lines=lines, created_ms=now_ms())  # fmt: skip
+    note = CreditNote(
+        number=number,
+        tenant_id=tenant.tenant_id,
+        invoice_id=original.id,
+        currency=tenant.currency,
+        amount=amount,
+        reason=f"usage for {service_period} corrected after {original.number} was issued",
+        lines=lines,
+        created_ms=now_ms(),
+    )
     session.add(note)
     session.flush()
     for offset_range in ranges:
@@ -499,8 +596,15 @@ def _issue_credit_note(
     return number
 
 
-def _write_draft(session: Session, actor: str, plan: _TenantPlan, cutoff: Cutoff, draft: _Draft,
-                 totals: dict[str, Decimal], outcome: TenantOutcome) -> None:  # fmt: skip
+def _write_draft(
+    session: Session,
+    actor: str,
+    plan: _TenantPlan,
+    cutoff: Cutoff,
+    draft: _Draft,
+    totals: dict[str, Decimal],
+    outcome: TenantOutcome,
+) -> None:
     tenant = plan.tenant
     for service_period, lines, amount, ranges in draft.credit_notes:
         outcome.credit_notes.append(_issue_credit_note(session, actor, tenant, service_period, lines, amount, ranges))
@@ -517,10 +621,18 @@ def _write_draft(session: Session, actor: str, plan: _TenantPlan, cutoff: Cutoff
     if invoice is None:
         try:
             with session.begin_nested():
-                invoice = Invoice(tenant_id=tenant.tenant_id, period=plan.period, period_start_ms=plan.start_ms,
-                                  period_end_ms=plan.end_ms, status=INVOICE_DRAFT, currency=tenant.currency,
-                                  content_hash="", usage_cutoff={str(p): o for p, o in cutoff.items()},
-                                  rated_ms=now_ms(), **totals)  # fmt: skip
+                invoice = Invoice(
+                    tenant_id=tenant.tenant_id,
+                    period=plan.period,
+                    period_start_ms=plan.start_ms,
+                    period_end_ms=plan.end_ms,
+                    status=INVOICE_DRAFT,
+                    currency=tenant.currency,
+                    content_hash="",
+                    usage_cutoff={str(p): o for p, o in cutoff.items()},
+                    rated_ms=now_ms(),
+                    **totals,
+                )
                 session.add(invoice)
             outcome.status = "created"
         except IntegrityError:  # another run created it a moment ago: regenerate that one
@@ -556,8 +668,17 @@ def _write_draft(session: Session, actor: str, plan: _TenantPlan, cutoff: Cutoff
         session.add(_consumption(tenant.tenant_id, service_period, offset_range, invoice_id=invoice.id))
     for credit_id, amount in draft.drawdowns:
         session.add(CreditDrawdown(credit_id=credit_id, invoice_id=invoice.id, amount=amount))
-    audit(session, actor, f"invoice.{outcome.status}", "invoice", str(invoice.id), tenant_id=tenant.tenant_id,
-          period=plan.period, total=str(totals["total"]), content_hash=digest)  # fmt: skip
+    audit(
+        session,
+        actor,
+        f"invoice.{outcome.status}",
+        "invoice",
+        str(invoice.id),
+        tenant_id=tenant.tenant_id,
+        period=plan.period,
+        total=str(totals["total"]),
+        content_hash=digest,
+    )
 
 
 def _withdraw_draft(session: Session, actor: str, plan: _TenantPlan, outcome: TenantOutcome) -> None:
@@ -611,10 +732,15 @@ def run_period(
             plans.append(plan)
         requests = _usage_requests(plans, cutoff)
         leases = (
-            leases_overlapping(session, min(r.start_ms for r in requests), max(r.end_ms for r in requests),
-                               {r.tenant_id for r in requests})
-            if requests else []
-        )  # fmt: skip
+            leases_overlapping(
+                session,
+                min(r.start_ms for r in requests),
+                max(r.end_ms for r in requests),
+                {r.tenant_id for r in requests},
+            )
+            if requests
+            else []
+        )
     if progress:
         progress(f"aggregating usage for {len(plans)} tenants")
     results = aggregate(usage_root, requests, leases) if plans else {}
@@ -637,8 +763,11 @@ def run_period(
                 draft.consumptions = []
             _write_draft(session, actor, plan, cutoff, draft, totals, outcome)
         report.outcomes.append(outcome)
-    report.flags += [f"tenant {o.tenant_id} has no contract in {period}: not rated"
-                     for o in report.outcomes if o.status == "no contract"]  # fmt: skip
+    report.flags += [
+        f"tenant {o.tenant_id} has no contract in {period}: not rated"
+        for o in report.outcomes
+        if o.status == "no contract"
+    ]
     return report
 
 
@@ -673,8 +802,16 @@ def finalize(ledger: Ledger, actor: str, ref: str | int) -> Invoice:
         invoice.number = _take_number(session, INVOICE_SEQUENCE)
         invoice.status = INVOICE_FINALIZED
         invoice.finalized_ms = now_ms()
-        audit(session, actor, "invoice.finalize", "invoice", invoice.number, id=invoice.id,
-              content_hash=invoice.content_hash, total=str(invoice.total))  # fmt: skip
+        audit(
+            session,
+            actor,
+            "invoice.finalize",
+            "invoice",
+            invoice.number,
+            id=invoice.id,
+            content_hash=invoice.content_hash,
+            total=str(invoice.total),
+        )
         session.flush()
         session.refresh(invoice)
         _ = invoice.lines
@@ -710,8 +847,9 @@ def void(ledger: Ledger, actor: str, ref: str | int, reason: str) -> Invoice:
         return invoice
 
 
-def list_invoices(session: Session, period: str | None = None, tenant_id: str | None = None,
-                  status: str | None = None) -> list[Invoice]:  # fmt: skip
+def list_invoices(
+    session: Session, period: str | None = None, tenant_id: str | None = None, status: str | None = None
+) -> list[Invoice]:
     query = select(Invoice).order_by(Invoice.period, Invoice.tenant_id, Invoice.id)
     if period:
         query = query.where(Invoice.period == period)

@@ -149,8 +149,17 @@ def add_contract(
     contract = Contract(tenant_id=tenant_id, rate_card=rate_card, start_ms=start_ms, end_ms=end_ms, created_ms=now_ms())
     session.add(contract)
     session.flush()
-    audit(session, actor, "contract.add", "contract", str(contract.id), tenant_id=tenant_id, rate_card=rate_card,
-          start_ms=start_ms, end_ms=end_ms)  # fmt: skip
+    audit(
+        session,
+        actor,
+        "contract.add",
+        "contract",
+        str(contract.id),
+        tenant_id=tenant_id,
+        rate_card=rate_card,
+        start_ms=start_ms,
+        end_ms=end_ms,
+    )
     return contract
 
 
@@ -211,8 +220,16 @@ def grant_credit(
         note=note,
     )
     session.add(credit)
-    audit(session, actor, "credit.grant", "credit", credit_id, tenant_id=tenant_id, amount=str(amount),
-          expires_ms=expires_ms)  # fmt: skip
+    audit(
+        session,
+        actor,
+        "credit.grant",
+        "credit",
+        credit_id,
+        tenant_id=tenant_id,
+        amount=str(amount),
+        expires_ms=expires_ms,
+    )
     return credit
 
 

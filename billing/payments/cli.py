@@ -22,8 +22,13 @@ from billing.payments.errors import StripeConfigError
 
 
 def add_stripe_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    stripe = subparsers.add_parser("stripe", parents=[common], help="push invoices to Stripe; payment state back",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    stripe = subparsers.add_parser(
+        "stripe",
+        parents=[common],
+        help="push invoices to Stripe; payment state back",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     stripe.add_argument("action", choices=["push", "status", "poll", "webhook"])
     stripe.add_argument("--period", help="YYYY-MM")
     stripe.add_argument("--invoice", action="append", default=[], help="push: only this invoice number (repeatable)")
@@ -85,22 +90,33 @@ def _status(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.payments.stripe_sync import sync_rows
 
     with ledger.transaction() as session:
-        rows = [{"number": inv.number, "tenant_id": inv.tenant_id, "period": inv.period, "status": inv.status,
-                 "amount_due": str(inv.amount_due), "currency": inv.currency,
-                 "stripe_state": sync.state if sync else "not pushed",
-                 "stripe_invoice_id": sync.stripe_invoice_id if sync else None,
-                 "payment_status": sync.payment_status if sync else None,
-                 "amount_paid": str(sync.amount_paid) if sync and sync.amount_paid is not None else None,
-                 "attempts": sync.attempts if sync else 0, "last_error": sync.last_error if sync else None}
-                for inv, sync in sync_rows(session, args.period)]  # fmt: skip
+        rows = [
+            {
+                "number": inv.number,
+                "tenant_id": inv.tenant_id,
+                "period": inv.period,
+                "status": inv.status,
+                "amount_due": str(inv.amount_due),
+                "currency": inv.currency,
+                "stripe_state": sync.state if sync else "not pushed",
+                "stripe_invoice_id": sync.stripe_invoice_id if sync else None,
+                "payment_status": sync.payment_status if sync else None,
+                "amount_paid": str(sync.amount_paid) if sync and sync.amount_paid is not None else None,
+                "attempts": sync.attempts if sync else 0,
+                "last_error": sync.last_error if sync else None,
+            }
+            for inv, sync in sync_rows(session, args.period)
+        ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
         error = f"  last error: {r['last_error']}" if r["last_error"] else ""
-        print(f"{r['number']:<12} {r['tenant_id']:<16} {r['period']} {r['status']:<9} {r['amount_due']:>12} "
-              f"{r['currency']}  stripe {r['stripe_state']:<10} {r['payment_status'] or '-':<13}"
-              f"{r['stripe_invoice_id'] or ''}{error}")  # fmt: skip
+        print(
+            f"{r['number']:<12} {r['tenant_id']:<16} {r['period']} {r['status']:<9} {r['amount_due']:>12} "
+            f"{r['currency']}  stripe {r['stripe_state']:<10} {r['payment_status'] or '-':<13}"
+            f"{r['stripe_invoice_id'] or ''}{error}"
+        )
     if not rows:
         print("no issued invoices")
     return 0

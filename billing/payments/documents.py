@@ -69,8 +69,13 @@ def customer_params(tenant_id: str, name: str, email: str | None) -> dict[str, o
 
 
 def invoice_metadata(doc: InvoiceDoc) -> dict[str, str]:
-    return {META_TENANT: doc.tenant_id, META_INVOICE: str(doc.invoice_id), META_NUMBER: doc.number,
-            META_PERIOD: doc.period, META_HASH: doc.content_hash}  # fmt: skip
+    return {
+        META_TENANT: doc.tenant_id,
+        META_INVOICE: str(doc.invoice_id),
+        META_NUMBER: doc.number,
+        META_PERIOD: doc.period,
+        META_HASH: doc.content_hash,
+    }
 
 
 def item_key(doc: InvoiceDoc, line: LineDoc) -> str:
@@ -85,10 +90,17 @@ def item_params(
         "amount": to_minor(line.amount, doc.currency),
         "currency": doc.currency.lower(),
         "description": line.description[:500],
-        "period": {"start": line.service_start_ms // 1000, "end": max(line.service_start_ms, line.service_end_ms - 1) // 1000},
-        "metadata": {META_INVOICE: str(doc.invoice_id), META_NUMBER: doc.number, META_POSITION: str(line.position),
-                     META_KIND: line.kind},
-    }  # fmt: skip
+        "period": {
+            "start": line.service_start_ms // 1000,
+            "end": max(line.service_start_ms, line.service_end_ms - 1) // 1000,
+        },
+        "metadata": {
+            META_INVOICE: str(doc.invoice_id),
+            META_NUMBER: doc.number,
+            META_POSITION: str(line.position),
+            META_KIND: line.kind,
+        },
+    }
     if stripe_invoice_id is not None:
         params["invoice"] = stripe_invoice_id
     return params
@@ -128,11 +140,17 @@ def credit_note_params(
     minor = to_minor(amount, currency)
     params: dict[str, object] = {
         "invoice": stripe_invoice_id,
-        "lines": [{"type": "custom_line_item", "description": f"{number}: {reason}"[:500], "quantity": 1,
-                   "unit_amount": minor}],
+        "lines": [
+            {
+                "type": "custom_line_item",
+                "description": f"{number}: {reason}"[:500],
+                "quantity": 1,
+                "unit_amount": minor,
+            }
+        ],
         "memo": f"wattmeter credit note {number} for {invoice_number}",
         "metadata": {META_CREDIT_NOTE: number, META_NUMBER: invoice_number},
-    }  # fmt: skip
+    }
     if paid:  # a paid invoice's credit goes to the customer's balance (Stripe needs it said)
         params["credit_amount"] = minor
     return params
@@ -148,10 +166,15 @@ def meter_events(doc: InvoiceDoc, customer_id: str, now_s: int) -> list[tuple[in
         if name is None or line.quantity_base <= 0:
             continue
         stamp = min(max(line.service_end_ms // 1000 - 1, oldest), now_s)
-        events.append((line.position, {
-            "event_name": name,
-            "identifier": f"{_stem(doc)}-meter-{line.position}",
-            "timestamp": stamp,
-            "payload": {"stripe_customer_id": customer_id, "value": str(line.quantity_base)},
-        }))  # fmt: skip
+        events.append(
+            (
+                line.position,
+                {
+                    "event_name": name,
+                    "identifier": f"{_stem(doc)}-meter-{line.position}",
+                    "timestamp": stamp,
+                    "payload": {"stripe_customer_id": customer_id, "value": str(line.quantity_base)},
+                },
+            )
+        )
     return events

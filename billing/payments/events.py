@@ -84,9 +84,10 @@ def apply_event(ledger: Ledger, event: Any, source: str, actor: str = "stripe") 
             state = INVOICE_EVENTS.get(kind)
             if state is not None:
                 row = session.scalar(
-                    select(StripeInvoiceSync).where(StripeInvoiceSync.stripe_invoice_id == stripe_invoice_id)
+                    select(StripeInvoiceSync)
+                    .where(StripeInvoiceSync.stripe_invoice_id == stripe_invoice_id)
                     .with_for_update()
-                )  # fmt: skip
+                )
                 if row is None:
                     meta = dict(obj.get("metadata") or {})
                     wanted = meta.get(docs.META_INVOICE)
@@ -101,12 +102,22 @@ def apply_event(ledger: Ledger, event: Any, source: str, actor: str = "stripe") 
                     row.updated_ms = now_ms()
                     number = session.scalar(select(Invoice.number).where(Invoice.id == row.invoice_id))
                     outcome = f"{state} {number}"
-                    audit(session, actor, f"stripe.{state}", "invoice", str(row.invoice_id), event=event_id,
-                          source=source)  # fmt: skip
+                    audit(
+                        session, actor, f"stripe.{state}", "invoice", str(row.invoice_id), event=event_id, source=source
+                    )
                 else:
                     outcome = f"ignored: {row.payment_status} stays (event older or not final)"
-            session.add(StripeEvent(event_id=event_id, type=kind, created=created, stripe_invoice_id=stripe_invoice_id,
-                                    source=source, outcome=outcome[:64], received_ms=now_ms()))  # fmt: skip
+            session.add(
+                StripeEvent(
+                    event_id=event_id,
+                    type=kind,
+                    created=created,
+                    stripe_invoice_id=stripe_invoice_id,
+                    source=source,
+                    outcome=outcome[:64],
+                    received_ms=now_ms(),
+                )
+            )
             return Applied(event_id, kind, outcome)
     except IntegrityError:  # the same event applied by another process a moment ago
         return Applied(event_id, kind, "duplicate")

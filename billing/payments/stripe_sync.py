@@ -76,12 +76,28 @@ class PushReport:
 def invoice_doc(invoice: Invoice) -> docs.InvoiceDoc:
     assert invoice.number is not None, "only issued invoices go to Stripe"
     lines = tuple(
-        docs.LineDoc(line.position, line.kind, line.description, line.amount, line.service_start_ms,
-                     line.service_end_ms, line.quantity_base, line.base_unit)
+        docs.LineDoc(
+            line.position,
+            line.kind,
+            line.description,
+            line.amount,
+            line.service_start_ms,
+            line.service_end_ms,
+            line.quantity_base,
+            line.base_unit,
+        )
         for line in sorted(invoice.lines, key=lambda line: line.position)
-    )  # fmt: skip
-    return docs.InvoiceDoc(invoice.id, invoice.number, invoice.tenant_id, invoice.period, invoice.currency,
-                           invoice.content_hash, invoice.amount_due, lines)  # fmt: skip
+    )
+    return docs.InvoiceDoc(
+        invoice.id,
+        invoice.number,
+        invoice.tenant_id,
+        invoice.period,
+        invoice.currency,
+        invoice.content_hash,
+        invoice.amount_due,
+        lines,
+    )
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -117,8 +133,14 @@ class _Pusher:
                 setattr(row, key, value)
             row.updated_ms = now_ms()
             if "state" in values:
-                audit(session, self.actor, f"stripe.{values['state']}", "invoice", str(invoice_id),
-                      stripe_invoice_id=row.stripe_invoice_id)  # fmt: skip
+                audit(
+                    session,
+                    self.actor,
+                    f"stripe.{values['state']}",
+                    "invoice",
+                    str(invoice_id),
+                    stripe_invoice_id=row.stripe_invoice_id,
+                )
             session.flush()
             session.expunge(row)
             return row
@@ -127,8 +149,15 @@ class _Pusher:
         with self.ledger.transaction() as session:
             row = session.get(StripeInvoiceSync, invoice.id, with_for_update=True)
             if row is None:
-                row = StripeInvoiceSync(invoice_id=invoice.id, tenant_id=invoice.tenant_id, mode=mode,
-                                        state=STATE_PENDING, stripe_items={}, attempts=0, updated_ms=now_ms())  # fmt: skip
+                row = StripeInvoiceSync(
+                    invoice_id=invoice.id,
+                    tenant_id=invoice.tenant_id,
+                    mode=mode,
+                    state=STATE_PENDING,
+                    stripe_items={},
+                    attempts=0,
+                    updated_ms=now_ms(),
+                )
                 session.add(row)
             row.attempts += 1
             row.last_attempt_ms = now_ms()
@@ -143,10 +172,12 @@ class _Pusher:
         customer_id = tenant.stripe_customer_id or self._find_customer(tenant.tenant_id)
         if customer_id is None:
             created = self.stripe.call(
-                f"create the customer of tenant {tenant.tenant_id}", self.v1.customers.create,
+                f"create the customer of tenant {tenant.tenant_id}",
+                self.v1.customers.create,
                 params=docs.customer_params(tenant.tenant_id, tenant.name, tenant.contact_email),
-                options={"idempotency_key": docs.customer_key(tenant.tenant_id)}, creates=True,
-            )  # fmt: skip
+                options={"idempotency_key": docs.customer_key(tenant.tenant_id)},
+                creates=True,
+            )
             customer_id = created.id
         assert customer_id is not None
         if self._customers is not None:
@@ -173,8 +204,9 @@ class _Pusher:
 
     # -- invoice ------------------------------------------------------------------------------
     def _find_invoice(self, doc: docs.InvoiceDoc, customer_id: str) -> Any | None:
-        for found in self.stripe.list_all(f"list the invoices of {customer_id}", self.v1.invoices,
-                                          {"customer": customer_id}):  # fmt: skip
+        for found in self.stripe.list_all(
+            f"list the invoices of {customer_id}", self.v1.invoices, {"customer": customer_id}
+        ):
             if _meta(found).get(docs.META_INVOICE) == str(doc.invoice_id):
                 return found
         return None
@@ -188,18 +220,24 @@ class _Pusher:
         with self.ledger.transaction() as session:
             unfinished = session.scalar(
                 select(StripeInvoiceSync.invoice_id)
-                .where(StripeInvoiceSync.tenant_id == row.tenant_id, StripeInvoiceSync.invoice_id != row.invoice_id,
-                       StripeInvoiceSync.state.not_in((STATE_FINALIZED, STATE_REPORTED, STATE_VOIDED)))
+                .where(
+                    StripeInvoiceSync.tenant_id == row.tenant_id,
+                    StripeInvoiceSync.invoice_id != row.invoice_id,
+                    StripeInvoiceSync.state.not_in((STATE_FINALIZED, STATE_REPORTED, STATE_VOIDED)),
+                )
                 .limit(1)
-            )  # fmt: skip
+            )
         return unfinished is not None
 
     def _items(self, row: StripeInvoiceSync, doc: docs.InvoiceDoc, customer_id: str, look: bool) -> None:
         done: dict[str, str] = dict(row.stripe_items or {})
         pending = []
         if look:
-            pending = self.stripe.list_all(f"list the pending invoice items of {customer_id}", self.v1.invoice_items,
-                                           {"customer": customer_id, "pending": True})  # fmt: skip
+            pending = self.stripe.list_all(
+                f"list the pending invoice items of {customer_id}",
+                self.v1.invoice_items,
+                {"customer": customer_id, "pending": True},
+            )
         for item in pending:
             if _as_dict(item).get("invoice"):
                 continue
@@ -209,7 +247,8 @@ class _Pusher:
                 done.setdefault(meta.get(docs.META_POSITION, ""), item.id)
             elif owner is not None:
                 raise StripeCallFailed(
-                    f"customer {customer_id} has pending items of wattmeter invoice {meta.get(docs.META_NUMBER, owner)}: "
+                    f"customer {customer_id} has pending items of wattmeter invoice "
+                    f"{meta.get(docs.META_NUMBER, owner)}: "
                     "push that invoice first (or void it in wattmeter)"
                 )
         # the items are recorded once, after the last (or the failing) one: an item created but not recorded
@@ -220,10 +259,12 @@ class _Pusher:
                 if str(line.position) in done:
                     continue
                 item = self.stripe.call(
-                    f"create item {line.position} of {doc.number}", self.v1.invoice_items.create,
+                    f"create item {line.position} of {doc.number}",
+                    self.v1.invoice_items.create,
                     params=docs.item_params(doc, line, customer_id),
-                    options={"idempotency_key": docs.item_key(doc, line)}, creates=True,
-                )  # fmt: skip
+                    options={"idempotency_key": docs.item_key(doc, line)},
+                    creates=True,
+                )
                 done[str(line.position)] = item.id
         finally:
             if done != recorded:
@@ -241,28 +282,39 @@ class _Pusher:
             return self._report_meters(row, doc, customer_id)
         stripe_invoice = None
         if row.stripe_invoice_id:
-            stripe_invoice = self.stripe.call(f"retrieve {row.stripe_invoice_id}", self.v1.invoices.retrieve,
-                                              row.stripe_invoice_id)  # fmt: skip
+            stripe_invoice = self.stripe.call(
+                f"retrieve {row.stripe_invoice_id}", self.v1.invoices.retrieve, row.stripe_invoice_id
+            )
         else:
             look = self._may_exist(row)
             stripe_invoice = self._find_invoice(doc, customer_id) if look else None
             if stripe_invoice is None:
                 self._items(row, doc, customer_id, look)
                 stripe_invoice = self.stripe.call(
-                    f"create the invoice for {doc.number}", self.v1.invoices.create,
+                    f"create the invoice for {doc.number}",
+                    self.v1.invoices.create,
                     params=docs.invoice_params(doc, customer_id),
-                    options={"idempotency_key": docs.invoice_key(doc)}, creates=True,
-                )  # fmt: skip
+                    options={"idempotency_key": docs.invoice_key(doc)},
+                    creates=True,
+                )
             row = self._record(row.invoice_id, stripe_invoice_id=stripe_invoice.id, state=STATE_INVOICE)
         if row.state != STATE_FINALIZED and _status(stripe_invoice) == "draft":
             stripe_invoice = self.stripe.call(
-                f"finalize {stripe_invoice.id} ({doc.number})", self.v1.invoices.finalize_invoice, stripe_invoice.id,
-                options={"idempotency_key": docs.finalize_key(doc)}, creates=True,
-            )  # fmt: skip
+                f"finalize {stripe_invoice.id} ({doc.number})",
+                self.v1.invoices.finalize_invoice,
+                stripe_invoice.id,
+                options={"idempotency_key": docs.finalize_key(doc)},
+                creates=True,
+            )
         status = _status(stripe_invoice)
         status = status if status in ("paid", "void", "uncollectible") else "open"  # Stripe: finalized = open
-        self._record(row.invoice_id, state=STATE_FINALIZED, pushed_ms=now_ms(), last_error=None,
-                     payment_status=row.payment_status or status)  # fmt: skip
+        self._record(
+            row.invoice_id,
+            state=STATE_FINALIZED,
+            pushed_ms=now_ms(),
+            last_error=None,
+            payment_status=row.payment_status or status,
+        )
         return PushOutcome(doc.number, doc.tenant_id, "pushed", stripe_invoice.id)
 
     def _report_meters(self, row: StripeInvoiceSync, doc: docs.InvoiceDoc, customer_id: str) -> PushOutcome:
@@ -270,9 +322,13 @@ class _Pusher:
         for position, params in docs.meter_events(doc, customer_id, int(time.time())):
             if str(position) in done:
                 continue
-            self.stripe.call(f"meter event {position} of {doc.number}", self.v1.billing.meter_events.create,
-                             params=params, options={"idempotency_key": str(params["identifier"])},
-                             creates=True)  # fmt: skip
+            self.stripe.call(
+                f"meter event {position} of {doc.number}",
+                self.v1.billing.meter_events.create,
+                params=params,
+                options={"idempotency_key": str(params["identifier"])},
+                creates=True,
+            )
             done[str(position)] = str(params["identifier"])
             row = self._record(row.invoice_id, stripe_items=dict(done))
         self._record(row.invoice_id, state=STATE_REPORTED, pushed_ms=now_ms(), last_error=None)
@@ -283,19 +339,25 @@ class _Pusher:
             return PushOutcome(doc.number, doc.tenant_id, "already voided", row.stripe_invoice_id)
         if row.mode == "meters":  # cancel each meter event sent (Stripe's meter event adjustments)
             for position, identifier in sorted((row.stripe_items or {}).items()):
-                name = next((str(p["event_name"]) for pos, p in docs.meter_events(doc, "", 0) if str(pos) == position),
-                            None)  # fmt: skip
+                name = next(
+                    (str(p["event_name"]) for pos, p in docs.meter_events(doc, "", 0) if str(pos) == position), None
+                )
                 if name is None:
                     continue
-                self.stripe.call(f"cancel meter event {identifier}", self.v1.billing.meter_event_adjustments.create,
-                                 params={"event_name": name, "type": "cancel", "cancel": {"identifier": identifier}},
-                                 options={"idempotency_key": f"{identifier}-cancel"}, creates=True)  # fmt: skip
+                self.stripe.call(
+                    f"cancel meter event {identifier}",
+                    self.v1.billing.meter_event_adjustments.create,
+                    params={"event_name": name, "type": "cancel", "cancel": {"identifier": identifier}},
+                    options={"idempotency_key": f"{identifier}-cancel"},
+                    creates=True,
+                )
             self._record(row.invoice_id, state=STATE_VOIDED, payment_status="void", last_error=None)
             return PushOutcome(doc.number, doc.tenant_id, "voided", None)
         stripe_invoice = None
         if row.stripe_invoice_id:
-            stripe_invoice = self.stripe.call(f"retrieve {row.stripe_invoice_id}", self.v1.invoices.retrieve,
-                                              row.stripe_invoice_id)  # fmt: skip
+            stripe_invoice = self.stripe.call(
+                f"retrieve {row.stripe_invoice_id}", self.v1.invoices.retrieve, row.stripe_invoice_id
+            )
         elif row.stripe_customer_id:
             stripe_invoice = self._find_invoice(doc, row.stripe_customer_id)
         if stripe_invoice is not None:
@@ -308,19 +370,29 @@ class _Pusher:
             if status != "void":
                 if row.state != STATE_FINALIZED:  # created, never finalized: Stripe voids only open invoices
                     self.stripe.call(
-                        f"finalize {stripe_invoice.id} ({doc.number}) to void it", self.v1.invoices.finalize_invoice,
-                        stripe_invoice.id, options={"idempotency_key": docs.finalize_key(doc)}, creates=True,
-                    )  # fmt: skip
-                self.stripe.call(f"void {stripe_invoice.id} ({doc.number})", self.v1.invoices.void_invoice,
-                                 stripe_invoice.id, options={"idempotency_key": docs.void_key(doc)},
-                                 creates=True)  # fmt: skip
+                        f"finalize {stripe_invoice.id} ({doc.number}) to void it",
+                        self.v1.invoices.finalize_invoice,
+                        stripe_invoice.id,
+                        options={"idempotency_key": docs.finalize_key(doc)},
+                        creates=True,
+                    )
+                self.stripe.call(
+                    f"void {stripe_invoice.id} ({doc.number})",
+                    self.v1.invoices.void_invoice,
+                    stripe_invoice.id,
+                    options={"idempotency_key": docs.void_key(doc)},
+                    creates=True,
+                )
         elif row.stripe_customer_id:  # pushed partly: delete its pending items so no other invoice takes them
-            for item in self.stripe.list_all(f"list the pending invoice items of {row.stripe_customer_id}",
-                                             self.v1.invoice_items,
-                                             {"customer": row.stripe_customer_id, "pending": True}):  # fmt: skip
+            for item in self.stripe.list_all(
+                f"list the pending invoice items of {row.stripe_customer_id}",
+                self.v1.invoice_items,
+                {"customer": row.stripe_customer_id, "pending": True},
+            ):
                 if not _as_dict(item).get("invoice") and _meta(item).get(docs.META_INVOICE) == str(doc.invoice_id):
-                    self.stripe.call(f"delete item {item.id} of {doc.number}", self.v1.invoice_items.delete, item.id,
-                                     creates=True)  # fmt: skip
+                    self.stripe.call(
+                        f"delete item {item.id} of {doc.number}", self.v1.invoice_items.delete, item.id, creates=True
+                    )
         self._record(row.invoice_id, state=STATE_VOIDED, payment_status="void", last_error=None)
         return PushOutcome(doc.number, doc.tenant_id, "voided", row.stripe_invoice_id)
 
@@ -338,18 +410,30 @@ class _Pusher:
             return PushOutcome(note.number, note.tenant_id, "already pushed", row.stripe_credit_note_id)
         assert sync.stripe_invoice_id is not None and original.number is not None
         found = None
-        for existing in self.stripe.list_all(f"list the credit notes of {sync.stripe_invoice_id}",
-                                             self.v1.credit_notes, {"invoice": sync.stripe_invoice_id}):  # fmt: skip
+        for existing in self.stripe.list_all(
+            f"list the credit notes of {sync.stripe_invoice_id}",
+            self.v1.credit_notes,
+            {"invoice": sync.stripe_invoice_id},
+        ):
             if _meta(existing).get(docs.META_CREDIT_NOTE) == note.number:
                 found = existing
                 break
         if found is None:
             found = self.stripe.call(
-                f"create credit note {note.number}", self.v1.credit_notes.create,
-                params=docs.credit_note_params(note.number, original.number, sync.stripe_invoice_id, note.amount,
-                                               note.currency, note.reason, sync.payment_status == "paid"),
-                options={"idempotency_key": docs.credit_note_key(note.number)}, creates=True,
-            )  # fmt: skip
+                f"create credit note {note.number}",
+                self.v1.credit_notes.create,
+                params=docs.credit_note_params(
+                    note.number,
+                    original.number,
+                    sync.stripe_invoice_id,
+                    note.amount,
+                    note.currency,
+                    note.reason,
+                    sync.payment_status == "paid",
+                ),
+                options={"idempotency_key": docs.credit_note_key(note.number)},
+                creates=True,
+            )
         with self.ledger.transaction() as session:
             stored = session.get(StripeCreditNoteSync, note.id)
             assert stored is not None

@@ -21,8 +21,8 @@ TOML shape (see billing/ratecards/*.toml)::
     pue = "1.20"   increment_s = 1   minimum_s = 60   discount_percent = "0"   commitment = "500.00"
     [calendar]  ... (billing.pricing.calendar)
     [gpu_hour.<model or "*">.<plan>]   <period or "*"> = "2.50"
-                                       <period or "*"> = { mode = "graduated" | "volume",
-                                                           tiers = [{ up_to = "100", price = "2.00" }, { price = "1.80" }] }
+                                       <period or "*"> = { mode = "graduated" | "volume", tiers = [
+                                           { up_to = "100", price = "2.00" }, { price = "1.80" }] }
     [energy_kwh]  <period or "*"> = "0.20"     (or energy_kwh = "0.15" for every period)
     [tax]         "<jurisdiction or *>" = "0.08875"   (a fraction, not a percentage)
 

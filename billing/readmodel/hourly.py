@@ -83,8 +83,10 @@ def hourly_rows(
                        energy_mj, 1 AS n, filename
                 FROM read_parquet(getvariable('paths'), filename = true, hive_partitioning = false){moved}
             ) WHERE window_start_ms >= {int(start_ms)} AND window_start_ms < {int(end_ms)}""")
-        con.execute("CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM raw) "
-                    "GROUP BY h HAVING count(*) > 1")  # fmt: skip
+        con.execute(
+            "CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM raw) "
+            "GROUP BY h HAVING count(*) > 1"
+        )
         rows = con.execute(f"""
             WITH counted AS (
                 SELECT * EXCLUDE (filename) FROM raw WHERE hash(record_id) NOT IN (SELECT h FROM shared)
@@ -114,11 +116,21 @@ def rebuild(ledger: Ledger, usage_root: Path, label: str, start_ms: int, end_ms:
     with ledger.transaction() as session:
         leases = leases_overlapping(session, start_ms, end_ms)
     rows, records = hourly_rows(usage_root, start_ms, end_ms, leases)
-    columns: Sequence[str] = ("tenant_id", "gpu_uuid", "model", "plan", "hour_start_ms", "allocated_gpu_ms",
-                              "busy_gpu_ms", "energy_mj", "records")  # fmt: skip
+    columns: Sequence[str] = (
+        "tenant_id",
+        "gpu_uuid",
+        "model",
+        "plan",
+        "hour_start_ms",
+        "allocated_gpu_ms",
+        "busy_gpu_ms",
+        "energy_mj",
+        "records",
+    )
     with ledger.transaction() as session:
-        session.execute(delete(UsageHourly).where(UsageHourly.hour_start_ms >= start_ms,
-                                                  UsageHourly.hour_start_ms < end_ms))  # fmt: skip
+        session.execute(
+            delete(UsageHourly).where(UsageHourly.hour_start_ms >= start_ms, UsageHourly.hour_start_ms < end_ms)
+        )
         for i in range(0, len(rows), BATCH):
             session.execute(insert(UsageHourly), [dict(zip(columns, row)) for row in rows[i : i + BATCH]])
         run = session.get(RollupRun, label)

@@ -53,9 +53,12 @@ def add_reconcile_commands(subparsers: Any, common: argparse.ArgumentParser | No
         )
         parser.add_argument("--json", action="store_true", help="print JSON (everything; money as strings)")
         parser.add_argument("--actor", default=default_actor(), help="who is acting (reconciling writes nothing)")
-        parser.add_argument("--usage-dir", type=Path,
-                            default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
-                            help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)")  # fmt: skip
+        parser.add_argument(
+            "--usage-dir",
+            type=Path,
+            default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
+            help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)",
+        )
     parser.add_argument("--period", required=True, help="a month, YYYY-MM (in each tenant's time zone)")
     parser.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     parser.add_argument("--csv", type=Path, help="write one row per tenant x cause to this CSV file")
@@ -82,8 +85,9 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.reconcile.service import reconcile
 
     stripe, skipped = _stripe(args)
-    result = reconcile(ledger, args.usage_dir, args.period, stripe, tenant_ids=args.tenant or None,
-                       stripe_skipped=skipped)  # fmt: skip
+    result = reconcile(
+        ledger, args.usage_dir, args.period, stripe, tenant_ids=args.tenant or None, stripe_skipped=skipped
+    )
     if args.csv:
         report.write_csv(result, args.csv)
     if args.html:
@@ -104,8 +108,9 @@ def run_reconcile_command(args: argparse.Namespace, ledger: Ledger | None = None
             ledger = Ledger(args.db)
         return _run(args, ledger)
     except (ReconcileError, LedgerError, PeriodError, UsageDataError, PaymentsError, PricingError, OSError) as exc:
-        print(f"{PROG}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{PROG}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr
+        )
         return 2
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -71,25 +71,70 @@ def rows(result: Reconciliation) -> list[dict[str, str]]:
     out = []
     for tenant in result.tenants:
         for item in tenant.items:
-            out.append({
-                "period": result.period, "tenant": tenant.tenant_id, "invoice": tenant.invoice, "leg": item.leg,
-                "cause": item.cause, "amount": amount_text(item.amount, tenant.currency),
-                "currency": tenant.currency if item.amount is not None else "", "quantity": _quantity(item),
-                "detail": _detail(item), "explained": "true" if item.explained else "false",
-            })  # fmt: skip
+            out.append(
+                {
+                    "period": result.period,
+                    "tenant": tenant.tenant_id,
+                    "invoice": tenant.invoice,
+                    "leg": item.leg,
+                    "cause": item.cause,
+                    "amount": amount_text(item.amount, tenant.currency),
+                    "currency": tenant.currency if item.amount is not None else "",
+                    "quantity": _quantity(item),
+                    "detail": _detail(item),
+                    "explained": "true" if item.explained else "false",
+                }
+            )
         for flag in tenant.flags:
-            out.append({"period": result.period, "tenant": tenant.tenant_id, "invoice": tenant.invoice, "leg": "flag",
-                        "cause": "flagged", "amount": "", "currency": "", "quantity": "", "detail": flag,
-                        "explained": "true"})  # fmt: skip
+            out.append(
+                {
+                    "period": result.period,
+                    "tenant": tenant.tenant_id,
+                    "invoice": tenant.invoice,
+                    "leg": "flag",
+                    "cause": "flagged",
+                    "amount": "",
+                    "currency": "",
+                    "quantity": "",
+                    "detail": flag,
+                    "explained": "true",
+                }
+            )
     for currency, totals in result.totals.items():
-        for cause, value in (("metered", totals.metered), ("invoiced", Fraction(totals.invoiced)),
-                             ("collected", Fraction(totals.collected))):  # fmt: skip
-            out.append({"period": result.period, "tenant": "*", "invoice": "", "leg": "total", "cause": cause,
-                        "amount": amount_text(value, currency), "currency": currency, "quantity": "",
-                        "detail": f"{totals.tenants} tenant(s)", "explained": "true"})  # fmt: skip
+        for cause, value in (
+            ("metered", totals.metered),
+            ("invoiced", Fraction(totals.invoiced)),
+            ("collected", Fraction(totals.collected)),
+        ):
+            out.append(
+                {
+                    "period": result.period,
+                    "tenant": "*",
+                    "invoice": "",
+                    "leg": "total",
+                    "cause": cause,
+                    "amount": amount_text(value, currency),
+                    "currency": currency,
+                    "quantity": "",
+                    "detail": f"{totals.tenants} tenant(s)",
+                    "explained": "true",
+                }
+            )
     for note in result.notes:
-        out.append({"period": result.period, "tenant": "*", "invoice": "", "leg": "flag", "cause": "flagged",
-                    "amount": "", "currency": "", "quantity": "", "detail": note, "explained": "true"})  # fmt: skip
+        out.append(
+            {
+                "period": result.period,
+                "tenant": "*",
+                "invoice": "",
+                "leg": "flag",
+                "cause": "flagged",
+                "amount": "",
+                "currency": "",
+                "quantity": "",
+                "detail": note,
+                "explained": "true",
+            }
+        )
     return out
 
 
@@ -112,21 +157,32 @@ def write_csv(result: Reconciliation, path: Path | str) -> Path:
 
 def _item_json(item: Item, currency: str) -> dict[str, Any]:
     return {
-        "leg": item.leg, "cause": item.cause, "role": item.role, "amount": amount_text(item.amount, currency) or None,
+        "leg": item.leg,
+        "cause": item.cause,
+        "role": item.role,
+        "amount": amount_text(item.amount, currency) or None,
         "exact": None if item.amount is None else f"{item.amount.numerator}/{item.amount.denominator}",
-        "quantity_ms": item.quantity_ms, "gpu_hours": _quantity(item) or None, "detail": item.detail,
-        "explained": item.explained, "message": item.message or None,
-    }  # fmt: skip
+        "quantity_ms": item.quantity_ms,
+        "gpu_hours": _quantity(item) or None,
+        "detail": item.detail,
+        "explained": item.explained,
+        "message": item.message or None,
+    }
 
 
 def _tenant_json(tenant: TenantResult) -> dict[str, Any]:
     return {
-        "tenant_id": tenant.tenant_id, "currency": tenant.currency, "invoice": tenant.invoice or None,
-        "status": tenant.status, "metered": amount_text(tenant.metered, tenant.currency) or None,
+        "tenant_id": tenant.tenant_id,
+        "currency": tenant.currency,
+        "invoice": tenant.invoice or None,
+        "status": tenant.status,
+        "metered": amount_text(tenant.metered, tenant.currency) or None,
         "invoiced": None if tenant.invoiced is None else str(tenant.invoiced),
         "collected": None if tenant.collected is None else str(tenant.collected),
-        "flags": tenant.flags, "unexplained": tenant.unexplained, "items": [_item_json(i, tenant.currency) for i in tenant.items],
-    }  # fmt: skip
+        "flags": tenant.flags,
+        "unexplained": tenant.unexplained,
+        "items": [_item_json(i, tenant.currency) for i in tenant.items],
+    }
 
 
 def to_json(result: Reconciliation) -> dict[str, Any]:
@@ -166,8 +222,10 @@ def _item_text(item: Item, currency: str) -> str:
 
 
 def text(result: Reconciliation) -> str:
-    out = [f"wattmeter reconciliation {result.period}  (Parquet cut-off {_cutoff_text(result)}; "
-           f"leases clipped to {ms_to_iso(result.now_ms)})"]  # fmt: skip
+    out = [
+        f"wattmeter reconciliation {result.period}  (Parquet cut-off {_cutoff_text(result)}; "
+        f"leases clipped to {ms_to_iso(result.now_ms)})"
+    ]
     for tenant in result.tenants:
         out.append("")
         invoice = f"invoice {tenant.invoice} ({tenant.status})" if tenant.invoice else "no invoice"
@@ -177,9 +235,11 @@ def text(result: Reconciliation) -> str:
     out.append("")
     out.append("totals")
     for currency, totals in result.totals.items():
-        out.append(f"  {currency}  metered {display_amount(totals.metered, currency)}  invoiced "
-                   f"{amount_text(Fraction(totals.invoiced), currency)}  collected "
-                   f"{amount_text(Fraction(totals.collected), currency)}  ({totals.tenants} tenant(s))")  # fmt: skip
+        out.append(
+            f"  {currency}  metered {display_amount(totals.metered, currency)}  invoiced "
+            f"{amount_text(Fraction(totals.invoiced), currency)}  collected "
+            f"{amount_text(Fraction(totals.collected), currency)}  ({totals.tenants} tenant(s))"
+        )
     if not result.totals:
         out.append("  nothing metered, leased or invoiced in the period")
     if result.flags:
@@ -230,13 +290,20 @@ def html_text(result: Reconciliation) -> str:
         parts.append("</ul>")
     else:
         parts.append('<p class="ok">Every difference has a named cause.</p>')
-    parts.append("<h2>Totals</h2><table><tr><th>currency</th><th>metered</th><th>invoiced</th><th>collected</th>"
-                 "<th>tenants</th></tr>")  # fmt: skip
+    parts.append(
+        "<h2>Totals</h2><table><tr><th>currency</th><th>metered</th><th>invoiced</th><th>collected</th>"
+        "<th>tenants</th></tr>"
+    )
     for currency, totals in result.totals.items():
-        parts.append("<tr>" + _cell(currency) + _cell(display_amount(totals.metered, currency), True)
-                     + _cell(amount_text(Fraction(totals.invoiced), currency), True)
-                     + _cell(amount_text(Fraction(totals.collected), currency), True)
-                     + _cell(str(totals.tenants), True) + "</tr>")  # fmt: skip
+        parts.append(
+            "<tr>"
+            + _cell(currency)
+            + _cell(display_amount(totals.metered, currency), True)
+            + _cell(amount_text(Fraction(totals.invoiced), currency), True)
+            + _cell(amount_text(Fraction(totals.collected), currency), True)
+            + _cell(str(totals.tenants), True)
+            + "</tr>"
+        )
     parts.append("</table>")
     if result.notes:
         parts += [f'<p class="flag">{e(note)}</p>' for note in result.notes]
@@ -247,9 +314,15 @@ def html_text(result: Reconciliation) -> str:
         for leg in LEGS:
             for item in (i for i in tenant.items if i.leg == leg):
                 css = "unexplained" if not item.explained else ("anchor" if item.role == ROLE_ANCHOR else "")
-                parts.append(f'<tr class="{css}">' + _cell(item.leg) + _cell(item.cause)
-                             + _cell(display_amount(item.amount, tenant.currency), True) + _cell(_quantity(item), True)
-                             + _cell(_detail(item)) + "</tr>")  # fmt: skip
+                parts.append(
+                    f'<tr class="{css}">'
+                    + _cell(item.leg)
+                    + _cell(item.cause)
+                    + _cell(display_amount(item.amount, tenant.currency), True)
+                    + _cell(_quantity(item), True)
+                    + _cell(_detail(item))
+                    + "</tr>"
+                )
         parts.append("</table>")
         if tenant.flags:
             parts.append("<ul>" + "".join(f'<li class="flag">{e(flag)}</li>' for flag in tenant.flags) + "</ul>")

@@ -81,10 +81,25 @@ from billing.usage.reader import Cutoff, OffsetRange, UsageRequest, UsageResult,
 Progress = Callable[[str], None]
 _CHUNK = 500
 _LINE_FIELDS = (
-    "kind", "description", "service_start_ms", "service_end_ms", "service_period", "correction", "card_name",
-    "card_version", "plan", "model", "tou_period", "tier", "quantity_base", "base_unit", "quantity", "unit",
-    "unit_price", "amount",
-)  # fmt: skip
+    "kind",
+    "description",
+    "service_start_ms",
+    "service_end_ms",
+    "service_period",
+    "correction",
+    "card_name",
+    "card_version",
+    "plan",
+    "model",
+    "tou_period",
+    "tier",
+    "quantity_base",
+    "base_unit",
+    "quantity",
+    "unit",
+    "unit_price",
+    "amount",
+)
 
 
 @dataclass
@@ -121,15 +136,26 @@ class _TenantFacts:
 
 def _stored_line(position: int, values: dict[str, Any]) -> StoredLine:
     return StoredLine(
-        position=position, kind=str(values["kind"]), description=str(values["description"]),
-        service_start_ms=int(values["service_start_ms"]), service_end_ms=int(values["service_end_ms"]),
-        service_period=str(values["service_period"]), correction=bool(values["correction"]),
-        card_name=str(values["card_name"]), card_version=int(values["card_version"]), plan=str(values["plan"]),
-        model=str(values["model"]), tou_period=str(values["tou_period"]),
-        tier=None if values["tier"] is None else int(values["tier"]), quantity_base=int(values["quantity_base"]),
-        base_unit=str(values["base_unit"]), quantity=Decimal(str(values["quantity"])), unit=str(values["unit"]),
-        unit_price=Decimal(str(values["unit_price"])), amount=Decimal(str(values["amount"])),
-    )  # fmt: skip
+        position=position,
+        kind=str(values["kind"]),
+        description=str(values["description"]),
+        service_start_ms=int(values["service_start_ms"]),
+        service_end_ms=int(values["service_end_ms"]),
+        service_period=str(values["service_period"]),
+        correction=bool(values["correction"]),
+        card_name=str(values["card_name"]),
+        card_version=int(values["card_version"]),
+        plan=str(values["plan"]),
+        model=str(values["model"]),
+        tou_period=str(values["tou_period"]),
+        tier=None if values["tier"] is None else int(values["tier"]),
+        quantity_base=int(values["quantity_base"]),
+        base_unit=str(values["base_unit"]),
+        quantity=Decimal(str(values["quantity"])),
+        unit=str(values["unit"]),
+        unit_price=Decimal(str(values["unit_price"])),
+        amount=Decimal(str(values["amount"])),
+    )
 
 
 def _row_line(line: InvoiceLine) -> StoredLine:
@@ -138,10 +164,19 @@ def _row_line(line: InvoiceLine) -> StoredLine:
 
 def _stored_invoice(invoice: Invoice) -> StoredInvoice:
     return StoredInvoice(
-        invoice.id, invoice.number, invoice.tenant_id, invoice.period, invoice.status, invoice.currency,
-        invoice.subtotal, invoice.tax, invoice.total, invoice.credits_applied, invoice.amount_due,
+        invoice.id,
+        invoice.number,
+        invoice.tenant_id,
+        invoice.period,
+        invoice.status,
+        invoice.currency,
+        invoice.subtotal,
+        invoice.tax,
+        invoice.total,
+        invoice.credits_applied,
+        invoice.amount_due,
         tuple(_row_line(line) for line in sorted(invoice.lines, key=lambda line: line.position)),
-    )  # fmt: skip
+    )
 
 
 def _range(row: UsageConsumption) -> OffsetRange:
@@ -193,9 +228,10 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
         facts.contract_problem = str(exc)
         facts.spans, facts.segments = [], []
     invoice = session.scalar(
-        select(Invoice).where(Invoice.tenant_id == tenant.tenant_id, Invoice.period == period,
-                              Invoice.status != INVOICE_VOID)
-    )  # fmt: skip
+        select(Invoice).where(
+            Invoice.tenant_id == tenant.tenant_id, Invoice.period == period, Invoice.status != INVOICE_VOID
+        )
+    )
     if invoice is not None:
         facts.invoice = _stored_invoice(invoice)
         facts.invoice_rated_ms = invoice.rated_ms
@@ -203,10 +239,13 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
         select(UsageConsumption, Invoice, CreditNote)
         .outerjoin(Invoice, Invoice.id == UsageConsumption.invoice_id)
         .outerjoin(CreditNote, CreditNote.id == UsageConsumption.credit_note_id)
-        .where(UsageConsumption.tenant_id == tenant.tenant_id, UsageConsumption.service_period == period,
-               UsageConsumption.active.is_(True))
+        .where(
+            UsageConsumption.tenant_id == tenant.tenant_id,
+            UsageConsumption.service_period == period,
+            UsageConsumption.active.is_(True),
+        )
         .order_by(UsageConsumption.id)
-    ).all()  # fmt: skip
+    ).all()
     documents: dict[tuple[str, int], _Document] = {}
     for row, owner, note in rows:
         offsets = _range(row)
@@ -218,8 +257,11 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
                 continue
             held = documents.get(("invoice", owner.id))
             if held is None:
-                lines = tuple(_row_line(line) for line in sorted(owner.lines, key=lambda line: line.position)
-                              if line.service_period == period and line.correction)  # fmt: skip
+                lines = tuple(
+                    _row_line(line)
+                    for line in sorted(owner.lines, key=lambda line: line.position)
+                    if line.service_period == period and line.correction
+                )
                 held = documents[("invoice", owner.id)] = _Document(
                     f"correction lines on {owner.number}", str(owner.number), False, (0, row.id), lines=lines
                 )
@@ -227,8 +269,11 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
         elif note is not None:
             held = documents.get(("note", note.id))
             if held is None:
-                lines = tuple(_stored_line(index, line) for index, line in enumerate(note.lines)
-                              if line["service_period"] == period)  # fmt: skip
+                lines = tuple(
+                    _stored_line(index, line)
+                    for index, line in enumerate(note.lines)
+                    if line["service_period"] == period
+                )
                 held = documents[("note", note.id)] = _Document(
                     f"credit note {note.number}", note.number, True, (0, row.id), lines=lines, amount=note.amount
                 )
@@ -239,9 +284,11 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
     facts.drafts_holding_late = sorted(set(facts.drafts_holding_late))
     if invoice is not None:
         draws = session.execute(
-            select(CreditDrawdown, Credit).join(Credit, Credit.credit_id == CreditDrawdown.credit_id)
-            .where(CreditDrawdown.invoice_id == invoice.id).order_by(CreditDrawdown.id)
-        ).all()  # fmt: skip
+            select(CreditDrawdown, Credit)
+            .join(Credit, Credit.credit_id == CreditDrawdown.credit_id)
+            .where(CreditDrawdown.invoice_id == invoice.id)
+            .order_by(CreditDrawdown.id)
+        ).all()
         facts.drawdowns = [Drawdown(d.credit_id, d.amount, c.expires_ms, c.granted_ms) for d, c in draws]
         facts.sync = session.get(StripeInvoiceSync, invoice.id)
         facts.credit_notes = [
@@ -307,20 +354,32 @@ def stripe_view(stripe: Stripe, stripe_invoice_id: str) -> StripeView:
     lines: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 100}
     while True:
-        page = stripe.call(f"list the lines of {stripe_invoice_id}", v1.invoices.line_items.list, stripe_invoice_id,
-                           params=params)  # fmt: skip
+        page = stripe.call(
+            f"list the lines of {stripe_invoice_id}", v1.invoices.line_items.list, stripe_invoice_id, params=params
+        )
         data = [_plain(line) for line in page.data]
         lines.extend(data)
         if not page.has_more or not data:
             break
         params = {"limit": 100, "starting_after": data[-1]["id"]}
     return StripeView(
-        invoice_id=str(invoice["id"]), status=str(invoice.get("status") or ""),
-        currency=str(invoice.get("currency") or ""), total=int(invoice.get("total") or 0),
-        amount_paid=int(invoice.get("amount_paid") or 0), metadata=_meta(invoice),
-        lines=tuple(StripeLine(str(line["id"]), int(line.get("amount") or 0), _meta(line), _invoice_item(line),
-                               str(line.get("description") or "")) for line in lines),
-    )  # fmt: skip
+        invoice_id=str(invoice["id"]),
+        status=str(invoice.get("status") or ""),
+        currency=str(invoice.get("currency") or ""),
+        total=int(invoice.get("total") or 0),
+        amount_paid=int(invoice.get("amount_paid") or 0),
+        metadata=_meta(invoice),
+        lines=tuple(
+            StripeLine(
+                str(line["id"]),
+                int(line.get("amount") or 0),
+                _meta(line),
+                _invoice_item(line),
+                str(line.get("description") or ""),
+            )
+            for line in lines
+        ),
+    )
 
 
 def _clip(lease: Lease, start_ms: int, end_ms: int, now: int) -> int:
@@ -349,14 +408,18 @@ def reconcile(
         raise ReconcileError(str(exc)) from None
     root = Path(usage_root)
     if not root.is_dir():
-        raise ReconcileError(f"no usage data at {root}: give the sink's Parquet root (--usage-dir or "
-                             "$WATTMETER_USAGE_DIR)")  # fmt: skip
+        raise ReconcileError(
+            f"no usage data at {root}: give the sink's Parquet root (--usage-dir or $WATTMETER_USAGE_DIR)"
+        )
     now = clock_ms() if now_ms is None else now_ms
     cutoff: Cutoff = read_cutoff(root)
     result = Reconciliation(period, dict(cutoff), now)
     if stripe is None:
-        result.notes.append("Stripe not consulted" + (f" ({stripe_skipped})" if stripe_skipped else "")
-                            + ": collected is wattmeter's mirror of Stripe's webhooks, lines not compared")  # fmt: skip
+        result.notes.append(
+            "Stripe not consulted"
+            + (f" ({stripe_skipped})" if stripe_skipped else "")
+            + ": collected is wattmeter's mirror of Stripe's webhooks, lines not compared"
+        )
 
     with ledger.transaction() as session:
         query = select(Tenant).order_by(Tenant.tenant_id)
@@ -387,10 +450,15 @@ def reconcile(
         progress(f"aggregating usage of {len(facts)} tenant(s): {len(requests.requests)} request(s), one call")
     with ledger.transaction() as session:
         ledger_leases = (
-            leases_overlapping(session, min(f.start_ms for f in facts), max(f.end_ms for f in facts),
-                               {f.tenant.tenant_id for f in facts})
-            if facts else []
-        )  # fmt: skip
+            leases_overlapping(
+                session,
+                min(f.start_ms for f in facts),
+                max(f.end_ms for f in facts),
+                {f.tenant.tenant_id for f in facts},
+            )
+            if facts
+            else []
+        )
     results = aggregate(root, requests.requests, ledger_leases) if requests.requests and cutoff else {}
 
     metered_ids = {row.lease_id for result_ in results.values() for row in result_.leases}
@@ -427,69 +495,118 @@ def _reconcile_tenant(
     if invoice is None and not leased and not any(metered.values()) and not complete.usage:
         return None  # nothing in this period: not part of the reconciliation
     label = invoice.label if invoice is not None else "none"
-    out = TenantResult(tenant_id, tenant.currency, invoice.label if invoice else "",
-                       invoice.status if invoice else "none")  # fmt: skip
+    out = TenantResult(
+        tenant_id, tenant.currency, invoice.label if invoice else "", invoice.status if invoice else "none"
+    )
     owners = {lease_id: leases[lease_id].tenant_id for lease_id in metered if lease_id in leases}
     if leased or owners:
         found = results.get(fact.keys["complete"])
         attributed = found.attributed if found is not None else {}
         rated = fact.invoice_rated_ms
-        unbilled = {lease_id: ms for lease_id, ms in attributed.items()
-                    if rated is not None and lease_id in leases and leases[lease_id].created_ms > rated}  # fmt: skip
+        unbilled = {
+            lease_id: ms
+            for lease_id, ms in attributed.items()
+            if rated is not None and lease_id in leases and leases[lease_id].created_ms > rated
+        }
         out.items += quantity_leg(tenant_id, label, leased, metered, owners, attributed, unbilled)
     else:  # leases kept outside the billing database for this tenant: nothing to set against the meter
-        out.items.append(Item(LEG_QUANTITY, METERED_TIME, quantity_ms=sum(metered.values()), role=ROLE_ANCHOR,
-                              detail="allocated GPU time of every usage record of the period in the Parquet now"))  # fmt: skip
-        out.flags.append(f"tenant {tenant_id}: the ledger holds none of its leases in {period} "
-                         f"({gpu_hours_text(sum(metered.values()))} GPU-h metered on {len(metered)} lease(s) it does "
-                         "not know): quantity leg not reconciled")  # fmt: skip
+        out.items.append(
+            Item(
+                LEG_QUANTITY,
+                METERED_TIME,
+                quantity_ms=sum(metered.values()),
+                role=ROLE_ANCHOR,
+                detail="allocated GPU time of every usage record of the period in the Parquet now",
+            )
+        )
+        out.flags.append(
+            f"tenant {tenant_id}: the ledger holds none of its leases in {period} "
+            f"({gpu_hours_text(sum(metered.values()))} GPU-h metered on {len(metered)} lease(s) it does "
+            "not know): quantity leg not reconciled"
+        )
 
     if fact.contract_problem is not None:
-        out.items.append(Item(LEG_MONEY, UNEXPLAINED, None, None, "contracts cannot price the period", False,
-                              f"tenant {tenant_id}, invoice {label}: {fact.contract_problem}"))  # fmt: skip
+        out.items.append(
+            Item(
+                LEG_MONEY,
+                UNEXPLAINED,
+                None,
+                None,
+                "contracts cannot price the period",
+                False,
+                f"tenant {tenant_id}, invoice {label}: {fact.contract_problem}",
+            )
+        )
         return out
     if invoice is None:
         if not complete.usage and fact.spans:  # `run` makes no invoice where there is nothing to bill
             out.flags.append(f"tenant {tenant_id}: nothing metered in {period}, so no invoice")
             return out
         why = "no contract in the period" if not fact.spans else "the period has not been run"
-        out.flags.append(f"tenant {tenant_id}: {gpu_hours_text(complete.allocated_ms)} GPU-h metered in {period} but "
-                         f"no invoice ({why}): not invoiced yet")  # fmt: skip
+        out.flags.append(
+            f"tenant {tenant_id}: {gpu_hours_text(complete.allocated_ms)} GPU-h metered in {period} but "
+            f"no invoice ({why}): not invoiced yet"
+        )
         return out
     if invoice.status != INVOICE_FINALIZED:
-        out.flags.append(f"tenant {tenant_id}: the {period} invoice is {invoice.label}, not issued: money and "
-                         "collected legs not reconciled")  # fmt: skip
+        out.flags.append(
+            f"tenant {tenant_id}: the {period} invoice is {invoice.label}, not issued: money and "
+            "collected legs not reconciled"
+        )
         return out
     if not fact.spans:
-        out.items.append(Item(LEG_MONEY, UNEXPLAINED, None, None, "no rate card for an issued invoice", False,
-                              f"tenant {tenant_id}, invoice {label}: issued, but no contract prices {period} now"))  # fmt: skip
+        out.items.append(
+            Item(
+                LEG_MONEY,
+                UNEXPLAINED,
+                None,
+                None,
+                "no rate card for an issued invoice",
+                False,
+                f"tenant {tenant_id}, invoice {label}: issued, but no contract prices {period} now",
+            )
+        )
         return out
 
-    pricing = PeriodPricing(tenant_id, period, invoice.currency, tenant.tax_jurisdiction, fact.start_ms, fact.end_ms,
-                            tuple(fact.spans), tuple(fact.segments))  # fmt: skip
+    pricing = PeriodPricing(
+        tenant_id,
+        period,
+        invoice.currency,
+        tenant.tax_jurisdiction,
+        fact.start_ms,
+        fact.end_ms,
+        tuple(fact.spans),
+        tuple(fact.segments),
+    )
     counted = _quantities(results.get(fact.keys.get("counted", "")))
     destinations = [
-        Destination(d.label, d.number, d.credit_note, _quantities(results.get(fact.keys.get(f"doc{i}", ""))), d.lines,
-                    d.amount)
+        Destination(
+            d.label, d.number, d.credit_note, _quantities(results.get(fact.keys.get(f"doc{i}", ""))), d.lines, d.amount
+        )
         for i, d in enumerate(fact.documents)
-    ]  # fmt: skip
+    ]
     starts = {lease_id: lease.start_ms for lease_id, lease in leases.items()}
     money = money_leg(pricing, invoice, complete, counted, destinations, starts, fact.drawdowns)
     out.items += money.items
     out.metered, out.invoiced = money.metered, invoice.amount_due
     if fact.drafts_holding_late:
-        out.flags.append(f"tenant {tenant_id}: late usage of {period} is held as corrections on "
-                         f"{', '.join(fact.drafts_holding_late)} (not issued yet)")  # fmt: skip
+        out.flags.append(
+            f"tenant {tenant_id}: late usage of {period} is held as corrections on "
+            f"{', '.join(fact.drafts_holding_late)} (not issued yet)"
+        )
 
     sync = fact.sync
     if sync is None or sync.state in ("pending", "customer", "items", "invoice"):
         state = "never pushed" if sync is None else f"push stopped at step {sync.state!r}"
-        out.flags.append(f"tenant {tenant_id}, invoice {label}: not pushed to Stripe ({state}): collected not "
-                         "reconciled")  # fmt: skip
+        out.flags.append(
+            f"tenant {tenant_id}, invoice {label}: not pushed to Stripe ({state}): collected not reconciled"
+        )
         return out
     if sync.mode == "meters" or sync.state == "reported":
-        out.flags.append(f"tenant {tenant_id}, invoice {label}: meters mode (usage reported to Stripe meters, Stripe "
-                         "prices it): collected not reconciled line by line")  # fmt: skip
+        out.flags.append(
+            f"tenant {tenant_id}, invoice {label}: meters mode (usage reported to Stripe meters, Stripe "
+            "prices it): collected not reconciled line by line"
+        )
         return out
     view = None
     if stripe is not None and sync.stripe_invoice_id:
@@ -497,10 +614,17 @@ def _reconcile_tenant(
         mirror = sync.payment_status or "open"
         stripe_state = view.status
         if stripe_state != mirror and not (mirror == "failed" and stripe_state == "open"):
-            out.flags.append(f"tenant {tenant_id}, invoice {label}: Stripe says {stripe_state}, wattmeter's webhook "
-                             f"mirror says {mirror} (events not applied yet)")  # fmt: skip
-    facts = PaymentFacts(sync.payment_status, sync.amount_paid, {str(k): str(v) for k, v in sync.stripe_items.items()},
-                         view, tuple(fact.credit_notes))  # fmt: skip
+            out.flags.append(
+                f"tenant {tenant_id}, invoice {label}: Stripe says {stripe_state}, wattmeter's webhook "
+                f"mirror says {mirror} (events not applied yet)"
+            )
+    facts = PaymentFacts(
+        sync.payment_status,
+        sync.amount_paid,
+        {str(k): str(v) for k, v in sync.stripe_items.items()},
+        view,
+        tuple(fact.credit_notes),
+    )
     collected = collected_leg(tenant_id, invoice, facts)
     out.items += collected.items
     out.collected = collected.collected

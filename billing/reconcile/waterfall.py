@@ -76,8 +76,13 @@ VOIDED = "void in Stripe"
 COLLECTED = "collected"
 UNEXPLAINED = "unexplained"
 
-_OUTSTANDING = {"open": NOT_YET_PAID, "draft": NOT_YET_PAID, "failed": PAYMENT_FAILED,
-                "uncollectible": UNCOLLECTIBLE, "void": VOIDED}  # fmt: skip
+_OUTSTANDING = {
+    "open": NOT_YET_PAID,
+    "draft": NOT_YET_PAID,
+    "failed": PAYMENT_FAILED,
+    "uncollectible": UNCOLLECTIBLE,
+    "void": VOIDED,
+}
 
 
 ROLE_ANCHOR = "anchor"  # a leg's start or end: leased / metered GPU time, metered value, amount due, collected
@@ -128,8 +133,15 @@ class StoredLine:
 
     def priced(self) -> PricedLine:
         """The line back as the rating core's type (as the invoicing service reads it)."""
-        if self.kind not in ("gpu_time", "gpu_time_rounding", "energy", "discount", "commitment_true_up", "tax",
-                             "credit"):  # fmt: skip
+        if self.kind not in (
+            "gpu_time",
+            "gpu_time_rounding",
+            "energy",
+            "discount",
+            "commitment_true_up",
+            "tax",
+            "credit",
+        ):
             raise PricingError(f"line {self.position} has an unknown kind {self.kind!r}")
         return PricedLine(
             kind=self.kind,  # type: ignore[arg-type]  # checked just above
@@ -360,9 +372,14 @@ def quantity_leg(
     attributed = attributed or {}
     unbilled = unbilled or {}
     items = [
-        Item(LEG_QUANTITY, LEASED, quantity_ms=sum(lease.leased_ms for lease in leased), role=ROLE_ANCHOR,
-             detail=f"{len(leased)} lease(s) in the ledger, clipped to the period and to now"),
-    ]  # fmt: skip
+        Item(
+            LEG_QUANTITY,
+            LEASED,
+            quantity_ms=sum(lease.leased_ms for lease in leased),
+            role=ROLE_ANCHOR,
+            detail=f"{len(leased)} lease(s) in the ledger, clipped to the period and to now",
+        ),
+    ]
     held = {lease.lease_id for lease in leased}
     for lease in sorted(leased, key=lambda lease: lease.lease_id):
         used = metered.get(lease.lease_id, 0)
@@ -370,37 +387,87 @@ def quantity_leg(
         what = f"lease {lease.lease_id} (GPU {lease.gpu_uuid}, {lease.plan})"
         late = attributed.get(lease.lease_id, 0)
         if unbilled.get(lease.lease_id):
-            message = (f"tenant {tenant_id}, invoice {invoice_label}, {what}: {gpu_hours_text(unbilled[lease.lease_id])} "
-                       "GPU-h metered as idle inside the lease are not on the invoice (the lease reached the ledger "
-                       "after the invoice was rated)")  # fmt: skip
-            items.append(Item(LEG_QUANTITY, UNEXPLAINED, quantity_ms=unbilled[lease.lease_id], role=ROLE_CHECK,
-                              detail=f"{what}: leased time metered as idle, not billed", explained=False,
-                              message=message))  # fmt: skip
+            message = (
+                f"tenant {tenant_id}, invoice {invoice_label}, {what}: {gpu_hours_text(unbilled[lease.lease_id])} "
+                "GPU-h metered as idle inside the lease are not on the invoice (the lease reached the ledger "
+                "after the invoice was rated)"
+            )
+            items.append(
+                Item(
+                    LEG_QUANTITY,
+                    UNEXPLAINED,
+                    quantity_ms=unbilled[lease.lease_id],
+                    role=ROLE_CHECK,
+                    detail=f"{what}: leased time metered as idle, not billed",
+                    explained=False,
+                    message=message,
+                )
+            )
         elif late:
-            items.append(Item(LEG_QUANTITY, ATTRIBUTED, quantity_ms=late, role=ROLE_CHECK,
-                              detail=f"{what}: {gpu_hours_text(late)} GPU-h metered as idle (the lease reached the "
-                                     "worker after its samples), billed to the lease"))  # fmt: skip
+            items.append(
+                Item(
+                    LEG_QUANTITY,
+                    ATTRIBUTED,
+                    quantity_ms=late,
+                    role=ROLE_CHECK,
+                    detail=f"{what}: {gpu_hours_text(late)} GPU-h metered as idle (the lease reached the "
+                    "worker after its samples), billed to the lease",
+                )
+            )
         if gap > 0:
-            items.append(Item(LEG_QUANTITY, UNMETERED, quantity_ms=-gap,
-                              detail=f"{what}: leased {gpu_hours_text(lease.leased_ms)} GPU-h, metered "
-                                     f"{gpu_hours_text(used)}: {gpu_hours_text(gap)} GPU-h leased but unmetered"))  # fmt: skip
+            items.append(
+                Item(
+                    LEG_QUANTITY,
+                    UNMETERED,
+                    quantity_ms=-gap,
+                    detail=f"{what}: leased {gpu_hours_text(lease.leased_ms)} GPU-h, metered "
+                    f"{gpu_hours_text(used)}: {gpu_hours_text(gap)} GPU-h leased but unmetered",
+                )
+            )
         elif gap < 0:
-            message = (f"tenant {tenant_id}, invoice {invoice_label}, {what}: metered {gpu_hours_text(used)} GPU-h, "
-                       f"more than the {gpu_hours_text(lease.leased_ms)} GPU-h leased")  # fmt: skip
-            items.append(Item(LEG_QUANTITY, UNEXPLAINED, quantity_ms=-gap, detail=f"{what}: metered more than leased",
-                              explained=False, message=message))  # fmt: skip
+            message = (
+                f"tenant {tenant_id}, invoice {invoice_label}, {what}: metered {gpu_hours_text(used)} GPU-h, "
+                f"more than the {gpu_hours_text(lease.leased_ms)} GPU-h leased"
+            )
+            items.append(
+                Item(
+                    LEG_QUANTITY,
+                    UNEXPLAINED,
+                    quantity_ms=-gap,
+                    detail=f"{what}: metered more than leased",
+                    explained=False,
+                    message=message,
+                )
+            )
     for lease_id in sorted(set(metered) - held):
         used = metered[lease_id]
         if used == 0:
             continue
         owner = owners.get(lease_id)
         why = "which the ledger does not hold" if owner is None else f"which the ledger gives to tenant {owner}"
-        message = (f"tenant {tenant_id}, invoice {invoice_label}, lease {lease_id}: metered {gpu_hours_text(used)} "
-                   f"GPU-h on a lease {why} in this period")  # fmt: skip
-        items.append(Item(LEG_QUANTITY, UNEXPLAINED, quantity_ms=used, detail=f"lease {lease_id}: {why}",
-                          explained=False, message=message))  # fmt: skip
-    items.append(Item(LEG_QUANTITY, METERED_TIME, quantity_ms=sum(metered.values()), role=ROLE_ANCHOR,
-                      detail="allocated GPU time of every usage record of the period in the Parquet now"))  # fmt: skip
+        message = (
+            f"tenant {tenant_id}, invoice {invoice_label}, lease {lease_id}: metered {gpu_hours_text(used)} "
+            f"GPU-h on a lease {why} in this period"
+        )
+        items.append(
+            Item(
+                LEG_QUANTITY,
+                UNEXPLAINED,
+                quantity_ms=used,
+                detail=f"lease {lease_id}: {why}",
+                explained=False,
+                message=message,
+            )
+        )
+    items.append(
+        Item(
+            LEG_QUANTITY,
+            METERED_TIME,
+            quantity_ms=sum(metered.values()),
+            role=ROLE_ANCHOR,
+            detail="allocated GPU time of every usage record of the period in the Parquet now",
+        )
+    )
     return items
 
 
@@ -410,10 +477,11 @@ def quantity_leg(
 def _with_starts(leases: Iterable[LeaseQuantity], starts: Mapping[str, int]) -> list[LeaseQuantity]:
     """Leases with their start from the ledger (a lease's minimum is charged in the period it starts)."""
     return [
-        LeaseQuantity(row.lease_id, row.plan, row.model, row.allocated_gpu_ms, row.last_segment_start_ms,
-                      starts.get(row.lease_id))
+        LeaseQuantity(
+            row.lease_id, row.plan, row.model, row.allocated_gpu_ms, row.last_segment_start_ms, starts.get(row.lease_id)
+        )
         for row in leases
-    ]  # fmt: skip
+    ]
 
 
 def split_unpriced(pricing: PeriodPricing, quantities: Quantities) -> tuple[Quantities, Quantities]:
@@ -425,11 +493,15 @@ def split_unpriced(pricing: PeriodPricing, quantities: Quantities) -> tuple[Quan
         return index >= 0 and ts_ms < pricing.segments[index].end_ms
 
     return (
-        Quantities(tuple(r for r in quantities.usage if priced(r.segment_start_ms)),
-                   tuple(r for r in quantities.leases if priced(r.last_segment_start_ms))),
-        Quantities(tuple(r for r in quantities.usage if not priced(r.segment_start_ms)),
-                   tuple(r for r in quantities.leases if not priced(r.last_segment_start_ms))),
-    )  # fmt: skip
+        Quantities(
+            tuple(r for r in quantities.usage if priced(r.segment_start_ms)),
+            tuple(r for r in quantities.leases if priced(r.last_segment_start_ms)),
+        ),
+        Quantities(
+            tuple(r for r in quantities.usage if not priced(r.segment_start_ms)),
+            tuple(r for r in quantities.leases if not priced(r.last_segment_start_ms)),
+        ),
+    )
 
 
 def usage_value(pricing: PeriodPricing, quantities: Quantities) -> Fraction:
@@ -437,9 +509,16 @@ def usage_value(pricing: PeriodPricing, quantities: Quantities) -> Fraction:
     (no lease increment or minimum, no discount, no tax)."""
     if not quantities.usage:
         return Fraction(0)
-    rated = rate_tenant(tenant_id=pricing.tenant_id, usage=quantities.usage, leases=(), segments=pricing.segments,
-                        spans=pricing.spans, tax_jurisdiction=pricing.tax_jurisdiction,
-                        service_start_ms=pricing.start_ms, service_end_ms=pricing.end_ms)  # fmt: skip
+    rated = rate_tenant(
+        tenant_id=pricing.tenant_id,
+        usage=quantities.usage,
+        leases=(),
+        segments=pricing.segments,
+        spans=pricing.spans,
+        tax_jurisdiction=pricing.tax_jurisdiction,
+        service_start_ms=pricing.start_ms,
+        service_end_ms=pricing.end_ms,
+    )
     pue = _pue_of(pricing.spans)
     return sum((exact_value(line, pue) for line in rated.lines if line.kind in ("gpu_time", "energy")), Fraction(0))
 
@@ -484,18 +563,36 @@ def compare_lines(
             if have.amount == want.amount and not others:
                 continue
             extra = f" ({'; '.join(others)})" if others else ""
-            problems.append(LineProblem(have.position, have.kind, Fraction(have.amount - want.amount),
-                f"{prefix}, line {have.position} ({have.kind}){what}: stored {money_text(have.amount, currency)}, "
-                f"Parquet and rate card give {money_text(want.amount, currency)}{extra}"))  # fmt: skip
+            problems.append(
+                LineProblem(
+                    have.position,
+                    have.kind,
+                    Fraction(have.amount - want.amount),
+                    f"{prefix}, line {have.position} ({have.kind}){what}: stored {money_text(have.amount, currency)}, "
+                    f"Parquet and rate card give {money_text(want.amount, currency)}{extra}",
+                )
+            )
         elif have is not None:
-            problems.append(LineProblem(have.position, have.kind, Fraction(have.amount),
-                f"{prefix}, line {have.position} ({have.kind}){what}: stored {money_text(have.amount, currency)}, "
-                "Parquet and rate card give no such line"))  # fmt: skip
+            problems.append(
+                LineProblem(
+                    have.position,
+                    have.kind,
+                    Fraction(have.amount),
+                    f"{prefix}, line {have.position} ({have.kind}){what}: stored {money_text(have.amount, currency)}, "
+                    "Parquet and rate card give no such line",
+                )
+            )
         elif want is not None:
             position = (ordered[-1].position + 1 + index - len(ordered)) if ordered else index
-            problems.append(LineProblem(position, want.kind, -Fraction(want.amount),
-                f"{prefix}, line {position} ({want.kind}){what}: missing, Parquet and rate card give "
-                f"{money_text(want.amount, currency)}"))  # fmt: skip
+            problems.append(
+                LineProblem(
+                    position,
+                    want.kind,
+                    -Fraction(want.amount),
+                    f"{prefix}, line {position} ({want.kind}){what}: missing, Parquet and rate card give "
+                    f"{money_text(want.amount, currency)}",
+                )
+            )
     return problems
 
 
@@ -504,8 +601,11 @@ def _grants(drawdowns: Sequence[Drawdown]) -> list[CreditGrant]:
     merged: dict[str, Drawdown] = {}
     for draw in drawdowns:
         held = merged.get(draw.credit_id)
-        merged[draw.credit_id] = draw if held is None else Drawdown(draw.credit_id, held.amount + draw.amount,
-                                                                     draw.expires_ms, draw.granted_ms)  # fmt: skip
+        merged[draw.credit_id] = (
+            draw
+            if held is None
+            else Drawdown(draw.credit_id, held.amount + draw.amount, draw.expires_ms, draw.granted_ms)
+        )
     return [CreditGrant(d.credit_id, d.amount, d.expires_ms, d.granted_ms) for d in merged.values()]
 
 
@@ -539,25 +639,42 @@ def money_leg(
     def add(cause: str, amount: Fraction | None, detail: str, quantity_ms: int | None = None) -> None:
         items.append(Item(LEG_MONEY, cause, amount, quantity_ms, detail))
 
-    def unexplained(amount: Fraction | None, detail: str, message: str, role: str = ROLE_STEP,
-                    quantity_ms: int | None = None) -> None:  # fmt: skip
+    def unexplained(
+        amount: Fraction | None, detail: str, message: str, role: str = ROLE_STEP, quantity_ms: int | None = None
+    ) -> None:
         items.append(Item(LEG_MONEY, UNEXPLAINED, amount, quantity_ms, detail, False, message, role))
 
     # 1. metered: every usage record of P known now, at the invoice's prices, unrounded
     priced, unpriced = split_unpriced(pricing, complete)
     if unpriced.usage:
-        unexplained(None, "usage of the period where no rate card is in effect",
-                    f"tenant {tenant}, invoice {label}: {gpu_hours_text(unpriced.allocated_ms)} GPU-h of usage of "
-                    f"{period} lie where no rate card is in effect (never billed)", ROLE_CHECK,
-                    unpriced.allocated_ms)  # fmt: skip
+        unexplained(
+            None,
+            "usage of the period where no rate card is in effect",
+            f"tenant {tenant}, invoice {label}: {gpu_hours_text(unpriced.allocated_ms)} GPU-h of usage of "
+            f"{period} lie where no rate card is in effect (never billed)",
+            ROLE_CHECK,
+            unpriced.allocated_ms,
+        )
     try:
         metered = usage_value(pricing, priced)
     except PricingError as exc:
-        unexplained(None, "the usage of the period cannot be priced",
-                    f"tenant {tenant}, invoice {label}: the usage of {period} cannot be priced: {exc}", ROLE_CHECK)  # fmt: skip
+        unexplained(
+            None,
+            "the usage of the period cannot be priced",
+            f"tenant {tenant}, invoice {label}: the usage of {period} cannot be priced: {exc}",
+            ROLE_CHECK,
+        )
         metered = Fraction(0)
-    items.append(Item(LEG_MONEY, METERED, metered, priced.allocated_ms, "every usage record of the period in the "
-                      "Parquet now, at the invoice's prices, unrounded", role=ROLE_ANCHOR))  # fmt: skip
+    items.append(
+        Item(
+            LEG_MONEY,
+            METERED,
+            metered,
+            priced.allocated_ms,
+            "every usage record of the period in the Parquet now, at the invoice's prices, unrounded",
+            role=ROLE_ANCHOR,
+        )
+    )
 
     # 2. late usage: each later document that took some, in the order they took it, then the rest
     billed = [line.priced() for line in invoice.lines if line.service_period == period]
@@ -565,8 +682,12 @@ def money_leg(
     try:
         counted_value = usage_value(pricing, counted)
     except PricingError as exc:
-        unexplained(None, "the invoice's usage cannot be priced",
-                    f"tenant {tenant}, invoice {label}: the usage it counted cannot be priced: {exc}", ROLE_CHECK)  # fmt: skip
+        unexplained(
+            None,
+            "the invoice's usage cannot be priced",
+            f"tenant {tenant}, invoice {label}: the usage it counted cannot be priced: {exc}",
+            ROLE_CHECK,
+        )
         counted_value = Fraction(0)
     before = counted_value
     for destination in destinations:
@@ -575,27 +696,50 @@ def money_leg(
         try:
             value = usage_value(pricing, so_far)
             expected = rate_correction(
-                tenant_id=tenant, usage=so_far.usage, leases=_with_starts(so_far.leases, lease_starts),
-                segments=pricing.segments, spans=pricing.spans, service_start_ms=pricing.start_ms,
-                service_end_ms=pricing.end_ms, billed=billed,
-            )  # fmt: skip
+                tenant_id=tenant,
+                usage=so_far.usage,
+                leases=_with_starts(so_far.leases, lease_starts),
+                segments=pricing.segments,
+                spans=pricing.spans,
+                service_start_ms=pricing.start_ms,
+                service_end_ms=pricing.end_ms,
+                billed=billed,
+            )
         except PricingError as exc:
-            unexplained(None, f"late usage taken by {destination.document} cannot be priced",
-                        f"tenant {tenant}, {kind} {destination.document}: the late usage of {period} it took cannot "
-                        f"be priced: {exc}", ROLE_CHECK)  # fmt: skip
+            unexplained(
+                None,
+                f"late usage taken by {destination.document} cannot be priced",
+                f"tenant {tenant}, {kind} {destination.document}: the late usage of {period} it took cannot "
+                f"be priced: {exc}",
+                ROLE_CHECK,
+            )
             value, expected = before, []
         add(LATE, before - value, f"to {destination.label}", -destination.quantities.allocated_ms)
-        for problem in compare_lines(tenant, f"{kind} {destination.document}", destination.lines, expected, currency,
-                                     f", correction for {period}"):  # fmt: skip
-            unexplained(problem.difference, f"{destination.document} line {problem.position}: correction for {period}",
-                        problem.message, ROLE_CHECK)  # fmt: skip
+        for problem in compare_lines(
+            tenant,
+            f"{kind} {destination.document}",
+            destination.lines,
+            expected,
+            currency,
+            f", correction for {period}",
+        ):
+            unexplained(
+                problem.difference,
+                f"{destination.document} line {problem.position}: correction for {period}",
+                problem.message,
+                ROLE_CHECK,
+            )
         if destination.credit_note and destination.amount is not None:
             owed = -sum((line.amount for line in expected), Decimal(0))
             if owed != destination.amount:
-                unexplained(Fraction(destination.amount - owed), f"credit note {destination.document} amount",
-                            f"tenant {tenant}, credit note {destination.document}, amount: stored "
-                            f"{money_text(destination.amount, currency)}, Parquet and rate card give "
-                            f"{money_text(owed, currency)}", ROLE_CHECK)  # fmt: skip
+                unexplained(
+                    Fraction(destination.amount - owed),
+                    f"credit note {destination.document} amount",
+                    f"tenant {tenant}, credit note {destination.document}, amount: stored "
+                    f"{money_text(destination.amount, currency)}, Parquet and rate card give "
+                    f"{money_text(owed, currency)}",
+                    ROLE_CHECK,
+                )
         billed += [line.priced() for line in destination.lines]
         before = value
     rest_ms = priced.allocated_ms - so_far.allocated_ms
@@ -607,32 +751,56 @@ def money_leg(
     problems: dict[int, LineProblem] = {}
     try:
         rated = rate_tenant(
-            tenant_id=tenant, usage=counted.usage, leases=_with_starts(counted.leases, lease_starts),
-            segments=pricing.segments, spans=pricing.spans, tax_jurisdiction=pricing.tax_jurisdiction,
-            credits=_grants(drawdowns), service_start_ms=pricing.start_ms, service_end_ms=pricing.end_ms,
+            tenant_id=tenant,
+            usage=counted.usage,
+            leases=_with_starts(counted.leases, lease_starts),
+            segments=pricing.segments,
+            spans=pricing.spans,
+            tax_jurisdiction=pricing.tax_jurisdiction,
+            credits=_grants(drawdowns),
+            service_start_ms=pricing.start_ms,
+            service_end_ms=pricing.end_ms,
             corrections=[line.priced() for line in invoice.lines if line.correction],
-        )  # fmt: skip
+        )
     except PricingError as exc:
-        unexplained(None, "the invoice cannot be re-rated",
-                    f"tenant {tenant}, invoice {label}: cannot be re-rated from the Parquet: {exc}", ROLE_CHECK)  # fmt: skip
+        unexplained(
+            None,
+            "the invoice cannot be re-rated",
+            f"tenant {tenant}, invoice {label}: cannot be re-rated from the Parquet: {exc}",
+            ROLE_CHECK,
+        )
     if rated is not None:
-        problems = {p.position: p for p in compare_lines(tenant, f"invoice {label}", invoice.lines, rated.lines,
-                                                           currency)}  # fmt: skip
+        problems = {
+            p.position: p for p in compare_lines(tenant, f"invoice {label}", invoice.lines, rated.lines, currency)
+        }
     for problem in problems.values():
-        unexplained(problem.difference, f"line {problem.position} ({problem.kind}) differs from the re-rated line",
-                    problem.message, ROLE_CHECK)  # fmt: skip
+        unexplained(
+            problem.difference,
+            f"line {problem.position} ({problem.kind}) differs from the re-rated line",
+            problem.message,
+            ROLE_CHECK,
+        )
 
     # 4. from the usage the invoice counted to amount_due, by its stored lines
     own = [line for line in invoice.lines if not line.correction]
     stored_usage = sum((exact_value(line, pue) for line in own if line.kind in ("gpu_time", "energy")), Fraction(0))
     if stored_usage != counted_value:
-        unexplained(stored_usage - counted_value, "the GPU time and energy lines differ from the usage the invoice "
-                    "counted", "" if problems else f"tenant {tenant}, invoice {label}: its GPU time and energy lines "
-                    f"are worth {fraction_text(stored_usage)}, the usage it counted {fraction_text(counted_value)}")  # fmt: skip
+        unexplained(
+            stored_usage - counted_value,
+            "the GPU time and energy lines differ from the usage the invoice counted",
+            ""
+            if problems
+            else f"tenant {tenant}, invoice {label}: its GPU time and energy lines "
+            f"are worth {fraction_text(stored_usage)}, the usage it counted {fraction_text(counted_value)}",
+        )
     for line in own:
         if line.kind == "gpu_time_rounding":
-            add(LEASE_ROUNDING, exact_value(line, pue), f"line {line.position}: GPU time billed beyond what was "
-                f"metered: {line.description}", line.quantity_base)  # fmt: skip
+            add(
+                LEASE_ROUNDING,
+                exact_value(line, pue),
+                f"line {line.position}: GPU time billed beyond what was metered: {line.description}",
+                line.quantity_base,
+            )
         elif line.kind == "discount":
             add(DISCOUNT, exact_value(line, pue), f"line {line.position}: {line.description}")
         elif line.kind == "commitment_true_up":
@@ -643,9 +811,12 @@ def money_leg(
             carried.setdefault(line.service_period, []).append(line)
     for service_period, lines in sorted(carried.items()):
         positions = ", ".join(str(line.position) for line in lines)
-        add(CORRECTIONS_IN, sum((Fraction(line.amount) for line in lines), Fraction(0)),
+        add(
+            CORRECTIONS_IN,
+            sum((Fraction(line.amount) for line in lines), Fraction(0)),
             f"late usage of {service_period} (lines {positions}; checked when {service_period} is reconciled)",
-            sum(line.quantity_base for line in lines if line.base_unit == "ms"))  # fmt: skip
+            sum(line.quantity_base for line in lines if line.base_unit == "ms"),
+        )
     for line in own:
         if line.kind == "tax":
             add(TAX, exact_value(line, pue), f"line {line.position}: {line.description}")
@@ -666,13 +837,19 @@ def money_leg(
         if abs(difference) <= half:
             rounding += difference
             continue
-        message = "" if line.position in problems else (
-            f"tenant {tenant}, invoice {label}, line {line.position} ({line.kind}): stored "
-            f"{money_text(line.amount, currency)}, its own quantity and price give {fraction_text(exact)}, more than "
-            "half a minor unit away"
-        )  # fmt: skip
-        unexplained(difference, f"line {line.position} ({line.kind}): more than half a minor unit off its exact value",
-                    message)  # fmt: skip
+        message = (
+            ""
+            if line.position in problems
+            else (
+                f"tenant {tenant}, invoice {label}, line {line.position} ({line.kind}): stored "
+                f"{money_text(line.amount, currency)}, its own quantity and price give "
+                f"{fraction_text(exact)}, more than "
+                "half a minor unit away"
+            )
+        )
+        unexplained(
+            difference, f"line {line.position} ({line.kind}): more than half a minor unit off its exact value", message
+        )
     add(ROUNDING, rounding, "each line rounded once to the minor unit, half to even, within half a minor unit")
     stored_sum = sum((line.amount for line in invoice.lines), Decimal(0))
     totals: list[str] = []
@@ -680,12 +857,14 @@ def money_leg(
         totals = [
             f"{name} stored {money_text(have, currency)}, Parquet and rate card give {money_text(want, currency)}"
             for name, have, want in (
-                ("subtotal", invoice.subtotal, rated.subtotal), ("tax", invoice.tax, rated.tax),
-                ("total", invoice.total, rated.total), ("credits_applied", invoice.credits_applied, rated.credits_applied),
+                ("subtotal", invoice.subtotal, rated.subtotal),
+                ("tax", invoice.tax, rated.tax),
+                ("total", invoice.total, rated.total),
+                ("credits_applied", invoice.credits_applied, rated.credits_applied),
                 ("amount_due", invoice.amount_due, rated.amount_due),
             )
             if have != want
-        ]  # fmt: skip
+        ]
     if stored_sum != invoice.amount_due:
         totals.append(f"the lines sum to {money_text(stored_sum, currency)}")
     if totals and (not problems or any(not t.startswith("the lines sum") for t in totals)):
@@ -701,11 +880,22 @@ def money_leg(
     reached = metered + sum((i.amount for i in items if i.role == ROLE_STEP and i.amount is not None), Fraction(0))
     if reached != invoice.amount_due:
         left = Fraction(invoice.amount_due) - reached
-        unexplained(left, "left between metered and invoiced", f"tenant {tenant}, invoice {label}: "
-                    f"{fraction_text(left)} {currency} left between metered and invoiced")  # fmt: skip
-    items.append(Item(LEG_MONEY, INVOICED, Fraction(invoice.amount_due), None, f"invoice {label}: subtotal "
-                      f"{invoice.subtotal}, tax {invoice.tax}, total {invoice.total}, credits {invoice.credits_applied}",
-                      role=ROLE_ANCHOR))  # fmt: skip
+        unexplained(
+            left,
+            "left between metered and invoiced",
+            f"tenant {tenant}, invoice {label}: {fraction_text(left)} {currency} left between metered and invoiced",
+        )
+    items.append(
+        Item(
+            LEG_MONEY,
+            INVOICED,
+            Fraction(invoice.amount_due),
+            None,
+            f"invoice {label}: subtotal "
+            f"{invoice.subtotal}, tax {invoice.tax}, total {invoice.total}, credits {invoice.credits_applied}",
+            role=ROLE_ANCHOR,
+        )
+    )
     return MoneyLeg(items, metered)
 
 
@@ -733,12 +923,18 @@ def collected_leg(tenant_id: str, invoice: StoredInvoice, facts: PaymentFacts) -
     paid = facts.mirror_paid or Decimal(0)
     if view is not None:
         if view.metadata.get(META_INVOICE) != str(invoice.invoice_id):
-            unexplained(None, f"Stripe invoice {view.invoice_id} metadata",
-                        f"{prefix}: Stripe invoice {view.invoice_id} carries {META_INVOICE}="
-                        f"{view.metadata.get(META_INVOICE)!r}, not {invoice.invoice_id}")  # fmt: skip
+            unexplained(
+                None,
+                f"Stripe invoice {view.invoice_id} metadata",
+                f"{prefix}: Stripe invoice {view.invoice_id} carries {META_INVOICE}="
+                f"{view.metadata.get(META_INVOICE)!r}, not {invoice.invoice_id}",
+            )
         if view.currency.upper() != currency.upper():
-            unexplained(None, f"Stripe invoice {view.invoice_id} currency",
-                        f"{prefix}: Stripe invoice {view.invoice_id} is in {view.currency.upper()}, not {currency}")  # fmt: skip
+            unexplained(
+                None,
+                f"Stripe invoice {view.invoice_id} currency",
+                f"{prefix}: Stripe invoice {view.invoice_id} is in {view.currency.upper()}, not {currency}",
+            )
         by_item = {item_id: position for position, item_id in facts.stripe_items.items()}
         lines = {line.position: line for line in invoice.lines}
         seen: dict[int, StripeLine] = {}
@@ -751,39 +947,60 @@ def collected_leg(tenant_id: str, invoice: StoredInvoice, facts: PaymentFacts) -
             amount = from_minor(stripe_line.amount, currency)
             ref = stripe_line.line_id + (f" (item {stripe_line.invoice_item})" if stripe_line.invoice_item else "")
             if position_text is None or not position_text.isdigit() or int(position_text) not in lines:
-                why = ("is not from wattmeter (no wattmeter metadata)" if position_text is None
-                       else f"names line {position_text}, which the invoice does not have")  # fmt: skip
+                why = (
+                    "is not from wattmeter (no wattmeter metadata)"
+                    if position_text is None
+                    else f"names line {position_text}, which the invoice does not have"
+                )
                 said = f" {stripe_line.description!r}" if stripe_line.description else ""
-                unexplained(Fraction(amount), f"Stripe line {ref}",
-                            f"{prefix}, Stripe line {ref}{said}: {money_text(amount, currency)} {why}")  # fmt: skip
+                unexplained(
+                    Fraction(amount),
+                    f"Stripe line {ref}",
+                    f"{prefix}, Stripe line {ref}{said}: {money_text(amount, currency)} {why}",
+                )
                 continue
             position = int(position_text)
             if position in seen:
-                unexplained(Fraction(amount), f"Stripe line {ref}",
-                            f"{prefix}, line {position}: a second Stripe line {ref} of {money_text(amount, currency)} "
-                            f"(the first is {seen[position].line_id})")  # fmt: skip
+                unexplained(
+                    Fraction(amount),
+                    f"Stripe line {ref}",
+                    f"{prefix}, line {position}: a second Stripe line {ref} of {money_text(amount, currency)} "
+                    f"(the first is {seen[position].line_id})",
+                )
                 continue
             seen[position] = stripe_line
             line = lines[position]
             if to_minor(line.amount, currency) != stripe_line.amount:
-                unexplained(Fraction(amount - line.amount), f"line {position} in Stripe",
-                            f"{prefix}, line {position} ({line.kind}): Stripe line {ref} has "
-                            f"{money_text(amount, currency)}, wattmeter {money_text(line.amount, currency)}")  # fmt: skip
+                unexplained(
+                    Fraction(amount - line.amount),
+                    f"line {position} in Stripe",
+                    f"{prefix}, line {position} ({line.kind}): Stripe line {ref} has "
+                    f"{money_text(amount, currency)}, wattmeter {money_text(line.amount, currency)}",
+                )
         for position, line in sorted(lines.items()):
             if position not in seen:
-                unexplained(-Fraction(line.amount), f"line {position} missing in Stripe",
-                            f"{prefix}, line {position} ({line.kind}): {money_text(line.amount, currency)} is not on "
-                            f"Stripe invoice {view.invoice_id}")  # fmt: skip
+                unexplained(
+                    -Fraction(line.amount),
+                    f"line {position} missing in Stripe",
+                    f"{prefix}, line {position} ({line.kind}): {money_text(line.amount, currency)} is not on "
+                    f"Stripe invoice {view.invoice_id}",
+                )
         stripe_total = from_minor(view.total, currency)
         if stripe_total != invoice.amount_due:
-            unexplained(Fraction(stripe_total - invoice.amount_due), "Stripe total",
-                        f"{prefix}, total: Stripe invoice {view.invoice_id} totals {money_text(stripe_total, currency)}, "
-                        f"amount due {money_text(invoice.amount_due, currency)}")  # fmt: skip
+            unexplained(
+                Fraction(stripe_total - invoice.amount_due),
+                "Stripe total",
+                f"{prefix}, total: Stripe invoice {view.invoice_id} totals {money_text(stripe_total, currency)}, "
+                f"amount due {money_text(invoice.amount_due, currency)}",
+            )
         paid = from_minor(view.amount_paid, currency)
         status = "failed" if view.status == "open" and facts.mirror_status == "failed" else view.status
         if status == "draft":
-            unexplained(None, f"Stripe invoice {view.invoice_id} is a draft",
-                        f"{prefix}: recorded as pushed and finalized, but Stripe invoice {view.invoice_id} is a draft")  # fmt: skip
+            unexplained(
+                None,
+                f"Stripe invoice {view.invoice_id} is a draft",
+                f"{prefix}: recorded as pushed and finalized, but Stripe invoice {view.invoice_id} is a draft",
+            )
     credited = Decimal(0)
     for number, amount in facts.credit_notes:
         items.append(
@@ -791,30 +1008,61 @@ def collected_leg(tenant_id: str, invoice: StoredInvoice, facts: PaymentFacts) -
         )
         credited += amount
     outstanding = invoice.amount_due - credited - paid
-    where = (f"Stripe invoice {view.invoice_id} is {status}" if view is not None
-             else f"payment state {status} (wattmeter's mirror of Stripe's webhooks)")  # fmt: skip
+    where = (
+        f"Stripe invoice {view.invoice_id} is {status}"
+        if view is not None
+        else f"payment state {status} (wattmeter's mirror of Stripe's webhooks)"
+    )
     if outstanding and status == "paid":
         if outstanding > 0:
-            unexplained(-Fraction(outstanding), "paid short", f"{prefix}: paid in Stripe, but "
-                        f"{money_text(paid, currency)} of {money_text(invoice.amount_due - credited, currency)} due",
-                        ROLE_STEP)  # fmt: skip
+            unexplained(
+                -Fraction(outstanding),
+                "paid short",
+                f"{prefix}: paid in Stripe, but "
+                f"{money_text(paid, currency)} of {money_text(invoice.amount_due - credited, currency)} due",
+                ROLE_STEP,
+            )
         elif credited:
-            items.append(Item(LEG_COLLECTED, CREDIT_NOTES, -Fraction(outstanding), None,
-                              "credited after payment: to the customer's balance in Stripe"))  # fmt: skip
+            items.append(
+                Item(
+                    LEG_COLLECTED,
+                    CREDIT_NOTES,
+                    -Fraction(outstanding),
+                    None,
+                    "credited after payment: to the customer's balance in Stripe",
+                )
+            )
         else:
-            unexplained(-Fraction(outstanding), "paid more than due", f"{prefix}: Stripe collected "
-                        f"{money_text(paid, currency)}, {money_text(invoice.amount_due, currency)} due", ROLE_STEP)  # fmt: skip
+            unexplained(
+                -Fraction(outstanding),
+                "paid more than due",
+                f"{prefix}: Stripe collected "
+                f"{money_text(paid, currency)}, {money_text(invoice.amount_due, currency)} due",
+                ROLE_STEP,
+            )
     elif outstanding:
         cause = _OUTSTANDING.get(status)
         if cause is None:
-            unexplained(-Fraction(outstanding), f"payment state {status!r}", f"{prefix}: "
-                        f"{money_text(outstanding, currency)} outstanding in an unknown payment state {status!r}",
-                        ROLE_STEP)  # fmt: skip
+            unexplained(
+                -Fraction(outstanding),
+                f"payment state {status!r}",
+                f"{prefix}: {money_text(outstanding, currency)} outstanding in an unknown payment state {status!r}",
+                ROLE_STEP,
+            )
         else:
             items.append(Item(LEG_COLLECTED, cause, -Fraction(outstanding), None, where))
-    items.append(Item(LEG_COLLECTED, COLLECTED, Fraction(paid), None,
-                      f"amount paid on Stripe invoice {view.invoice_id}" if view is not None
-                      else "amount paid as last reported by Stripe's webhooks", role=ROLE_ANCHOR))  # fmt: skip
+    items.append(
+        Item(
+            LEG_COLLECTED,
+            COLLECTED,
+            Fraction(paid),
+            None,
+            f"amount paid on Stripe invoice {view.invoice_id}"
+            if view is not None
+            else "amount paid as last reported by Stripe's webhooks",
+            role=ROLE_ANCHOR,
+        )
+    )
     return CollectedLeg(items, paid)
 
 
@@ -840,8 +1088,11 @@ class TenantResult:
         """One line per unexplained difference (rows covered by another row's line add none)."""
         lines = [item.message for item in self.items if not item.explained and item.message]
         if not lines and any(not item.explained for item in self.items):
-            lines = [f"tenant {self.tenant_id}, invoice {self.invoice or '-'}: {item.detail}"
-                     for item in self.items if not item.explained]  # fmt: skip
+            lines = [
+                f"tenant {self.tenant_id}, invoice {self.invoice or '-'}: {item.detail}"
+                for item in self.items
+                if not item.explained
+            ]
         return list(dict.fromkeys(lines))
 
     def causes(self, cause: str, leg: str | None = None) -> list[Item]:

@@ -88,8 +88,14 @@ def _invoices(session: Session, period: str) -> tuple[dict[str, Any], list[Invoi
 
 def _stripe(session: Session, invoices: list[Invoice]) -> dict[str, Any]:
     ids = [i.id for i in invoices if i.status != INVOICE_DRAFT]
-    syncs = {row.invoice_id: row for row in session.scalars(select(StripeInvoiceSync).where(
-        StripeInvoiceSync.invoice_id.in_(ids)))} if ids else {}  # fmt: skip
+    syncs = (
+        {
+            row.invoice_id: row
+            for row in session.scalars(select(StripeInvoiceSync).where(StripeInvoiceSync.invoice_id.in_(ids)))
+        }
+        if ids
+        else {}
+    )
     counts = {"not_pushed": 0, "in_progress": 0, "pushed": 0, "failed": 0, "voided": 0}
     failed: list[dict[str, Any]] = []
     payments: dict[str, int] = {}
@@ -108,9 +114,16 @@ def _stripe(session: Session, invoices: list[Invoice]) -> dict[str, Any]:
             counts["pushed"] += 1
         elif sync.last_error:
             counts["failed"] += 1
-            failed.append({"invoice": invoice.number, "tenant_id": invoice.tenant_id, "state": sync.state,
-                           "attempts": sync.attempts, "last_error": sync.last_error,
-                           "last_attempt": _iso(sync.last_attempt_ms)})  # fmt: skip
+            failed.append(
+                {
+                    "invoice": invoice.number,
+                    "tenant_id": invoice.tenant_id,
+                    "state": sync.state,
+                    "attempts": sync.attempts,
+                    "last_error": sync.last_error,
+                    "last_attempt": _iso(sync.last_attempt_ms),
+                }
+            )
         else:
             counts["in_progress" if sync.attempts else "not_pushed"] += 1
         status = sync.payment_status or "none"
@@ -129,8 +142,13 @@ def _close(session: Session, period: str) -> dict[str, Any] | None:
     row = session.get(MonthClose, period)
     if row is None:
         return None
-    return {"step": row.step, "started": _iso(row.started_ms), "updated": _iso(row.updated_ms), "actor": row.actor,
-            "summary": row.summary}  # fmt: skip
+    return {
+        "step": row.step,
+        "started": _iso(row.started_ms),
+        "updated": _iso(row.updated_ms),
+        "actor": row.actor,
+        "summary": row.summary,
+    }
 
 
 def reconciliation_json(result: Reconciliation) -> dict[str, Any]:
@@ -241,7 +259,7 @@ def overview(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCach
                     )
                 }
                 for t in recon["tenants"]
-            ],  # fmt: skip
+            ],
             "error": None,
         }
     except (
@@ -251,8 +269,15 @@ def overview(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCach
         PeriodError,
         PricingError,
     ) as exc:  # the rest of the month still shows
-        reconciliation = {"explained": False, "unexplained": [], "flags": [], "totals": {}, "flagged": [],
-                          "tenants": [], "error": f"the reconciliation could not run: {exc}"}  # fmt: skip
+        reconciliation = {
+            "explained": False,
+            "unexplained": [],
+            "flags": [],
+            "totals": {},
+            "flagged": [],
+            "tenants": [],
+            "error": f"the reconciliation could not run: {exc}",
+        }
     return {
         "period": period,
         "tenants": tenants,

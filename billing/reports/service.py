@@ -107,11 +107,17 @@ def fleet_usage(session: Session, start_ms: int, end_ms: int) -> FleetUsage:
     in_window = (UsageHourly.hour_start_ms >= start_ms) & (UsageHourly.hour_start_ms < end_ms)
     leased = case((UsageHourly.tenant_id == "", 0), else_=1)
     sums = session.execute(
-        select(UsageHourly.model, leased, UsageHourly.hour_start_ms, func.sum(UsageHourly.allocated_gpu_ms),
-               func.sum(UsageHourly.busy_gpu_ms), func.sum(UsageHourly.energy_mj))
+        select(
+            UsageHourly.model,
+            leased,
+            UsageHourly.hour_start_ms,
+            func.sum(UsageHourly.allocated_gpu_ms),
+            func.sum(UsageHourly.busy_gpu_ms),
+            func.sum(UsageHourly.energy_mj),
+        )
         .where(in_window)
         .group_by(UsageHourly.model, leased, UsageHourly.hour_start_ms)
-    ).all()  # fmt: skip
+    ).all()
     pairs = session.execute(select(UsageHourly.model, UsageHourly.gpu_uuid).where(in_window).distinct()).all()
     per_model: dict[str, set[str]] = {}
     for model, gpu in pairs:
@@ -134,12 +140,13 @@ def period_invoices(session: Session, period: str, include_drafts: bool) -> list
     ).all()
     lines: dict[int, list[RevenueLine]] = {row.id: [] for row in invoices}
     for invoice_id, kind, model, amount, quantity in session.execute(
-        select(InvoiceLine.invoice_id, InvoiceLine.kind, InvoiceLine.model, InvoiceLine.amount,
-               InvoiceLine.quantity_base)
+        select(
+            InvoiceLine.invoice_id, InvoiceLine.kind, InvoiceLine.model, InvoiceLine.amount, InvoiceLine.quantity_base
+        )
         .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
         .where(Invoice.period == period, Invoice.status.in_(statuses))
         .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
-    ):  # fmt: skip
+    ):
         lines[invoice_id].append(RevenueLine(kind, model or "", amount, int(quantity or 0) if model else 0))
     return [
         InvoiceRevenue(
@@ -150,7 +157,7 @@ def period_invoices(session: Session, period: str, include_drafts: bool) -> list
             row.status,
             row.subtotal,
             tuple(lines[row.id]),
-        )  # fmt: skip
+        )
         for row in invoices
     ]
 
@@ -209,9 +216,10 @@ def yield_report(
         notes = _coverage_notes(session, period, start, end)
         if not include_drafts:
             drafts = session.scalar(
-                select(func.count()).select_from(Invoice).where(Invoice.period == period,
-                                                                Invoice.status == INVOICE_DRAFT)
-            )  # fmt: skip
+                select(func.count())
+                .select_from(Invoice)
+                .where(Invoice.period == period, Invoice.status == INVOICE_DRAFT)
+            )
             if drafts:
                 notes.append(f"{drafts} draft invoice(s) of {period} are not counted as revenue until finalized")
     if calendar is None:

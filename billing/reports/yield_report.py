@@ -552,15 +552,22 @@ def row_json(row: ModelYield, currencies: Sequence[str]) -> dict[str, Any]:
         "model": row.model or None,
         "gpus": row.gpus,
         "gpu_ms": {
-            "available": row.available_ms, "leased": row.leased_ms, "idle": row.idle_ms,
-            "busy": row.busy_ms, "busy_leased": row.busy_leased_ms,
-            "valley_available": row.valley_available_ms, "valley_leased": row.valley_leased_ms,
+            "available": row.available_ms,
+            "leased": row.leased_ms,
+            "idle": row.idle_ms,
+            "busy": row.busy_ms,
+            "busy_leased": row.busy_leased_ms,
+            "valley_available": row.valley_available_ms,
+            "valley_leased": row.valley_leased_ms,
             "astride_valley_boundary": row.split_ms,
         },
         "gpu_hours": {
-            "available": hours_text(row.available_ms), "leased": hours_text(row.leased_ms),
-            "idle": hours_text(row.idle_ms), "busy": hours_text(row.busy_ms),
-            "valley_available": hours_text(row.valley_available_ms), "valley_leased": hours_text(row.valley_leased_ms),
+            "available": hours_text(row.available_ms),
+            "leased": hours_text(row.leased_ms),
+            "idle": hours_text(row.idle_ms),
+            "busy": hours_text(row.busy_ms),
+            "valley_available": hours_text(row.valley_available_ms),
+            "valley_leased": hours_text(row.valley_leased_ms),
         },
         "energy_mj": row.energy_mj,
         "energy_kwh": kwh_text(row.energy_mj),
@@ -570,7 +577,7 @@ def row_json(row: ModelYield, currencies: Sequence[str]) -> dict[str, Any]:
         "valley_share_sold": decimal_text(row.valley_share, RATIO_PLACES),
         "busy_gpu_hours_per_kwh": decimal_text(row.busy_hours_per_kwh, RATIO_PLACES),
         "revenue": _money_json(row, currencies),
-    }  # fmt: skip
+    }
 
 
 def to_json(report: YieldReport) -> dict[str, Any]:
@@ -606,11 +613,27 @@ def to_json(report: YieldReport) -> dict[str, Any]:
 
 
 CSV_COLUMNS = (
-    "period", "timezone", "model", "gpus", "gpu_hours_available", "gpu_hours_leased", "gpu_hours_idle",
-    "gpu_hours_busy", "utilization", "leased_share", "energy_kwh", "busy_gpu_hours_per_kwh",
-    "valley_gpu_hours_available", "valley_gpu_hours_leased", "valley_share_sold", "currency", "revenue",
-    "revenue_per_gpu", "revenue_per_gpu_hour_available", "revenue_per_kwh",
-)  # fmt: skip
+    "period",
+    "timezone",
+    "model",
+    "gpus",
+    "gpu_hours_available",
+    "gpu_hours_leased",
+    "gpu_hours_idle",
+    "gpu_hours_busy",
+    "utilization",
+    "leased_share",
+    "energy_kwh",
+    "busy_gpu_hours_per_kwh",
+    "valley_gpu_hours_available",
+    "valley_gpu_hours_leased",
+    "valley_share_sold",
+    "currency",
+    "revenue",
+    "revenue_per_gpu",
+    "revenue_per_gpu_hour_available",
+    "revenue_per_kwh",
+)
 
 
 def csv_rows(report: YieldReport) -> list[dict[str, str]]:
@@ -620,9 +643,14 @@ def csv_rows(report: YieldReport) -> list[dict[str, str]]:
     currencies: Sequence[str] = report.currencies or ("",)
     for row in (*report.models, report.fleet):
         base = {
-            "period": report.period, "timezone": report.timezone, "model": row.model or "*", "gpus": str(row.gpus),
-            "gpu_hours_available": hours_text(row.available_ms), "gpu_hours_leased": hours_text(row.leased_ms),
-            "gpu_hours_idle": hours_text(row.idle_ms), "gpu_hours_busy": hours_text(row.busy_ms),
+            "period": report.period,
+            "timezone": report.timezone,
+            "model": row.model or "*",
+            "gpus": str(row.gpus),
+            "gpu_hours_available": hours_text(row.available_ms),
+            "gpu_hours_leased": hours_text(row.leased_ms),
+            "gpu_hours_idle": hours_text(row.idle_ms),
+            "gpu_hours_busy": hours_text(row.busy_ms),
             "utilization": decimal_text(row.utilization, RATIO_PLACES) or "",
             "leased_share": decimal_text(row.leased_share, RATIO_PLACES) or "",
             "energy_kwh": kwh_text(row.energy_mj),
@@ -630,10 +658,15 @@ def csv_rows(report: YieldReport) -> list[dict[str, str]]:
             "valley_gpu_hours_available": hours_text(row.valley_available_ms),
             "valley_gpu_hours_leased": hours_text(row.valley_leased_ms),
             "valley_share_sold": decimal_text(row.valley_share, RATIO_PLACES) or "",
-        }  # fmt: skip
+        }
         for currency in currencies:
-            money = {"currency": currency, "revenue": "", "revenue_per_gpu": "", "revenue_per_gpu_hour_available": "",
-                     "revenue_per_kwh": ""}  # fmt: skip
+            money = {
+                "currency": currency,
+                "revenue": "",
+                "revenue_per_gpu": "",
+                "revenue_per_gpu_hour_available": "",
+                "revenue_per_kwh": "",
+            }
             if currency:
                 places = rate_places(currency)
                 money.update(
@@ -665,27 +698,45 @@ def _fixed(value: Fraction | Decimal | int | None, places: int) -> str:
 def text(report: YieldReport) -> str:
     """A plain-text table for a terminal: one line per model, then the fleet."""
     currencies = report.currencies
-    head = ["model", "GPUs", "avail GPU-h", "leased GPU-h", "idle GPU-h", "util", "kWh", "busy GPU-h/kWh",
-            "valley sold"]  # fmt: skip
+    head = [
+        "model",
+        "GPUs",
+        "avail GPU-h",
+        "leased GPU-h",
+        "idle GPU-h",
+        "util",
+        "kWh",
+        "busy GPU-h/kWh",
+        "valley sold",
+    ]
     for currency in currencies:
         head += [f"revenue {currency}", f"{currency}/GPU", f"{currency}/GPU-h", f"{currency}/kWh"]
     table = [head]
     for row in (*report.models, report.fleet):
         cells = [
-            row.model or "fleet", str(row.gpus), _fixed(Fraction(row.available_ms, MS_PER_HOUR), 2),
-            _fixed(Fraction(row.leased_ms, MS_PER_HOUR), 2), _fixed(Fraction(row.idle_ms, MS_PER_HOUR), 2),
-            _percent(row.utilization), _fixed(Fraction(row.energy_mj, MJ_PER_KWH), 2),
-            _fixed(row.busy_hours_per_kwh, 3), _percent(row.valley_share),
-        ]  # fmt: skip
+            row.model or "fleet",
+            str(row.gpus),
+            _fixed(Fraction(row.available_ms, MS_PER_HOUR), 2),
+            _fixed(Fraction(row.leased_ms, MS_PER_HOUR), 2),
+            _fixed(Fraction(row.idle_ms, MS_PER_HOUR), 2),
+            _percent(row.utilization),
+            _fixed(Fraction(row.energy_mj, MJ_PER_KWH), 2),
+            _fixed(row.busy_hours_per_kwh, 3),
+            _percent(row.valley_share),
+        ]
         for currency in currencies:
             places = minor_units(currency)
-            cells += [f"{row.revenue_of(currency):,}", _fixed(row.revenue_per_gpu(currency), places),
-                      _fixed(row.revenue_per_gpu_hour(currency), places + 2),
-                      _fixed(row.revenue_per_kwh(currency), places + 2)]  # fmt: skip
+            cells += [
+                f"{row.revenue_of(currency):,}",
+                _fixed(row.revenue_per_gpu(currency), places),
+                _fixed(row.revenue_per_gpu_hour(currency), places + 2),
+                _fixed(row.revenue_per_kwh(currency), places + 2),
+            ]
         table.append(cells)
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     lines = [
-        f"Fleet yield {report.period} ({report.timezone} month {ms_to_iso(report.start_ms)}..{ms_to_iso(report.end_ms)})"
+        f"Fleet yield {report.period} ({report.timezone} month "
+        f"{ms_to_iso(report.start_ms)}..{ms_to_iso(report.end_ms)})"
     ]
     calendar = report.calendar
     if calendar is not None:

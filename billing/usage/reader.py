@@ -240,8 +240,11 @@ class _Scan:
             if mine and attribute_idle(self.con, mine, self.lo, self.hi):
                 self.any_attributed = True
                 self.attribution = self._attribution()
-            self.con.execute(f"CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM {self._raw('u.record_id')}) "
-                             "GROUP BY h HAVING count(*) > 1")  # fmt: skip
+            self.con.execute(
+                f"CREATE TEMP TABLE shared AS SELECT h FROM "
+                f"(SELECT hash(record_id) AS h FROM {self._raw('u.record_id')}) "
+                "GROUP BY h HAVING count(*) > 1"
+            )
             self.any_shared = bool(self.con.execute("SELECT count(*) FROM shared").fetchone()[0])
         except Exception as exc:  # duckdb.Error: a damaged or foreign file
             self.con.close()
@@ -298,8 +301,10 @@ class _Scan:
         hash of record_id is unique is unique; only rows sharing a hash (true duplicates, or a
         rare collision) are compared by record_id, and the copy in the earliest file counts.
         """
-        columns = ("u.record_id, u.tenant_id, u.lease_id, u.plan, u.model, u.gpu_uuid, u.window_start_ms, "
-                   "u.allocated_gpu_ms, u.busy_gpu_ms, u.energy_mj, u.filename, t.grain")  # fmt: skip
+        columns = (
+            "u.record_id, u.tenant_id, u.lease_id, u.plan, u.model, u.gpu_uuid, u.window_start_ms, "
+            "u.allocated_gpu_ms, u.busy_gpu_ms, u.energy_mj, u.filename, t.grain"
+        )
         plain = f"SELECT * EXCLUDE (filename) FROM {self._raw(columns)}"
         if not self.all_selected:
             plain += " WHERE filename IN (SELECT filename FROM files WHERE selected)"
@@ -324,8 +329,10 @@ class _Scan:
         return rows
 
 
-_ROW_COLUMNS = ("record_id, kind, tenant_id, lease_id, plan, model, gpu_uuid, window_start_ms, allocated_gpu_ms, "
-                "busy_gpu_ms, energy_mj")  # fmt: skip
+_ROW_COLUMNS = (
+    "record_id, kind, tenant_id, lease_id, plan, model, gpu_uuid, window_start_ms, allocated_gpu_ms, "
+    "busy_gpu_ms, energy_mj"
+)
 
 
 def attribute_idle(con: Any, leases: Sequence[Lease], lo_ms: int, hi_ms: int) -> bool:
@@ -349,14 +356,24 @@ def attribute_idle(con: Any, leases: Sequence[Lease], lo_ms: int, hi_ms: int) ->
     The attributed row's id is the record's id and the lease's, so two copies of one record (two
     sink generations) still dedupe to one, and one record cut by two leases gives two rows."""
     day = 24 * 3_600_000
-    con.execute("CREATE OR REPLACE TEMP TABLE ledger_leases(lease_id VARCHAR, tenant_id VARCHAR, gpu_uuid VARCHAR, "
-                "plan VARCHAR, lo BIGINT, hi BIGINT)")  # fmt: skip
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE ledger_leases(lease_id VARCHAR, tenant_id VARCHAR, gpu_uuid VARCHAR, "
+        "plan VARCHAR, lo BIGINT, hi BIGINT)"
+    )
     con.executemany(
         "INSERT INTO ledger_leases VALUES (?, ?, ?, ?, ?, ?)",
-        [(lease.lease_id, lease.tenant_id, lease.gpu_uuid, lease.plan, max(lease.start_ms, lo_ms - day),
-          hi_ms + day if lease.end_ms is None else min(lease.end_ms, hi_ms + day))
-         for lease in leases],
-    )  # fmt: skip
+        [
+            (
+                lease.lease_id,
+                lease.tenant_id,
+                lease.gpu_uuid,
+                lease.plan,
+                max(lease.start_ms, lo_ms - day),
+                hi_ms + day if lease.end_ms is None else min(lease.end_ms, hi_ms + day),
+            )
+            for lease in leases
+        ],
+    )
     parquet = "read_parquet(getvariable('paths'), filename = true, hive_partitioning = false)"
     con.execute(
         f"""
@@ -381,7 +398,8 @@ def attribute_idle(con: Any, leases: Sequence[Lease], lo_ms: int, hi_ms: int) ->
                    least(i.window_start_ms + i.w, l.hi) - i.window_start_ms AS b,
                    coalesce(list_contains(m.known, l.lease_id), false) AS seen
             FROM idle i
-            JOIN ledger_leases l ON i.gpu_uuid = l.gpu_uuid AND i.window_start_ms < l.hi AND i.window_start_ms + i.w > l.lo
+            JOIN ledger_leases l ON i.gpu_uuid = l.gpu_uuid
+                AND i.window_start_ms < l.hi AND i.window_start_ms + i.w > l.lo
             LEFT JOIN metered m ON m.gpu_uuid = i.gpu_uuid AND m.window_start_ms = i.window_start_ms
             WHERE coalesce(m.u_ms, 0) + i.qa <= i.w
         ), shares AS (

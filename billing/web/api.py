@@ -414,7 +414,7 @@ def invoice_out(detail: queries.InvoiceDetail) -> InvoiceDetailOut:
         credit_notes=[
             CreditNoteOut(
                 number=n.number, currency=n.currency, amount=str(n.amount), reason=n.reason, created_ms=n.created_ms
-            )  # fmt: skip
+            )
             for n in detail.credit_notes
         ],
     )
@@ -451,9 +451,16 @@ class LeaseOut(BaseModel):
 
     @classmethod
     def of(cls, lease: Any) -> LeaseOut:
-        return cls(lease_id=lease.lease_id, tenant_id=lease.tenant_id, gpu_uuid=lease.gpu_uuid, plan=lease.plan,
-                   start_ms=lease.start_ms, end_ms=lease.end_ms, start=str(iso(lease.start_ms)),
-                   end=iso(lease.end_ms))  # fmt: skip
+        return cls(
+            lease_id=lease.lease_id,
+            tenant_id=lease.tenant_id,
+            gpu_uuid=lease.gpu_uuid,
+            plan=lease.plan,
+            start_ms=lease.start_ms,
+            end_ms=lease.end_ms,
+            start=str(iso(lease.start_ms)),
+            end=iso(lease.end_ms),
+        )
 
 
 class LeaseListOut(BaseModel):
@@ -498,13 +505,21 @@ class LeaseEndIn(BaseModel):
 
 
 def _bucket(b: queries.UsageBucket) -> BucketOut:
-    return BucketOut(start_ms=b.start_ms, end_ms=b.end_ms, label=b.label, gpu_uuid=b.gpu_uuid, model=b.model,
-                     periods=_periods(b.periods), **MeasuresOut.of(b.total).model_dump())  # fmt: skip
+    return BucketOut(
+        start_ms=b.start_ms,
+        end_ms=b.end_ms,
+        label=b.label,
+        gpu_uuid=b.gpu_uuid,
+        model=b.model,
+        periods=_periods(b.periods),
+        **MeasuresOut.of(b.total).model_dump(),
+    )
 
 
 def _gpu(row: queries.GpuRow) -> GpuOut:
-    return GpuOut(gpu_uuid=row.gpu_uuid, model=row.model, periods=_periods(row.periods),
-                  **MeasuresOut.of(row.total).model_dump())  # fmt: skip
+    return GpuOut(
+        gpu_uuid=row.gpu_uuid, model=row.model, periods=_periods(row.periods), **MeasuresOut.of(row.total).model_dump()
+    )
 
 
 @router.get("/usage", response_model=UsageOut, responses=ERRORS, tags=["usage"])
@@ -529,9 +544,19 @@ def get_usage(
         zone = queries.get_tenant(session, tenant_id).timezone
         buckets = queries.tenant_usage(session, tenant_id, lo, hi, grain, by_gpu=by == "gpu")
     total = queries.usage_total(buckets)
-    return UsageOut(tenant_id=tenant_id, timezone=zone, start_ms=lo, end_ms=hi, start=str(iso(lo)), end=str(iso(hi)),
-                    grain=grain, by=by, total=MeasuresOut.of(total.total), periods=_periods(total.periods),
-                    buckets=[_bucket(b) for b in buckets])  # fmt: skip
+    return UsageOut(
+        tenant_id=tenant_id,
+        timezone=zone,
+        start_ms=lo,
+        end_ms=hi,
+        start=str(iso(lo)),
+        end=str(iso(hi)),
+        grain=grain,
+        by=by,
+        total=MeasuresOut.of(total.total),
+        periods=_periods(total.periods),
+        buckets=[_bucket(b) for b in buckets],
+    )
 
 
 @router.get("/usage/gpus", response_model=GpuTableOut, responses=ERRORS, tags=["usage"])
@@ -554,8 +579,14 @@ def get_usage_gpus(
     total = queries.Measures()
     for row in rows:
         total = total + row.total
-    return GpuTableOut(tenant_id=tenant_id, timezone=zone, start_ms=lo, end_ms=hi, total=MeasuresOut.of(total),
-                       gpus=[_gpu(row) for row in rows])  # fmt: skip
+    return GpuTableOut(
+        tenant_id=tenant_id,
+        timezone=zone,
+        start_ms=lo,
+        end_ms=hi,
+        total=MeasuresOut.of(total),
+        gpus=[_gpu(row) for row in rows],
+    )
 
 
 # -- endpoints: invoices and statements -----------------------------------------------------------
@@ -572,8 +603,9 @@ def get_invoices(
     """Invoices, by period and tenant: a tenant key its own issued ones; a finance key any tenant's."""
     tenant_id = scope_tenant(who, tenant)
     with read(request) as session:
-        found = queries.tenant_invoices(session, tenant_id, period=period, status=status,
-                                        include_drafts=not who.is_tenant)  # fmt: skip
+        found = queries.tenant_invoices(
+            session, tenant_id, period=period, status=status, include_drafts=not who.is_tenant
+        )
     return InvoiceListOut(invoices=[InvoiceOut.of(s) for s in found])
 
 
@@ -587,8 +619,9 @@ def get_invoice(
     """One invoice by number (or id): header, lines, the usage behind each usage line, credit notes."""
     require_tenant_data(who)  # before the look-up: an operator key's 403 says nothing of what exists
     with read(request) as session:
-        detail = queries.invoice_detail(session, number, owner_check=lambda owner: check_owner(who, owner),
-                                        include_drafts=not who.is_tenant)  # fmt: skip
+        detail = queries.invoice_detail(
+            session, number, owner_check=lambda owner: check_owner(who, owner), include_drafts=not who.is_tenant
+        )
     return invoice_out(detail)
 
 
@@ -633,13 +666,19 @@ def _file_responses(media_type: str, description: str) -> dict[int | str, dict[s
         200: {"description": description, "content": {media_type: {"schema": schema}}}
     }
     for status, entry in ERRORS.items():
-        out[status] = {"description": entry["description"],
-                       "content": {"application/json": {"schema": ErrorOut.model_json_schema()}}}  # fmt: skip
+        out[status] = {
+            "description": entry["description"],
+            "content": {"application/json": {"schema": ErrorOut.model_json_schema()}},
+        }
     return out
 
 
-@router.get("/statements/{tenant}/{period}.csv", response_class=CsvResponse, tags=["statements"],
-            responses=_file_responses("text/csv", "the statement as sectioned CSV"))  # fmt: skip
+@router.get(
+    "/statements/{tenant}/{period}.csv",
+    response_class=CsvResponse,
+    tags=["statements"],
+    responses=_file_responses("text/csv", "the statement as sectioned CSV"),
+)
 def get_statement_csv(
     request: Request, who: Annotated[Principal, Depends(principal)], tenant: TenantPath, period: PeriodPath
 ) -> Response:
@@ -651,8 +690,12 @@ def get_statement_csv(
     return _download(statements.render_csv(statement), statement, "csv", CsvResponse)
 
 
-@router.get("/statements/{tenant}/{period}.pdf", response_class=PdfResponse, tags=["statements"],
-            responses=_file_responses("application/pdf", "the statement as PDF"))  # fmt: skip
+@router.get(
+    "/statements/{tenant}/{period}.pdf",
+    response_class=PdfResponse,
+    tags=["statements"],
+    responses=_file_responses("application/pdf", "the statement as PDF"),
+)
 def get_statement_pdf(
     request: Request, who: Annotated[Principal, Depends(principal)], tenant: TenantPath, period: PeriodPath
 ) -> Response:
@@ -671,13 +714,24 @@ def get_statement(
     key: issued ones) with the usage behind their lines; the same figures as the CSV and the PDF."""
     st = _statement(request, who, tenant, period)
     usage = st.usage
-    return StatementOut(tenant_id=st.tenant_id, tenant_name=st.tenant_name, timezone=st.timezone,
-                        currency=st.currency, period=st.period, start_ms=st.start_ms, end_ms=st.end_ms,
-                        total=MeasuresOut.of(usage.total), periods=_periods(usage.periods),
-                        days=[_bucket(b) for b in st.days], gpus=[_gpu(g) for g in st.gpus],
-                        invoices=[invoice_out(d) for d in st.invoices],
-                        subtotal=str(st.invoiced("subtotal")), tax=str(st.invoiced("tax")),
-                        total_invoiced=str(st.invoiced("total")), amount_due=str(st.invoiced("amount_due")))  # fmt: skip
+    return StatementOut(
+        tenant_id=st.tenant_id,
+        tenant_name=st.tenant_name,
+        timezone=st.timezone,
+        currency=st.currency,
+        period=st.period,
+        start_ms=st.start_ms,
+        end_ms=st.end_ms,
+        total=MeasuresOut.of(usage.total),
+        periods=_periods(usage.periods),
+        days=[_bucket(b) for b in st.days],
+        gpus=[_gpu(g) for g in st.gpus],
+        invoices=[invoice_out(d) for d in st.invoices],
+        subtotal=str(st.invoiced("subtotal")),
+        tax=str(st.invoiced("tax")),
+        total_invoiced=str(st.invoiced("total")),
+        amount_due=str(st.invoiced("amount_due")),
+    )
 
 
 # -- endpoints: leases ----------------------------------------------------------------------------
@@ -726,8 +780,9 @@ def post_lease(
     start, end = body.start, body.end
     try:
         with context(request).ledger.transaction() as session:
-            lease = leases.open_lease(session, body.tenant_id, body.gpu_uuid, start, end, body.plan, body.lease_id,
-                                      actor=f"api:{who.key_id}")  # fmt: skip
+            lease = leases.open_lease(
+                session, body.tenant_id, body.gpu_uuid, start, end, body.plan, body.lease_id, actor=f"api:{who.key_id}"
+            )
     except (LedgerError, PeriodError) as exc:
         return _lease_error(exc)
     return LeaseOut.of(lease)

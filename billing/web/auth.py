@@ -77,8 +77,11 @@ def create_key(session: Session, actor: str, role: str, tenant_id: str | None = 
     if tenant_id is not None and session.get(Tenant, tenant_id) is None:
         raise LedgerError(f"unknown tenant {tenant_id!r}")
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(24)
-    session.add(ApiKey(key_id=key_id, secret_hash=_digest(secret), role=role, tenant_id=tenant_id, label=label,
-                       created_ms=now_ms()))  # fmt: skip
+    session.add(
+        ApiKey(
+            key_id=key_id, secret_hash=_digest(secret), role=role, tenant_id=tenant_id, label=label, created_ms=now_ms()
+        )
+    )
     audit(session, actor, "api_key.create", "api_key", key_id, role=role, tenant_id=tenant_id, label=label)
     return f"{KEY_PREFIX}_{key_id}_{secret}"
 

@@ -129,42 +129,55 @@ def stacked_bars(
     out: list[str] = [
         f'<svg class="chart" id="{escape(chart_id)}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-labelledby="{escape(chart_id)}-title {escape(chart_id)}-desc" xmlns="http://www.w3.org/2000/svg" '
-        f'preserveAspectRatio="xMidYMid meet" font-family="DejaVu Sans, Segoe UI, Roboto, Helvetica, Arial, sans-serif">',
+        f'preserveAspectRatio="xMidYMid meet" '
+        'font-family="DejaVu Sans, Segoe UI, Roboto, Helvetica, Arial, sans-serif">',
         f'<title id="{escape(chart_id)}-title">{escape(title)}</title>',
         f'<desc id="{escape(chart_id)}-desc">{escape(desc)}</desc>',
     ]
     for lx, ly, name, text in legend:
         out.append(f'<rect x="{_num(lx)}" y="{_num(ly)}" width="12" height="12" rx="2" fill="{colours[name]}"/>')
-        out.append(f'<text x="{_num(lx + 17)}" y="{_num(ly + 10.5)}" font-size="12" fill="#1d2330" class="legend" '
-                   f'data-series="{escape(name)}" data-total="{by_series[name]}">{escape(text)}</text>')  # fmt: skip
+        out.append(
+            f'<text x="{_num(lx + 17)}" y="{_num(ly + 10.5)}" font-size="12" fill="#1d2330" class="legend" '
+            f'data-series="{escape(name)}" data-total="{by_series[name]}">{escape(text)}</text>'
+        )
     # grid and y axis labels
     ticks = round(top_value / step)
     for i in range(ticks + 1):
         value = step * i
         y = top + plot_h - value * scale
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{_num(y)}" y2="{_num(y)}" '
-                   f'stroke="{"#9aa3b2" if i == 0 else "#e3e6ec"}" stroke-width="1"/>')  # fmt: skip
+        out.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{_num(y)}" y2="{_num(y)}" '
+            f'stroke="{"#9aa3b2" if i == 0 else "#e3e6ec"}" stroke-width="1"/>'
+        )
         tick = (Decimal(repr(step)) * i).normalize()  # exact: 3 x 0.1 is 0.3, not 0.30000000000000004
-        out.append(f'<text x="{left - 6}" y="{_num(y + 4)}" font-size="11" text-anchor="end" fill="#5b6475">'
-                   f"{escape(_short(tick))}</text>")  # fmt: skip
-    out.append(f'<text x="11" y="{_num(top + plot_h / 2)}" font-size="11" fill="#5b6475" text-anchor="middle" '
-               f'transform="rotate(-90 11 {_num(top + plot_h / 2)})">{escape(unit)}</text>')  # fmt: skip
+        out.append(
+            f'<text x="{left - 6}" y="{_num(y + 4)}" font-size="11" text-anchor="end" fill="#5b6475">'
+            f"{escape(_short(tick))}</text>"
+        )
+    out.append(
+        f'<text x="11" y="{_num(top + plot_h / 2)}" font-size="11" fill="#5b6475" text-anchor="middle" '
+        f'transform="rotate(-90 11 {_num(top + plot_h / 2)})">{escape(unit)}</text>'
+    )
     # bars
     for index, bar in enumerate(bars):
         x0 = left + index * slot + (slot - bar_w) / 2
         y = float(top + plot_h)
         parts = [f"{labels.get(n, n)} {fmt(bar.values.get(n, ZERO))}" for n in series]
         tooltip = f"{bar.key}: {fmt(bar.total)} ({', '.join(parts)})"
-        group = [f'<g class="bar" data-key="{escape(bar.key)}" data-total="{bar.total}">',
-                 f"<title>{escape(tooltip)}</title>"]  # fmt: skip
+        group = [
+            f'<g class="bar" data-key="{escape(bar.key)}" data-total="{bar.total}">',
+            f"<title>{escape(tooltip)}</title>",
+        ]
         for name in series:
             amount = bar.values.get(name, ZERO)
             if amount <= 0:
                 continue
             h = float(amount) * scale
             y -= h
-            group.append(f'<rect x="{_num(x0)}" y="{_num(y)}" width="{_num(bar_w)}" height="{_num(max(h, 0.5))}" '
-                         f'fill="{colours[name]}" data-series="{escape(name)}" data-value="{amount}"/>')  # fmt: skip
+            group.append(
+                f'<rect x="{_num(x0)}" y="{_num(y)}" width="{_num(bar_w)}" height="{_num(max(h, 0.5))}" '
+                f'fill="{colours[name]}" data-series="{escape(name)}" data-value="{amount}"/>'
+            )
         if bar.total <= 0:  # an empty day still answers to a hover
             group.append(f'<rect x="{_num(x0)}" y="{top}" width="{_num(bar_w)}" height="{plot_h}" fill="transparent"/>')
         group.append("</g>")
@@ -172,10 +185,14 @@ def stacked_bars(
         out.append(f'<a href="{escape(bar.href)}">{body}</a>' if bar.href else body)
         if index % every == 0:
             cx = x0 + bar_w / 2
-            out.append(f'<text x="{_num(cx)}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle" '
-                       f'fill="#5b6475">{escape(bar.label)}</text>')  # fmt: skip
-    out.append(f'<text x="{width - right}" y="{height - 6}" font-size="12" text-anchor="end" fill="#1d2330" '
-               f'font-weight="600" class="chart-total" data-total="{grand}">Total {escape(fmt(grand))}</text>')  # fmt: skip
+            out.append(
+                f'<text x="{_num(cx)}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle" '
+                f'fill="#5b6475">{escape(bar.label)}</text>'
+            )
+    out.append(
+        f'<text x="{width - right}" y="{height - 6}" font-size="12" text-anchor="end" fill="#1d2330" '
+        f'font-weight="600" class="chart-total" data-total="{grand}">Total {escape(fmt(grand))}</text>'
+    )
     out.append("</svg>")
     return Markup("".join(out))
 

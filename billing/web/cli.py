@@ -18,8 +18,13 @@ from billing.ledger.db import Ledger
 
 
 def add_web_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    keys = subparsers.add_parser("keys", parents=[common], help="create, revoke or list API keys",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    keys = subparsers.add_parser(
+        "keys",
+        parents=[common],
+        help="create, revoke or list API keys",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     keys.add_argument("action", choices=["create", "revoke", "list"])
     keys.add_argument("key_id", nargs="?", help="revoke: the key's id (the part after wm_)")
     keys.add_argument("--role", choices=["tenant", "finance", "operator"])
@@ -50,8 +55,17 @@ def run_keys_command(args: argparse.Namespace, ledger: Ledger) -> int:
             revoke_key(session, args.actor, args.key_id)
             print(f"revoked {args.key_id}")
             return 0
-        rows = [{"key_id": k.key_id, "role": k.role, "tenant_id": k.tenant_id, "label": k.label,
-                 "created_ms": k.created_ms, "revoked_ms": k.revoked_ms} for k in list_keys(session)]  # fmt: skip
+        rows = [
+            {
+                "key_id": k.key_id,
+                "role": k.role,
+                "tenant_id": k.tenant_id,
+                "label": k.label,
+                "created_ms": k.created_ms,
+                "revoked_ms": k.revoked_ms,
+            }
+            for k in list_keys(session)
+        ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

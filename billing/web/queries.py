@@ -739,8 +739,18 @@ def _wanted_lines(lines: Sequence[Any]) -> list[_Wanted]:
         measure = query.get("measure") or ""
         segments = tuple((int(a), int(b)) for a, b in query.get("segments") or [])
         if line.kind in ("gpu_time", "energy") and measure in ("allocated_gpu_ms", "energy_mj") and segments:
-            out.append(_Wanted(line.position, line.kind, line.plan, line.model, line.quantity_base, measure, segments,
-                               (line.service_start_ms, line.service_end_ms)))  # fmt: skip
+            out.append(
+                _Wanted(
+                    line.position,
+                    line.kind,
+                    line.plan,
+                    line.model,
+                    line.quantity_base,
+                    measure,
+                    segments,
+                    (line.service_start_ms, line.service_end_ms),
+                )
+            )
     return out
 
 

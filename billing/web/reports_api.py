@@ -49,8 +49,9 @@ def _period(value: str) -> str:
     return value
 
 
-Period = Annotated[str, Query(json_schema_extra={"pattern": PERIOD_PATTERN}, description="a month, YYYY-MM"),
-                   AfterValidator(_period)]  # fmt: skip
+Period = Annotated[
+    str, Query(json_schema_extra={"pattern": PERIOD_PATTERN}, description="a month, YYYY-MM"), AfterValidator(_period)
+]
 Zone = Annotated[
     str,
     Query(max_length=64, description="the operator's time zone: the month is [1st 00:00, next 1st 00:00) there"),
@@ -58,11 +59,13 @@ Zone = Annotated[
 ]
 CalendarCard = Annotated[
     str | None,
-    Query(json_schema_extra={"pattern": ID_PATTERN, "minLength": 1, "maxLength": 128},
-          description="the rate card whose time-of-use calendar says which hours are valley "
-                      "(default: the card most contracts in the period name)"),
+    Query(
+        json_schema_extra={"pattern": ID_PATTERN, "minLength": 1, "maxLength": 128},
+        description="the rate card whose time-of-use calendar says which hours are valley "
+        "(default: the card most contracts in the period name)",
+    ),
     ID_CHECK,
-]  # fmt: skip
+]
 ValleyPeriod = Annotated[
     list[str] | None,
     Query(description="calendar periods that count as valley (repeatable; default: valley)", max_length=8),
@@ -161,8 +164,14 @@ def build_yield(
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
             raise invalid("valley_period", "must be a period name such as valley or off_peak")
     try:
-        return CACHE.get(context(request).ledger, period, timezone=timezone, calendar_card=calendar_card,
-                         valley_periods=tuple(valley or ("valley",)), include_drafts=drafts)  # fmt: skip
+        return CACHE.get(
+            context(request).ledger,
+            period,
+            timezone=timezone,
+            calendar_card=calendar_card,
+            valley_periods=tuple(valley or ("valley",)),
+            include_drafts=drafts,
+        )
     except (ReportError, InvoicingError, PeriodError) as exc:  # a month outside the instants' bound in some zone: a 422
         message = str(exc)
         where = "calendar_card" if "rate card" in message else "timezone" if "UTC hour" in message else "period"

@@ -49,8 +49,13 @@ def add_statement_commands(subparsers: Any, common: argparse.ArgumentParser) -> 
     parser.add_argument("--tenant", required=True, help="the tenant's id")
     parser.add_argument("--period", required=True, help="a month, YYYY-MM, in the tenant's time zone")
     parser.add_argument("--out", type=Path, default=Path("."), help="the folder to write into (default: .)")
-    parser.add_argument("--format", type=_formats, default=["html", "pdf", "csv"], dest="formats",
-                        help="comma-separated: html,pdf,csv (default: all three)")  # fmt: skip
+    parser.add_argument(
+        "--format",
+        type=_formats,
+        default=["html", "pdf", "csv"],
+        dest="formats",
+        help="comma-separated: html,pdf,csv (default: all three)",
+    )
     parser.add_argument("--locale", default=None, help="numbers, money and dates for this locale (default en_US)")
     parser.add_argument(
         "--rollup", action="store_true", help="rebuild the period's hourly rollup from the Parquet first"
@@ -97,9 +102,11 @@ def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
         rollup_period(ledger, args.usage_dir, args.period)
     with ledger.transaction() as session:
         if session.get(RollupRun, args.period) is None:
-            print(f"{PROG}: warning: the hourly rollup of {args.period} has not been built, so usage shows "
-                  f"as zero; run `wattmeter-billing rollup --period {args.period}` or pass --rollup",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{PROG}: warning: the hourly rollup of {args.period} has not been built, so usage shows "
+                f"as zero; run `wattmeter-billing rollup --period {args.period}` or pass --rollup",
+                file=sys.stderr,
+            )
         try:
             statement = build_statement(session, args.tenant, args.period, include_drafts=not args.no_drafts)
         except NotFound:
@@ -107,14 +114,25 @@ def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
     written = write_statement(statement, args.out, args.formats, locale)
     usage = statement.usage.total
     if args.json:
-        print(json.dumps({
-            "tenant_id": statement.tenant_id, "period": statement.period, "timezone": statement.timezone,
-            "currency": statement.currency, "files": [str(p) for p in written],
-            "gpu_ms": usage.allocated_gpu_ms, "energy_mj": usage.energy_mj,
-            "gpu_hours": str(usage.gpu_hours), "kwh": str(usage.kwh),
-            "invoices": [d.invoice.reference for d in statement.invoices],
-            "total": str(statement.invoiced("total")), "amount_due": str(statement.invoiced("amount_due")),
-        }, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "tenant_id": statement.tenant_id,
+                    "period": statement.period,
+                    "timezone": statement.timezone,
+                    "currency": statement.currency,
+                    "files": [str(p) for p in written],
+                    "gpu_ms": usage.allocated_gpu_ms,
+                    "energy_mj": usage.energy_mj,
+                    "gpu_hours": str(usage.gpu_hours),
+                    "kwh": str(usage.kwh),
+                    "invoices": [d.invoice.reference for d in statement.invoices],
+                    "total": str(statement.invoiced("total")),
+                    "amount_due": str(statement.invoiced("amount_due")),
+                },
+                indent=2,
+            )
+        )
     else:
         for path in written:
             print(path)

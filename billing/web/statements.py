@@ -280,17 +280,45 @@ def usage_charts(
     gpu_totals = charts.Totals({n: m.gpu_hours for n, m in total.periods.items()}, total.total.gpu_hours)
     energy_totals = charts.Totals({n: m.kwh for n, m in total.periods.items()}, total.total.kwh)
     return ChartPair(
-        gpu_svg=charts.stacked_bars(gpu_bars, chart_id=f"{prefix}-gpu-hours", title=f"GPU-hours per {per}",
-                                    unit="GPU-hours", fmt=fmt.gpu_h, series_labels=labels, width=width, height=height,
-                                    totals=gpu_totals),
-        gpu_table=charts.data_table(gpu_bars, caption=f"GPU-hours per {per}", fmt=fmt.gpu_h, series_labels=labels,
-                                    key_header=key_header, totals=gpu_totals),
-        energy_svg=charts.stacked_bars(energy_bars, chart_id=f"{prefix}-energy", title=f"Energy per {per} (kWh)",
-                                       unit="kWh", fmt=fmt.kwh, series_labels=labels, width=width, height=height,
-                                       totals=energy_totals),
-        energy_table=charts.data_table(energy_bars, caption=f"Energy per {per} (kWh, metered)", fmt=fmt.kwh,
-                                       series_labels=labels, key_header=key_header, totals=energy_totals),
-    )  # fmt: skip
+        gpu_svg=charts.stacked_bars(
+            gpu_bars,
+            chart_id=f"{prefix}-gpu-hours",
+            title=f"GPU-hours per {per}",
+            unit="GPU-hours",
+            fmt=fmt.gpu_h,
+            series_labels=labels,
+            width=width,
+            height=height,
+            totals=gpu_totals,
+        ),
+        gpu_table=charts.data_table(
+            gpu_bars,
+            caption=f"GPU-hours per {per}",
+            fmt=fmt.gpu_h,
+            series_labels=labels,
+            key_header=key_header,
+            totals=gpu_totals,
+        ),
+        energy_svg=charts.stacked_bars(
+            energy_bars,
+            chart_id=f"{prefix}-energy",
+            title=f"Energy per {per} (kWh)",
+            unit="kWh",
+            fmt=fmt.kwh,
+            series_labels=labels,
+            width=width,
+            height=height,
+            totals=energy_totals,
+        ),
+        energy_table=charts.data_table(
+            energy_bars,
+            caption=f"Energy per {per} (kWh, metered)",
+            fmt=fmt.kwh,
+            series_labels=labels,
+            key_header=key_header,
+            totals=energy_totals,
+        ),
+    )
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -390,47 +418,136 @@ def render_csv(statement: Statement) -> str:
             w.writerow([name, *(csv_cell("" if v is None else str(v)) for v in row)])
         w.writerow([])
 
-    section("statement", ["field", "value"], [
-        ("tenant_id", s.tenant_id), ("tenant_name", s.tenant_name), ("period", s.period), ("timezone", s.timezone),
-        ("currency", s.currency), ("start", _ms_iso(s.start_ms)), ("end", _ms_iso(s.end_ms)),
-        ("start_ms", s.start_ms), ("end_ms", s.end_ms), ("generated_at", _ms_iso(s.generated_ms)),
-    ])  # fmt: skip
+    section(
+        "statement",
+        ["field", "value"],
+        [
+            ("tenant_id", s.tenant_id),
+            ("tenant_name", s.tenant_name),
+            ("period", s.period),
+            ("timezone", s.timezone),
+            ("currency", s.currency),
+            ("start", _ms_iso(s.start_ms)),
+            ("end", _ms_iso(s.end_ms)),
+            ("start_ms", s.start_ms),
+            ("end_ms", s.end_ms),
+            ("generated_at", _ms_iso(s.generated_ms)),
+        ],
+    )
     total = s.usage
-    section("usage_total", ["tou_period", *MEASURE_HEADER],
-            [*((name, *_measure_cells(total.period(name))) for name in names), ("all", *_measure_cells(total.total))])  # fmt: skip
+    section(
+        "usage_total",
+        ["tou_period", *MEASURE_HEADER],
+        [*((name, *_measure_cells(total.period(name))) for name in names), ("all", *_measure_cells(total.total))],
+    )
     per_period = [f"{col}_{name}" for name in names for col in ("gpu_ms", "energy_mj")]
-    section("usage_day", ["date", "start_ms", "end_ms", *MEASURE_HEADER, *per_period], [
-        (d.label, d.start_ms, d.end_ms, *_measure_cells(d.total),
-         *(v for name in names for v in (d.period(name).allocated_gpu_ms, d.period(name).energy_mj)))
-        for d in s.days
-    ])  # fmt: skip
-    section("usage_gpu", ["gpu_uuid", "model", *MEASURE_HEADER, "utilization", *per_period], [
-        (g.gpu_uuid, g.model, *_measure_cells(g.total), g.utilization,
-         *(v for name in names for v in (g.period(name).allocated_gpu_ms, g.period(name).energy_mj)))
-        for g in s.gpus
-    ])  # fmt: skip
+    section(
+        "usage_day",
+        ["date", "start_ms", "end_ms", *MEASURE_HEADER, *per_period],
+        [
+            (
+                d.label,
+                d.start_ms,
+                d.end_ms,
+                *_measure_cells(d.total),
+                *(v for name in names for v in (d.period(name).allocated_gpu_ms, d.period(name).energy_mj)),
+            )
+            for d in s.days
+        ],
+    )
+    section(
+        "usage_gpu",
+        ["gpu_uuid", "model", *MEASURE_HEADER, "utilization", *per_period],
+        [
+            (
+                g.gpu_uuid,
+                g.model,
+                *_measure_cells(g.total),
+                g.utilization,
+                *(v for name in names for v in (g.period(name).allocated_gpu_ms, g.period(name).energy_mj)),
+            )
+            for g in s.gpus
+        ],
+    )
     money = ["subtotal", "tax", "total", "credits_applied", "amount_due"]
-    section("invoice", ["invoice", "status", "period", "currency", *money, "payment_status", "finalized_at"], [
-        (d.invoice.reference, d.invoice.status, d.invoice.period, d.invoice.currency,
-         *(getattr(d.invoice, m) for m in money), d.invoice.payment_status,
-         _ms_iso(d.invoice.finalized_ms) if d.invoice.finalized_ms else None)
-        for d in s.invoices
-    ])  # fmt: skip
-    section("invoice_line", ["invoice", "position", "kind", "description", "service_period", "correction", "plan",
-                             "model", "tou_period", "tier", "quantity_base", "base_unit", "quantity", "unit",
-                             "unit_price", "amount", "usage_measure", "usage_quantity", "usage_matches"], [
-        (d.invoice.reference, line.position, line.kind, line.description, line.service_period,
-         str(line.correction).lower(), line.plan, line.model, line.tou_period, line.tier, line.quantity_base,
-         line.base_unit, line.quantity, line.unit, line.unit_price, line.amount,
-         line.usage.measure if line.usage else None, line.usage.quantity if line.usage else None,
-         str(line.usage.matches_quantity).lower() if line.usage else None)
-        for d in s.invoices for line in d.lines
-    ])  # fmt: skip
-    section("totals", ["field", "value"], [
-        ("currency", s.currency), *((m, s.invoiced(m)) for m in money),
-        ("invoices_counted", len(s.counted)), ("gpu_ms", total.total.allocated_gpu_ms),
-        ("energy_mj", total.total.energy_mj), ("gpu_hours", total.total.gpu_hours), ("kwh", total.total.kwh),
-    ])  # fmt: skip
+    section(
+        "invoice",
+        ["invoice", "status", "period", "currency", *money, "payment_status", "finalized_at"],
+        [
+            (
+                d.invoice.reference,
+                d.invoice.status,
+                d.invoice.period,
+                d.invoice.currency,
+                *(getattr(d.invoice, m) for m in money),
+                d.invoice.payment_status,
+                _ms_iso(d.invoice.finalized_ms) if d.invoice.finalized_ms else None,
+            )
+            for d in s.invoices
+        ],
+    )
+    section(
+        "invoice_line",
+        [
+            "invoice",
+            "position",
+            "kind",
+            "description",
+            "service_period",
+            "correction",
+            "plan",
+            "model",
+            "tou_period",
+            "tier",
+            "quantity_base",
+            "base_unit",
+            "quantity",
+            "unit",
+            "unit_price",
+            "amount",
+            "usage_measure",
+            "usage_quantity",
+            "usage_matches",
+        ],
+        [
+            (
+                d.invoice.reference,
+                line.position,
+                line.kind,
+                line.description,
+                line.service_period,
+                str(line.correction).lower(),
+                line.plan,
+                line.model,
+                line.tou_period,
+                line.tier,
+                line.quantity_base,
+                line.base_unit,
+                line.quantity,
+                line.unit,
+                line.unit_price,
+                line.amount,
+                line.usage.measure if line.usage else None,
+                line.usage.quantity if line.usage else None,
+                str(line.usage.matches_quantity).lower() if line.usage else None,
+            )
+            for d in s.invoices
+            for line in d.lines
+        ],
+    )
+    section(
+        "totals",
+        ["field", "value"],
+        [
+            ("currency", s.currency),
+            *((m, s.invoiced(m)) for m in money),
+            ("invoices_counted", len(s.counted)),
+            ("gpu_ms", total.total.allocated_gpu_ms),
+            ("energy_mj", total.total.energy_mj),
+            ("gpu_hours", total.total.gpu_hours),
+            ("kwh", total.total.kwh),
+        ],
+    )
     return out.getvalue()
 
 

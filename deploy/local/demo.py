@@ -120,8 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     print(f"    broker at {broker.bootstrap} ({broker.mode})", flush=True)
-    saved_env = {k: os.environ.get(k) for k in ("KAFKA_BOOTSTRAP_SERVERS", "WATTMETER_BILLING_DB", "WATTMETER_ACTOR",
-                                                "WATTMETER_STRIPE_API_KEY", "WATTMETER_STRIPE_API_BASE")}  # fmt: skip
+    saved_env = {
+        k: os.environ.get(k)
+        for k in (
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "WATTMETER_BILLING_DB",
+            "WATTMETER_ACTOR",
+            "WATTMETER_STRIPE_API_KEY",
+            "WATTMETER_STRIPE_API_BASE",
+        )
+    }
     os.environ.update(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, WATTMETER_BILLING_DB=database, WATTMETER_ACTOR="demo")
     services = []
     peers: list[StripePeer] = []
@@ -133,30 +141,56 @@ def main(argv: list[str] | None = None) -> int:
         billing("ratecards", "load", str(DEMO_CARD))
         billing("ratecards", "load", str(COMMITTED_CARD))
         for tenant, (name, card) in DEMO_TENANTS.items():
-            billing("tenants", "add", tenant, "--name", name, "--currency", "USD", "--timezone", DEMO_TIMEZONE,
-                    "--tax-jurisdiction", "US-NY")  # fmt: skip
+            billing(
+                "tenants",
+                "add",
+                tenant,
+                "--name",
+                name,
+                "--currency",
+                "USD",
+                "--timezone",
+                DEMO_TIMEZONE,
+                "--tax-jurisdiction",
+                "US-NY",
+            )
             billing("contracts", "add", "--tenant", tenant, "--rate-card", card, "--from", "2026-01-01T05:00Z")
         plan = demo_plan(start_ms, args.minutes)
         lease_file = out / "leases.csv"
         write_lease_file(plan, lease_file)
-        print(f"3/6 operator: {len(plan.leases)} leases imported and published to gpu.leases; simulating "
-              f"{len(plan.gpu_uuids())} GPUs on {len(plan.nodes)} nodes for {args.minutes} minutes ...", flush=True)  # fmt: skip
+        print(
+            f"3/6 operator: {len(plan.leases)} leases imported and published to gpu.leases; simulating "
+            f"{len(plan.gpu_uuids())} GPUs on {len(plan.nodes)} nodes for {args.minutes} minutes ...",
+            flush=True,
+        )
         billing("leases", "import", str(lease_file))
         sent = publish_samples(broker.bootstrap, plan)
         print(f"    {sent} node samples ({sent * plan.gpus_per_node} GPU-samples) sent to gpu.samples", flush=True)
-        env = service_env(broker.bootstrap, f"wattmeter-demo-{uuid.uuid4().hex[:8]}", usage_dir, out / "state",
-                          WATTMETER_CHECK_FUTURE="0", WATTMETER_SINK_SECONDS="1")  # fmt: skip
+        env = service_env(
+            broker.bootstrap,
+            f"wattmeter-demo-{uuid.uuid4().hex[:8]}",
+            usage_dir,
+            out / "state",
+            WATTMETER_CHECK_FUTURE="0",
+            WATTMETER_SINK_SECONDS="1",
+        )
         print("4/6 running the Faust worker and the Parquet sink ...", flush=True)
         services = [start_worker(env, out / "logs" / "worker.log"), start_sink(env, out / "logs" / "sink.log")]
         expected = len(plan.gpu_uuids()) * args.minutes
         gpus = plan.gpu_uuids()
-        wait_for(lambda: windows_written(usage_dir, start_ms, end_ms, gpus) >= expected, 600,
-                 f"{expected} GPU-windows in Parquet", tuple(services))  # fmt: skip
+        wait_for(
+            lambda: windows_written(usage_dir, start_ms, end_ms, gpus) >= expected,
+            600,
+            f"{expected} GPU-windows in Parquet",
+            tuple(services),
+        )
         print(f"    {expected} GPU-minutes rolled up and written", flush=True)
         for service in services:
             service.stop()
-        print(f"5/6 finance closes {period} against a local stripe-mock: rate, review, finalize, push, reconcile",
-              flush=True)  # fmt: skip
+        print(
+            f"5/6 finance closes {period} against a local stripe-mock: rate, review, finalize, push, reconcile",
+            flush=True,
+        )
         usage = ("--usage-dir", str(usage_dir))
         billing("run", "--period", period, *usage)
         billing("run", "--period", period, *usage)  # again: nothing to do
@@ -165,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(WATTMETER_STRIPE_API_KEY=stripe_mock.api_key, WATTMETER_STRIPE_API_BASE=stripe_mock.url)
         print(f"    stripe-mock (Stripe's OpenAPI, no state) at {stripe_mock.url}", flush=True)
         # stripe-mock answers every read with a fixture, so the reconciliation does not read it back
-        billing("close", "--period", period, "--yes", "--no-stripe-compare", "--report-dir", str(out / "reports"),
-                *usage)  # fmt: skip
+        billing(
+            "close", "--period", period, "--yes", "--no-stripe-compare", "--report-dir", str(out / "reports"), *usage
+        )
         billing("close", "--period", period, "--yes", "--no-stripe-compare", *usage)  # again: nothing twice
         billing("stripe", "status", "--period", period)
         print("6/6 the issued invoices:\n", flush=True)

@@ -5,7 +5,8 @@ against Stripe's OpenAPI spec (paths, parameter names, types, enums) and answers
 objects; it keeps no state (a finalized invoice still reads ``draft``). It is what tells us that
 a call is one the real API accepts. The binary is built once with
 ``GOBIN=$WATTMETER_CACHE_DIR/bin go install github.com/stripe/stripe-mock@latest`` (``make
-stripe-mock``; the cache is ``~/.cache/wattmeter`` by default, as for the Kafka jars; ``ensure_stripe_mock()`` does the same when it is missing) and runs
+stripe-mock``; the cache is ``~/.cache/wattmeter`` by default, as for the Kafka jars; ``ensure_stripe_mock()``
+does the same when it is missing) and runs
 as ``stripe-mock -http-addr 127.0.0.1:<free port> -https-addr 127.0.0.1:`` (``-http-addr`` alone
 does not turn off its HTTPS listener, which would take the fixed port 12112 on every interface;
 ``127.0.0.1:`` lets the kernel pick a loopback port for it).

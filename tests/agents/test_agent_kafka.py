@@ -190,8 +190,11 @@ def test_simulated_host_sigkilled_and_restarted_is_metered_across_the_restart_fr
         agent.wait(10)
         assert (spool / "simulated-gpus.json").exists()
         agent = start_agent(kafka_broker.bootstrap, node, spool, tmp_path / "agent2.log", interval_ms=200)
-        wait_for(lambda: len({s["boot_id"] for s in node_samples(kafka_broker.bootstrap, node, 1, 5)}) == 2, 60,
-                 "the restarted agent's samples")  # fmt: skip
+        wait_for(
+            lambda: len({s["boot_id"] for s in node_samples(kafka_broker.bootstrap, node, 1, 5)}) == 2,
+            60,
+            "the restarted agent's samples",
+        )
         time.sleep(2)  # a few more samples of the new boot
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0
@@ -214,8 +217,7 @@ def test_simulated_host_sigkilled_and_restarted_is_metered_across_the_restart_fr
             alloc, energy, unmetered = (sum(table[c].to_pylist()) for c in table.column_names)
             return alloc, energy, unmetered
 
-        wait_for(lambda: all(parquet(g)[0] == span for g in gpus), 180, "every window of the host in Parquet",
-                 services)  # fmt: skip
+        wait_for(lambda: all(parquet(g)[0] == span for g in gpus), 180, "every window of the host in Parquet", services)
     finally:
         for service in services:
             service.stop()
@@ -226,16 +228,20 @@ def test_simulated_host_sigkilled_and_restarted_is_metered_across_the_restart_fr
         cut = next(i for i, (_, boot, _) in enumerate(readings) if boot != first_boot)
         (ts_a, _, a), (ts_b, _, b) = readings[cut - 1], readings[cut]
         assert not b["counter_reset"] and b["energy_mj"] > a["energy_mj"]
-        reading = GpuReading(gpu, b["model"], power_mw=b["power_mw"], energy_mj=b["energy_mj"],
-                             util_gpu_pct=b["util_gpu_pct"])  # fmt: skip
+        reading = GpuReading(
+            gpu, b["model"], power_mw=b["power_mw"], energy_mj=b["energy_mj"], util_gpu_pct=b["util_gpu_pct"]
+        )
         _, interval = deltas.step(deltas.Cursor(ts_a, a["energy_mj"], a["power_mw"]), ts_b, reading, 30_000)
         assert interval is not None and interval.metered and interval.from_counter
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        GPU_SAMPLES_DLQ, bootstrap_servers=[kafka_broker.bootstrap], auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=3000,
-    )  # fmt: skip
+        GPU_SAMPLES_DLQ,
+        bootstrap_servers=[kafka_broker.bootstrap],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+    )
     try:
         rejected = [(r.value[:200], dict(r.headers)) for r in consumer if r.key == node.encode()]
     finally:

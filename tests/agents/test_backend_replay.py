@@ -383,8 +383,13 @@ def test_tz_offsets_zones_and_the_repeated_hour(tmp_path: Path):
     fall.write_text("timestamp,gpu_uuid,power_w\n" + "".join(f"2026/11/01 {s},GPU-a,1\n" for s in stamps))
     first_pass = int(datetime(2026, 11, 1, 5, 59, 59, tzinfo=timezone.utc).timestamp() * 1000)  # 01:59:59 EDT
     assert [ts - first_pass for ts, _ in ReplayBackend(fall, tz="America/New_York").ticks()] == [
-        0, 500, 1000, 1500, 3_600_900, 3_601_400,
-    ]  # fmt: skip
+        0,
+        500,
+        1000,
+        1500,
+        3_600_900,
+        3_601_400,
+    ]
 
 
 def test_replayed_samples_carry_the_log_cadence_as_interval_ms(tmp_path: Path, capsys):

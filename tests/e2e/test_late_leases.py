@@ -157,8 +157,12 @@ def test_leases_imported_after_their_samples_are_billed_and_a_late_one_is_named(
     assert {r["kind"] for r in records} == {"idle"}
 
     db = f"sqlite:///{tmp_path}/billing.db"
-    env = {**_base_env(), "KAFKA_BOOTSTRAP_SERVERS": pipeline.bootstrap, "WATTMETER_BILLING_DB": db,
-           "WATTMETER_USAGE_DIR": str(pipeline.usage_dir)}  # fmt: skip
+    env = {
+        **_base_env(),
+        "KAFKA_BOOTSTRAP_SERVERS": pipeline.bootstrap,
+        "WATTMETER_BILLING_DB": db,
+        "WATTMETER_USAGE_DIR": str(pipeline.usage_dir),
+    }
     billing(env, "tenants", "add", "acme", "--currency", "USD", "--timezone", "UTC", "--tax-jurisdiction", "none")
     billing(env, "ratecards", "load", str(ROOT / "billing/ratecards/flat.toml"))
     billing(env, "contracts", "add", "--tenant", "acme", "--rate-card", "flat-2026", "--from", "2026-11-01T00:00Z")
@@ -194,8 +198,14 @@ def test_leases_imported_after_their_samples_are_billed_and_a_late_one_is_named(
 @pytest.fixture(scope="module")
 def pipeline(kafka_broker, tmp_path_factory) -> Iterator[Pipeline]:
     work = tmp_path_factory.mktemp("late-leases")
-    env = service_env(kafka_broker.bootstrap, f"late-{uuid.uuid4().hex[:8]}", work / "usage", work / "state",
-                      WATTMETER_SINK_SECONDS="0.5", WATTMETER_IDLE_CLOSE_MS="2000")  # fmt: skip
+    env = service_env(
+        kafka_broker.bootstrap,
+        f"late-{uuid.uuid4().hex[:8]}",
+        work / "usage",
+        work / "state",
+        WATTMETER_SINK_SECONDS="0.5",
+        WATTMETER_IDLE_CLOSE_MS="2000",
+    )
     services = (start_worker(env, work / "worker.log"), start_sink(env, work / "sink.log"))
     yield Pipeline(kafka_broker.bootstrap, work / "usage", work, services)
     for service in services:
@@ -217,8 +227,9 @@ def lease_file(path: Path, leases: list[tuple[str, str, datetime, datetime]]) ->
 
 
 def billing(env: dict[str, str], *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "billing.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=180)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "billing.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert result.returncode == expect, f"{args}: {result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr
     return result

@@ -49,8 +49,12 @@ def billed(db: str, usage_dir: Path, period: str, tenants: list[str], capsys, ca
     common = ["--db", db, "--usage-dir", str(usage_dir), "--json"]
     assert billing_main(["ratecards", "load", str(card_file), *common]) == 0
     for tenant in tenants:
-        assert billing_main(["contracts", "add", "--tenant", tenant, "--rate-card", "exact", "--from",
-                             "2026-01-01", *common]) == 0  # fmt: skip
+        assert (
+            billing_main(
+                ["contracts", "add", "--tenant", tenant, "--rate-card", "exact", "--from", "2026-01-01", *common]
+            )
+            == 0
+        )
     capsys.readouterr()
     assert billing_main(["run", "--period", period, *(a for t in tenants for a in ("--tenant", t)), *common]) == 0
     run = json.loads(capsys.readouterr().out)
@@ -63,8 +67,10 @@ def billed(db: str, usage_dir: Path, period: str, tenants: list[str], capsys, ca
 
 def gpu_ms_and_mj(invoice: dict) -> tuple[int, int]:
     lines = invoice["lines"]
-    return (sum(int(line["quantity_base"]) for line in lines if line["kind"] == "gpu_time"),
-            sum(int(line["quantity_base"]) for line in lines if line["kind"] == "energy"))  # fmt: skip
+    return (
+        sum(int(line["quantity_base"]) for line in lines if line["kind"] == "gpu_time"),
+        sum(int(line["quantity_base"]) for line in lines if line["kind"] == "energy"),
+    )
 
 
 def test_known_load_gives_exact_gpu_ms_energy_and_invoice(kafka_broker, run_id, tmp_path, capsys):

@@ -178,10 +178,19 @@ def build_world(db_url: str, usage_root: Path) -> World:
                     session, block.tenant_id, block.gpu, NOV_1 - DAY, None, lease_id=_lease_id(block), actor="test"
                 )
     for block in BLOCKS:
-        writer.write(minutes(block.tenant_id, block.start_ms, block.count, gpu=block.gpu, model=block.model,
-                             energy_mj=ENERGY_PER_MINUTE))  # fmt: skip
-    writer.write(minutes("", IDLE.start_ms, IDLE.count, gpu=IDLE.gpu, kind=KIND_IDLE, lease="",
-                         energy_mj=ENERGY_PER_MINUTE))  # fmt: skip
+        writer.write(
+            minutes(
+                block.tenant_id,
+                block.start_ms,
+                block.count,
+                gpu=block.gpu,
+                model=block.model,
+                energy_mj=ENERGY_PER_MINUTE,
+            )
+        )
+    writer.write(
+        minutes("", IDLE.start_ms, IDLE.count, gpu=IDLE.gpu, kind=KIND_IDLE, lease="", energy_mj=ENERGY_PER_MINUTE)
+    )
     run_period(ledger, usage_root, PERIOD, "test")
     finalized = finalize_period(ledger, "test", PERIOD)
     writer.write(minutes("acme", DECEMBER.start_ms, DECEMBER.count, gpu=DECEMBER.gpu, energy_mj=ENERGY_PER_MINUTE))

@@ -247,8 +247,9 @@ def test_portal_pages_are_scoped_by_auth(portal: tuple[World, str]) -> None:
         assert response.status_code == 403 and "wattmeter_key" not in response.headers.get("set-cookie", "")
         response = anonymous.post("/login", data={"key": world.keys["revoked"]})
         assert response.status_code == 401 and "not accepted" in response.text
-        response = anonymous.post("/login", data={"key": world.keys["acme"], "next": "//evil.example/"},
-                                  follow_redirects=False)  # fmt: skip
+        response = anonymous.post(
+            "/login", data={"key": world.keys["acme"], "next": "//evil.example/"}, follow_redirects=False
+        )
         assert response.status_code == 303 and response.headers["location"] == "/"
         assert "httponly" in response.headers["set-cookie"].lower()
         assert "samesite=strict" in response.headers["set-cookie"].lower()
@@ -258,10 +259,16 @@ def test_portal_pages_are_scoped_by_auth(portal: tuple[World, str]) -> None:
         assert missing.status_code == 404
         for other in world.others("acme"):
             number = world.invoices[other.tenant_id]
-            for path in (f"/?tenant={other.tenant_id}", f"/?tenant={other.tenant_id}&period={PERIOD}",
-                         f"/days/2026-11-05?tenant={other.tenant_id}", f"/statements/{PERIOD}.csv?tenant={other.tenant_id}",
-                         f"/statements/{PERIOD}.pdf?tenant={other.tenant_id}", f"/invoices/{number}",
-                         f"/invoices/{number.lower()}", f"/invoices/{world.draft_ids.get('acme', 0)}"):  # fmt: skip
+            for path in (
+                f"/?tenant={other.tenant_id}",
+                f"/?tenant={other.tenant_id}&period={PERIOD}",
+                f"/days/2026-11-05?tenant={other.tenant_id}",
+                f"/statements/{PERIOD}.csv?tenant={other.tenant_id}",
+                f"/statements/{PERIOD}.pdf?tenant={other.tenant_id}",
+                f"/invoices/{number}",
+                f"/invoices/{number.lower()}",
+                f"/invoices/{world.draft_ids.get('acme', 0)}",
+            ):
                 response = client.get(path)
                 assert response.status_code == 404, path
                 assert response.text == missing.text, path

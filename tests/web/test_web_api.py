@@ -146,8 +146,11 @@ def test_gpu_table(world: World) -> None:
     assert set(gpus) == {"GPU-A1", "GPU-A2"}
     a1 = gpus["GPU-A1"]
     assert (a1["model"], a1["gpu_hours"], a1["busy_gpu_hours"], a1["utilization"]) == (
-        "H100", "5.000000", "2.500000", "0.5000"
-    )  # fmt: skip
+        "H100",
+        "5.000000",
+        "2.500000",
+        "0.5000",
+    )
     assert a1["kwh"] == "2.000000"  # 300 minutes at 400 W
     assert a1["periods"]["peak"]["gpu_hours"] == "2.000000" and a1["periods"]["valley"]["gpu_hours"] == "3.000000"
     assert gpus["GPU-A2"]["model"] == "A100" and set(gpus["GPU-A2"]["periods"]) == {"valley"}
@@ -246,12 +249,28 @@ def test_windows_and_bad_input(world: World) -> None:
 
 def test_leases_by_the_operator(world: World) -> None:
     with world.client("operator") as op:
-        opened = op.post(API + "/leases", json={"tenant_id": "initech", "gpu_uuid": "GPU-NEW", "plan": "valley",
-                                                "start": "2026-12-01T00:00:00Z", "lease_id": "lease-new"})  # fmt: skip
+        opened = op.post(
+            API + "/leases",
+            json={
+                "tenant_id": "initech",
+                "gpu_uuid": "GPU-NEW",
+                "plan": "valley",
+                "start": "2026-12-01T00:00:00Z",
+                "lease_id": "lease-new",
+            },
+        )
         assert opened.status_code == 201, opened.text
         assert opened.json()["end_ms"] is None and opened.json()["plan"] == "valley"
-        again = op.post(API + "/leases", json={"tenant_id": "initech", "gpu_uuid": "GPU-NEW", "plan": "valley",
-                                               "start": "2026-12-01T00:00:00Z", "lease_id": "lease-new"})  # fmt: skip
+        again = op.post(
+            API + "/leases",
+            json={
+                "tenant_id": "initech",
+                "gpu_uuid": "GPU-NEW",
+                "plan": "valley",
+                "start": "2026-12-01T00:00:00Z",
+                "lease_id": "lease-new",
+            },
+        )
         assert again.status_code == 201 and again.json() == opened.json()  # the same request: no change
         overlap = op.post(API + "/leases", json={"tenant_id": "acme", "gpu_uuid": "GPU-NEW", "start": "2026-12-05"})
         assert overlap.status_code == 409 and "overlaps" in overlap.json()["error"]
@@ -322,8 +341,10 @@ def test_usage_behind_lines_is_exact_for_a_gpu_with_two_models_and_two_plans(
     assert asked, "two models in one piece of one GPU: the plain grouping must answer"
     usage_lines = [line for line in detail.lines if line.kind in ("gpu_time", "energy")]
     assert {(line.model, line.plan) for line in usage_lines if line.kind == "gpu_time"} == {
-        ("H100", "on_demand"), ("A100", "on_demand"), ("H100", "valley")
-    }  # fmt: skip
+        ("H100", "on_demand"),
+        ("A100", "on_demand"),
+        ("H100", "valley"),
+    }
     for line in usage_lines:
         assert line.usage is not None and line.usage.matches_quantity, line
         if line.kind == "gpu_time":

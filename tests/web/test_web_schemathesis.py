@@ -36,8 +36,13 @@ CHECKS = [not_a_server_error, content_type_conformance, response_schema_conforma
 
 
 def exercise(world: World, operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode) -> None:
-    @settings(max_examples=EXAMPLES[mode], deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=EXAMPLES[mode],
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: schemathesis.Case) -> None:
         for role in ROLES:

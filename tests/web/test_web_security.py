@@ -143,15 +143,20 @@ def schema_calls(world: World) -> list[Call]:
 def test_the_cases_cover_every_endpoint_of_this_api(world: World) -> None:
     from billing.web import api
 
-    mine = {(method, str(getattr(route, "path", ""))) for route in api.router.routes
-            for method in getattr(route, "methods", ())}  # fmt: skip
+    mine = {
+        (method, str(getattr(route, "path", "")))
+        for route in api.router.routes
+        for method in getattr(route, "methods", ())
+    }
 
     def template(path: str) -> str:
         return re.sub(r"\{[^}]+\}", "*", path)
 
     covered = {(c.method, template(c.path)) for c in every_endpoint(world)}
-    covered = {(m, p.replace(world.invoices["acme"], "*").replace("acme/" + PERIOD, "*/*")
-                .replace("lease-acme-GPU-A1", "*")) for m, p in covered}  # fmt: skip
+    covered = {
+        (m, p.replace(world.invoices["acme"], "*").replace("acme/" + PERIOD, "*/*").replace("lease-acme-GPU-A1", "*"))
+        for m, p in covered
+    }
     assert {(m, template(p)) for m, p in mine} <= covered
 
 
@@ -325,9 +330,12 @@ def test_no_endpoint_of_the_document_tells_a_tenant_of_another(world: World) -> 
             for other in world.others(me.tenant_id):
                 secrets = secrets_of(world, other.tenant_id)
                 for call in schema_calls(world):
-                    swapped = Call(call.method, call.path.replace("/acme/", f"/{other.tenant_id}/"),
-                                   {**(call.params or {}), "tenant": other.tenant_id},
-                                   None if call.body is None else {**call.body, "tenant_id": other.tenant_id})  # fmt: skip
+                    swapped = Call(
+                        call.method,
+                        call.path.replace("/acme/", f"/{other.tenant_id}/"),
+                        {**(call.params or {}), "tenant": other.tenant_id},
+                        None if call.body is None else {**call.body, "tenant_id": other.tenant_id},
+                    )
                     response = swapped.send(client)
                     assert response.status_code < 500, (swapped, response.text)
                     assert_reveals_nothing(response, secrets, swapped)

@@ -88,8 +88,15 @@ class Fmt:
         """A money rate with two more places than the currency's minor unit ($1.2514)."""
         if value is None:
             return "–"
-        return str(format_currency(round_half_even(value, rate_places(currency)), currency, locale=self.locale,
-                                   currency_digits=False, decimal_quantization=False))  # fmt: skip
+        return str(
+            format_currency(
+                round_half_even(value, rate_places(currency)),
+                currency,
+                locale=self.locale,
+                currency_digits=False,
+                decimal_quantization=False,
+            )
+        )
 
     def per_unit(self, value: Fraction | None, currency: str) -> str:
         """Money per item (per GPU), rounded to the currency's minor unit."""
@@ -215,13 +222,15 @@ def _bar_rows(report: Any, fmt: Fmt) -> list[dict[str, Any]]:
     out = []
     for row in (*report.models, report.fleet):
         share = row.valley_share
-        out.append({
-            "label": row.model or "Fleet",
-            "fleet": not row.model,
-            "width": 0.0 if share is None else round(float(share) * 100, 2),
-            "text": fmt.percent(share),
-            "detail": f"{fmt.hours(row.valley_leased_ms)} of {fmt.hours(row.valley_available_ms)} valley GPU-h",
-        })  # fmt: skip
+        out.append(
+            {
+                "label": row.model or "Fleet",
+                "fleet": not row.model,
+                "width": 0.0 if share is None else round(float(share) * 100, 2),
+                "text": fmt.percent(share),
+                "detail": f"{fmt.hours(row.valley_leased_ms)} of {fmt.hours(row.valley_available_ms)} valley GPU-h",
+            }
+        )
     return out
 
 
@@ -242,8 +251,11 @@ def yield_page(
     except PageError as exc:
         return _error(request, principal, exc, "/operator")
     ctx = _base(request, principal, "/operator")
-    query = {"timezone": timezone, **({"calendar_card": calendar_card} if calendar_card else {}),
-             **({"include_drafts": "1"} if include_drafts else {})}  # fmt: skip
+    query = {
+        "timezone": timezone,
+        **({"calendar_card": calendar_card} if calendar_card else {}),
+        **({"include_drafts": "1"} if include_drafts else {}),
+    }
     ctx.update(
         report=report,
         period=chosen,
@@ -285,7 +297,7 @@ def yield_csv(
         headers={
             "Content-Disposition": f'attachment; filename="wattmeter-yield-{chosen}.csv"',
             "Cache-Control": "no-store",
-        },  # fmt: skip
+        },
     )
 
 
@@ -334,7 +346,7 @@ def finance_page(request: Request, period: str | None = None) -> Response:
                 "tenants": t.get("tenants", 0),
             }
             for c, t in recon["totals"].items()
-        ],  # fmt: skip
+        ],
         close_steps=CLOSE_STEPS,
         close_reached=CLOSE_STEPS.index(data["close"]["step"])
         if data["close"] and data["close"]["step"] in CLOSE_STEPS

@@ -12,9 +12,9 @@
 
 Who may see what is decided by `billing.web.auth` only (`scope_tenant`, `check_owner`,
 `require_role`, `reads_tenant_data`): a tenant key sees its own tenant; a finance key picks any tenant
-(`?tenant=`); an operator key reads no tenant's pages and is shown the way to the fleet's. Another tenant's invoice is the same 404 page
-as one that does not exist. Numbers, money and dates follow the browser's `Accept-Language`
-(Babel; en_US by default), in the tenant's currency and time zone.
+(`?tenant=`); an operator key reads no tenant's pages and is shown the way to the fleet's. Another
+tenant's invoice is the same 404 page as one that does not exist. Numbers, money and dates follow
+the browser's `Accept-Language` (Babel; en_US by default), in the tenant's currency and time zone.
 """
 
 from __future__ import annotations

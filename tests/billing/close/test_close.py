@@ -27,14 +27,32 @@ MON_NOV_2 = NOV_1 + 24 * HOUR
 def close(
     db: str, usage: Path, *extra: str, api_base: str, fault: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, WATTMETER_STRIPE_API_KEY=KEY, WATTMETER_STRIPE_API_BASE=api_base,
-               WATTMETER_STRIPE_BACKOFF_S="0.01")  # fmt: skip
+    env = dict(
+        os.environ, WATTMETER_STRIPE_API_KEY=KEY, WATTMETER_STRIPE_API_BASE=api_base, WATTMETER_STRIPE_BACKOFF_S="0.01"
+    )
     env.pop("WATTMETER_FAULT", None)
     if fault:
         env["WATTMETER_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "billing.cli", "close", "--period", "2026-11", "--db", db,
-                           "--usage-dir", str(usage), *extra], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=180)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "billing.cli",
+            "close",
+            "--period",
+            "2026-11",
+            "--db",
+            db,
+            "--usage-dir",
+            str(usage),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 @pytest.fixture
@@ -42,17 +60,26 @@ def prepared(tmp_path: Path) -> tuple[Path, Path]:
     usage = UsageWriter(tmp_path / "usage")
     for n, tenant in enumerate(("acme", "beta", "gamma")):
         usage.write(minutes(tenant, MON_NOV_2 + (5 + n) * HOUR, 90, gpu=f"GPU-{n}", energy_mj=20_000_000))
-    ledger_with(f"sqlite:///{tmp_path}/prepared.db", tenants={"acme": {"tax_jurisdiction": "XX"}, "beta": {},
-                                                              "gamma": {}}).dispose()  # fmt: skip
+    ledger_with(
+        f"sqlite:///{tmp_path}/prepared.db", tenants={"acme": {"tax_jurisdiction": "XX"}, "beta": {}, "gamma": {}}
+    ).dispose()
     return tmp_path / "prepared.db", tmp_path / "usage"
 
 
-FAULTS = ["close-after:started", "close-after:rated", "close-after:reviewed", "stripe-call:1", "stripe-call:7",
-          "close-after:finalized", "close-after:pushed"]  # fmt: skip
+FAULTS = [
+    "close-after:started",
+    "close-after:rated",
+    "close-after:reviewed",
+    "stripe-call:1",
+    "stripe-call:7",
+    "close-after:finalized",
+    "close-after:pushed",
+]
 
 
-def test_close_carries_on_after_a_crash_at_any_step(localstripe: StripePeer, prepared: tuple[Path, Path],
-                                                    tmp_path: Path):  # fmt: skip
+def test_close_carries_on_after_a_crash_at_any_step(
+    localstripe: StripePeer, prepared: tuple[Path, Path], tmp_path: Path
+):
     db_file, usage = prepared
     for fault in FAULTS:
         flush_localstripe(localstripe.url)
@@ -69,8 +96,9 @@ def test_close_carries_on_after_a_crash_at_any_step(localstripe: StripePeer, pre
         with ledger.transaction() as session:
             numbers = sorted(session.scalars(select(Invoice.number).where(Invoice.number.is_not(None))))
             assert numbers == ["WM-000001", "WM-000002", "WM-000003"], f"{fault}: {numbers}"
-            finalizes = session.scalar(select(func.count()).select_from(AuditEntry)
-                                       .where(AuditEntry.action == "invoice.finalize"))  # fmt: skip
+            finalizes = session.scalar(
+                select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "invoice.finalize")
+            )
             assert finalizes == 3, f"{fault}: {finalizes} finalizations"
             assert {s.state for s in session.scalars(select(StripeInvoiceSync))} == {"finalized"}
             assert session.get(MonthClose, "2026-11").step == "reconciled"

@@ -56,8 +56,13 @@ def test_hand_computed_invoice_and_second_run_is_a_no_op(billing_db_url: str, us
     assert [o.status for o in report.outcomes] == ["created"]
     with ledger.transaction() as session:
         invoice = get_invoice(session, report.outcomes[0].invoice_id)
-        assert amounts(invoice) == [("gpu_time", "3.00"), ("gpu_time", "1.20"), ("energy", "0.09"),
-                                    ("energy", "0.09"), ("tax", "0.44")]  # fmt: skip
+        assert amounts(invoice) == [
+            ("gpu_time", "3.00"),
+            ("gpu_time", "1.20"),
+            ("energy", "0.09"),
+            ("energy", "0.09"),
+            ("tax", "0.44"),
+        ]
         assert (invoice.subtotal, invoice.tax, invoice.total) == (Decimal("4.38"), Decimal("0.44"), Decimal("4.82"))
         audits = session.scalar(select(func.count()).select_from(AuditEntry))
     again = run_period(ledger, usage.root, "2026-11", "test")
@@ -148,8 +153,9 @@ def test_late_usage_that_lowers_the_amount_becomes_a_credit_note(billing_db_url:
     ledger = ledger_with(billing_db_url)
     finalize(ledger, "test", run_period(ledger, usage.root, "2026-11", "test").outcomes[0].invoice_id)
     # a late adjustment that takes back 10 minutes (a negative record, as a correction of the meter)
-    usage.write([usage_row("acme", MON_NOV_2 + 8 * HOUR, allocated_ms=-10 * MINUTE, kind=KIND_ADJUSTMENT,
-                           suffix="/fix")])  # fmt: skip
+    usage.write(
+        [usage_row("acme", MON_NOV_2 + 8 * HOUR, allocated_ms=-10 * MINUTE, kind=KIND_ADJUSTMENT, suffix="/fix")]
+    )
     december = run_period(ledger, usage.root, "2026-12", "test").outcomes[0]
     assert december.corrections == 0 and december.credit_notes == ["WM-CN-000001"]
     assert billing_main(["credit-notes", "list", "--db", billing_db_url, "--json"]) == 0
@@ -192,8 +198,18 @@ def test_explain_reruns_the_recorded_query(billing_db_url: str, usage: UsageWrit
     peak = next(line for line in lines if line.kind == "gpu_time" and line.tou_period == "peak")
     assert peak.quantity_base == 30 * MINUTE  # 06:00-06:30 on GPU-a
     capsys.readouterr()
-    code = billing_main(["explain", str(invoice_id), str(peak.position), "--db", billing_db_url,
-                         "--usage-dir", str(usage.root), "--json"])  # fmt: skip
+    code = billing_main(
+        [
+            "explain",
+            str(invoice_id),
+            str(peak.position),
+            "--db",
+            billing_db_url,
+            "--usage-dir",
+            str(usage.root),
+            "--json",
+        ]
+    )
     shown = json.loads(capsys.readouterr().out)
     assert (
         code == 0
@@ -352,8 +368,19 @@ def test_two_runs_at_once_make_one_invoice_per_tenant(billing_db_url: str, usage
     for tenant in tenants:
         usage.write(minutes(tenant, MON_NOV_2 + 8 * HOUR, 15, gpu=f"GPU-{tenant}"))
     ledger_with(billing_db_url, tenants=tenants).dispose()
-    command = [sys.executable, "-m", "billing.cli", "run", "--period", "2026-11", "--db", billing_db_url,
-               "--usage-dir", str(usage.root), "--json"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "billing.cli",
+        "run",
+        "--period",
+        "2026-11",
+        "--db",
+        billing_db_url,
+        "--usage-dir",
+        str(usage.root),
+        "--json",
+    ]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
@@ -380,8 +407,12 @@ def test_two_runs_at_once_make_one_invoice_per_tenant(billing_db_url: str, usage
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, tmp_path: Path):
     db = f"sqlite:///{tmp_path}/cli.db"
-    done = subprocess.run([sys.executable, "-m", "billing.cli", *argv, "--db", db, "--usage-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "billing.cli", *argv, "--db", db, "--usage-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
@@ -389,11 +420,21 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, tmp_pat
 def test_a_rate_card_with_a_float_price_is_refused(tmp_path: Path):
     card = tmp_path / "float.toml"
     card.write_text(
-        Path(__file__).resolve().parents[2].joinpath("support", "billing_fixtures.py").read_text().split('SIMPLE_CARD = """')[1].split('"""')[0]
+        Path(__file__)
+        .resolve()
+        .parents[2]
+        .joinpath("support", "billing_fixtures.py")
+        .read_text()
+        .split('SIMPLE_CARD = """')[1]
+        .split('"""')[0]
         .replace('peak = "3.00"', "peak = 3.0")
-    )  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "billing.cli", "ratecards", "load", str(card), "--db",
-                           f"sqlite:///{tmp_path}/cli.db"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "billing.cli", "ratecards", "load", str(card), "--db", f"sqlite:///{tmp_path}/cli.db"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "float" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -407,9 +448,11 @@ def test_a_rate_card_change_mid_period_splits_the_lines_at_the_instant(billing_d
     from billing.pricing.ratecards import parse_rate_card
     from tests.support.billing_fixtures import SIMPLE_CARD
 
-    v2 = SIMPLE_CARD.replace("version = 1", "version = 2").replace(
-        'effective_from = "2026-01-01T00:00:00Z"', 'effective_from = "2026-11-15T00:00:00Z"'
-    ).replace('peak = "3.00"', 'peak = "4.00"')  # fmt: skip
+    v2 = (
+        SIMPLE_CARD.replace("version = 1", "version = 2")
+        .replace('effective_from = "2026-01-01T00:00:00Z"', 'effective_from = "2026-11-15T00:00:00Z"')
+        .replace('peak = "3.00"', 'peak = "4.00"')
+    )
     with ledger.transaction() as session:
         store_rate_card(session, "test", parse_rate_card(v2, "v2"))
     invoice_id = run_period(ledger, usage.root, "2026-11", "test").outcomes[0].invoice_id

@@ -407,7 +407,8 @@ def test_import_refuses_an_id_held_with_other_fields_in_the_db_or_earlier_in_the
     before = counts(ledger)
     rows = parse_jsonl(
         '{"lease_id": "y", "tenant_id": "acme", "gpu_uuid": "gpu-2", "start": 0, "end": 10}\n'
-        '{"lease_id": "x", "tenant_id": "acme", "gpu_uuid": "gpu-1", "start": "2026-11-02", "end": "2026-11-02T02:00Z"}\n',
+        '{"lease_id": "x", "tenant_id": "acme", "gpu_uuid": "gpu-1", '
+        '"start": "2026-11-02", "end": "2026-11-02T02:00Z"}\n',
         "f.jsonl",
     )
     with pytest.raises(LeaseIdConflict, match=r"^f\.jsonl:2: lease x exists with different fields: end "):

@@ -54,8 +54,13 @@ def settings(url: str, retries: int = 3) -> StripeSettings:
     return StripeSettings(KEY, url, retries=retries, backoff_s=0.01, webhook_secret=SECRET)
 
 
-def issued_period(db_url: str, root: Path, tenants: dict[str, dict[str, str]] | None = None,
-                  others: tuple[str, ...] = (), meters: tuple[str, ...] = ()) -> Ledger:  # fmt: skip
+def issued_period(
+    db_url: str,
+    root: Path,
+    tenants: dict[str, dict[str, str]] | None = None,
+    others: tuple[str, ...] = (),
+    meters: tuple[str, ...] = (),
+) -> Ledger:
     """acme: 2 h of one H100 (valley + peak) with energy, 10 % tax and a 1.00 credit: six lines, one
     negative; each of `others` half an hour on its own GPU; `meters`: tenants in Stripe meters mode."""
     usage = UsageWriter(root)
@@ -73,13 +78,20 @@ def issued_period(db_url: str, root: Path, tenants: dict[str, dict[str, str]] | 
 
 
 def cli(db_url: str, *args: str, api_base: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, WATTMETER_STRIPE_API_KEY=KEY, WATTMETER_STRIPE_API_BASE=api_base,
-               WATTMETER_STRIPE_BACKOFF_S="0.01")  # fmt: skip
+    env = dict(
+        os.environ, WATTMETER_STRIPE_API_KEY=KEY, WATTMETER_STRIPE_API_BASE=api_base, WATTMETER_STRIPE_BACKOFF_S="0.01"
+    )
     env.pop("WATTMETER_FAULT", None)
     if fault:
         env["WATTMETER_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "billing.cli", *args, "--db", db_url], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "billing.cli", *args, "--db", db_url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def stripe_state(peer: StripePeer) -> dict[str, Any]:
@@ -90,12 +102,15 @@ def stripe_state(peer: StripePeer) -> dict[str, Any]:
     for customer in customers:
         for invoice in client.v1.invoices.list(params={"customer": customer["id"], "limit": 100}).data:
             lines = client.v1.invoices.line_items.list(invoice.id, params={"limit": 100}).data
-            state["invoices"].append({
-                "number": invoice.to_dict()["metadata"].get("wattmeter_invoice_number"),
-                "status": invoice.status,
-                "lines": sorted((int(line.to_dict()["metadata"]["wattmeter_line_position"]), line.amount)
-                                for line in lines),
-            })  # fmt: skip
+            state["invoices"].append(
+                {
+                    "number": invoice.to_dict()["metadata"].get("wattmeter_invoice_number"),
+                    "status": invoice.status,
+                    "lines": sorted(
+                        (int(line.to_dict()["metadata"]["wattmeter_line_position"]), line.amount) for line in lines
+                    ),
+                }
+            )
         pending = client.v1.invoice_items.list(params={"customer": customer["id"], "pending": True, "limit": 100})
         state.setdefault("pending", []).extend(i.id for i in pending.data if not i.to_dict().get("invoice"))
     return state
@@ -104,9 +119,13 @@ def stripe_state(peer: StripePeer) -> dict[str, Any]:
 def test_full_sync_against_stripe_mock_refuses_no_request(stripe_mock: StripePeer, tmp_path: Path):
     """Every call wattmeter makes, through every path: customers, items (one negative), invoices,
     finalize, a meters-mode tenant's meter events, a void, a credit note, the events poll."""
-    ledger = issued_period(f"sqlite:///{tmp_path}/b.db", tmp_path / "usage",
-                           tenants={"acme": {"tax_jurisdiction": "XX"}, "beta": {}, "meterco": {}},
-                           others=("beta", "meterco"), meters=("meterco",))  # fmt: skip
+    ledger = issued_period(
+        f"sqlite:///{tmp_path}/b.db",
+        tmp_path / "usage",
+        tenants={"acme": {"tax_jurisdiction": "XX"}, "beta": {}, "meterco": {}},
+        others=("beta", "meterco"),
+        meters=("meterco",),
+    )
     usage = UsageWriter(tmp_path / "usage", partition=1)
     proxy = RecordingProxy(stripe_mock.url).start()
     try:
@@ -114,8 +133,9 @@ def test_full_sync_against_stripe_mock_refuses_no_request(stripe_mock: StripePee
         report = push(ledger, client, "test", period="2026-11")
         assert report.failed == [] and {o.action for o in report.outcomes} == {"pushed", "reported"}
         # late usage that lowers November: a credit note, pushed onto November's Stripe invoice
-        usage.write([usage_row("acme", MON_NOV_2 + 5 * HOUR, allocated_ms=-10 * MINUTE, kind=KIND_ADJUSTMENT,
-                               suffix="/fix")])  # fmt: skip
+        usage.write(
+            [usage_row("acme", MON_NOV_2 + 5 * HOUR, allocated_ms=-10 * MINUTE, kind=KIND_ADJUSTMENT, suffix="/fix")]
+        )
         december = run_period(ledger, tmp_path / "usage", "2026-12", "test")
         assert december.outcomes[0].credit_notes == ["WM-CN-000001"]
         void(ledger, "test", "WM-000002", "wrong tenant")  # beta's
@@ -129,9 +149,15 @@ def test_full_sync_against_stripe_mock_refuses_no_request(stripe_mock: StripePee
     refused = [c for c in proxy.calls if c.status >= 400]
     assert refused == [], f"stripe-mock refused {refused}"
     paths = {(c.method, c.path.split("?")[0]) for c in proxy.calls}
-    for expected in [("POST", "/v1/customers"), ("POST", "/v1/invoiceitems"), ("POST", "/v1/invoices"),
-                     ("POST", "/v1/billing/meter_events"), ("POST", "/v1/billing/meter_event_adjustments"),
-                     ("POST", "/v1/credit_notes"), ("GET", "/v1/events")]:  # fmt: skip
+    for expected in [
+        ("POST", "/v1/customers"),
+        ("POST", "/v1/invoiceitems"),
+        ("POST", "/v1/invoices"),
+        ("POST", "/v1/billing/meter_events"),
+        ("POST", "/v1/billing/meter_event_adjustments"),
+        ("POST", "/v1/credit_notes"),
+        ("GET", "/v1/events"),
+    ]:
         assert expected in paths, f"no {expected} call in {sorted(paths)}"
     assert any(c.path.endswith("/finalize") for c in proxy.calls) and any(c.path.endswith("/void") for c in proxy.calls)
     assert all(c.idempotency_key for c in proxy.posts()), "every creating call carries an idempotency key"
@@ -255,8 +281,9 @@ def _sign(body: bytes, secret: str = SECRET, at: int | None = None) -> str:
     return f"t={t},v1={digest}"
 
 
-def test_webhooks_verify_signatures_mark_paid_once_and_the_poll_catches_up(localstripe_clean: StripePeer,
-                                                                           tmp_path: Path):  # fmt: skip
+def test_webhooks_verify_signatures_mark_paid_once_and_the_poll_catches_up(
+    localstripe_clean: StripePeer, tmp_path: Path
+):
     ledger = issued_period(f"sqlite:///{tmp_path}/b.db", tmp_path / "usage")
     client = Stripe(settings(localstripe_clean.url))
     assert push(ledger, client, "test", period="2026-11").failed == []
@@ -265,9 +292,21 @@ def test_webhooks_verify_signatures_mark_paid_once_and_the_poll_catches_up(local
         stripe_invoice_id = sync.stripe_invoice_id
         assert sync.payment_status == "open"
     with WebhookServer(ledger) as url:
-        event = {"id": "evt_test_paid", "object": "event", "type": "invoice.paid", "created": int(time.time()),
-                 "data": {"object": {"id": stripe_invoice_id, "object": "invoice", "amount_paid": 382,
-                                     "currency": "usd", "metadata": {}}}}  # fmt: skip
+        event = {
+            "id": "evt_test_paid",
+            "object": "event",
+            "type": "invoice.paid",
+            "created": int(time.time()),
+            "data": {
+                "object": {
+                    "id": stripe_invoice_id,
+                    "object": "invoice",
+                    "amount_paid": 382,
+                    "currency": "usd",
+                    "metadata": {},
+                }
+            },
+        }
         body = json.dumps(event).encode()
         # a bad signature, a signature by another secret, and none at all: refused, nothing applied
         assert _post(url, body, "t=1,v1=deadbeef")[0] == 400
@@ -300,8 +339,9 @@ def test_webhooks_verify_signatures_mark_paid_once_and_the_poll_catches_up(local
         assert push(second, client, "test", period="2026-11").failed == []
         with second.transaction() as session:
             row = session.scalars(select(StripeInvoiceSync)).one()
-        endpoint = register_localstripe_webhook(localstripe_clean.url, url + "/stripe/webhook", SECRET,
-                                                events=["invoice.paid", "invoice.payment_succeeded"])  # fmt: skip
+        endpoint = register_localstripe_webhook(
+            localstripe_clean.url, url + "/stripe/webhook", SECRET, events=["invoice.paid", "invoice.payment_succeeded"]
+        )
         try:
             pay_invoice_in_localstripe(localstripe_clean.url, row.stripe_invoice_id)
             deadline = time.monotonic() + 20
@@ -318,8 +358,9 @@ def test_webhooks_verify_signatures_mark_paid_once_and_the_poll_catches_up(local
     assert delivered >= 1
     # the poll sees the same events again (and the first invoice's): each applied once, nothing changes
     applied = poll(second, client)
-    assert applied and all(a.outcome == "duplicate" or a.outcome.startswith("ignored") for a in applied
-                           if a.type.startswith("invoice.pa")), applied  # fmt: skip
+    assert applied and all(
+        a.outcome == "duplicate" or a.outcome.startswith("ignored") for a in applied if a.type.startswith("invoice.pa")
+    ), applied
     assert all(a.outcome == "duplicate" for a in poll(second, client))
     with second.transaction() as session:
         assert session.get(Tenant, "acme").stripe_customer_id is not None

@@ -408,7 +408,10 @@ def test_billing_increment_and_60_second_minimum_per_lease():
 # -- tiers -------------------------------------------------------------------------------------------
 
 
-TIERS = '{{ mode = "{mode}", tiers = [{{ up_to = "10", price = "2.00" }}, {{ up_to = 20, price = "1.50" }}, {{ price = "1.00" }}] }}'
+TIERS = (
+    '{{ mode = "{mode}", tiers = [{{ up_to = "10", price = "2.00" }}, {{ up_to = 20, price = "1.50" }}, '
+    '{{ price = "1.00" }}] }}'
+)
 
 
 def test_graduated_tiers():
@@ -588,7 +591,8 @@ def test_a_float_price_is_refused_with_one_line():
     with pytest.raises(RateCardError) as err:
         parse_rate_card(text, "flat.toml")
     assert str(err.value) == (
-        'flat.toml: gpu_hour.H100.on_demand.peak = 2.5 is a float: write prices as quoted decimal strings such as "2.50"'
+        "flat.toml: gpu_hour.H100.on_demand.peak = 2.5 is a float: "
+        'write prices as quoted decimal strings such as "2.50"'
     )
     with pytest.raises(RateCardError, match=r'gpu_hour."\*".on_demand.peak = 2 is an integer'):
         card('[gpu_hour."*".on_demand]\npeak = 2')
@@ -645,8 +649,11 @@ def test_rate_card_round_trips_through_to_dict_and_from_dict():
     c = card(
         f'{PRICES}\n[gpu_hour.H100.reserved]\n"*" = {tiers}\n[energy_kwh]\npeak = "0.20"\nvalley = "0.10"',
         head='pue = "1.20"\nincrement_s = 1\nminimum_s = 60\ncommitment = "500.00"\ndiscount_percent = "2.5"',
-        calendar='timezone = "America/New_York"\nweekday = { valley = [[0, 7], [22, 24]] }\nweekend = { valley = [[0, 24]] }\n'
-        'holidays = { country = "US", subdiv = "NY" }\n[calendar.months.7]\nweekday = { valley = [[0, 6]] }',
+        calendar=(
+            'timezone = "America/New_York"\nweekday = { valley = [[0, 7], [22, 24]] }\n'
+            "weekend = { valley = [[0, 24]] }\n"
+            'holidays = { country = "US", subdiv = "NY" }\n[calendar.months.7]\nweekday = { valley = [[0, 6]] }'
+        ),
         tax='"US-NY" = "0.08875"\n"*" = "0"',
     )
     stored = json.loads(json.dumps(c.to_dict()))  # what a JSON column gives back

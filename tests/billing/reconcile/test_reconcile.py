@@ -87,8 +87,19 @@ def build_scenario(url: str, usage: UsageWriter) -> Ledger:
     assert december.corrections == 1 and december.total == Decimal("1.65")
     assert finalize(ledger, "test", december.invoice_id).number == "WM-000002"
     # the meter fix of lease D (-10 minutes) -> a credit note against November in January's run
-    usage.write([usage_row("acme", WED_NOV_4 + 8 * HOUR + 20 * MINUTE, gpu="GPU-4", lease="lease-d",
-                           allocated_ms=-10 * MINUTE, kind=KIND_ADJUSTMENT, suffix="/fix")])  # fmt: skip
+    usage.write(
+        [
+            usage_row(
+                "acme",
+                WED_NOV_4 + 8 * HOUR + 20 * MINUTE,
+                gpu="GPU-4",
+                lease="lease-d",
+                allocated_ms=-10 * MINUTE,
+                kind=KIND_ADJUSTMENT,
+                suffix="/fix",
+            )
+        ]
+    )
     january = run_period(ledger, usage.root, "2027-01", "test").outcomes[0]
     assert (january.credit_notes, january.status, january.invoice_id) == (["WM-CN-000001"], "no invoice", None)
     # lease C's last 10 minutes: known now, counted by no document yet
@@ -154,10 +165,27 @@ def test_every_cause_with_its_exact_amount(billing_db_url: str, usage: UsageWrit
     if billing_db_url.startswith("sqlite"):  # the command itself, once, as a subprocess
         out_csv, out_html = tmp_path / "reconcile.csv", tmp_path / "reconcile.html"
         run = subprocess.run(
-            [sys.executable, "-m", "billing.reconcile.cli", "reconcile", "--period", "2026-11", "--db", billing_db_url,
-             "--usage-dir", str(usage.root), "--csv", str(out_csv), "--html", str(out_html), "--no-stripe"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "billing.reconcile.cli",
+                "reconcile",
+                "--period",
+                "2026-11",
+                "--db",
+                billing_db_url,
+                "--usage-dir",
+                str(usage.root),
+                "--csv",
+                str(out_csv),
+                "--html",
+                str(out_html),
+                "--no-stripe",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr + run.stdout
         assert "every difference has a named cause" in run.stdout and "leased but unmetered time" in run.stdout
         rows = list(csv.DictReader(out_csv.open()))
@@ -186,15 +214,21 @@ def test_a_tampered_invoice_line_is_unexplained_by_tenant_invoice_and_line(
     ledger = ledger_with(billing_db_url, tenants={"acme": {"tax_jurisdiction": "XX"}, "globex": {}})
     _lease(ledger, "lease-a", "GPU-1", MON_NOV_2 + 8 * HOUR, MON_NOV_2 + 9 * HOUR)
     _lease(ledger, "lease-g", "GPU-9", MON_NOV_2 + 8 * HOUR, MON_NOV_2 + 9 * HOUR, tenant="globex")
-    usage.write(minutes("acme", MON_NOV_2 + 8 * HOUR, 60, gpu="GPU-1", lease="lease-a")
-                + minutes("globex", MON_NOV_2 + 8 * HOUR, 60, gpu="GPU-9", lease="lease-g"))  # fmt: skip
+    usage.write(
+        minutes("acme", MON_NOV_2 + 8 * HOUR, 60, gpu="GPU-1", lease="lease-a")
+        + minutes("globex", MON_NOV_2 + 8 * HOUR, 60, gpu="GPU-9", lease="lease-g")
+    )
     for outcome in run_period(ledger, usage.root, "2026-11", "test").outcomes:
         finalize(ledger, "test", outcome.invoice_id)
     assert reconcile(ledger, usage.root, "2026-11", now_ms=NOW).ok
     _drop_line_guard(ledger)
     with ledger.transaction() as session:
-        session.execute(text("UPDATE invoice_lines SET amount = '3.06' WHERE position = 0 AND invoice_id = "
-                             "(SELECT id FROM invoices WHERE number = 'WM-000001')"))  # fmt: skip
+        session.execute(
+            text(
+                "UPDATE invoice_lines SET amount = '3.06' WHERE position = 0 AND invoice_id = "
+                "(SELECT id FROM invoices WHERE number = 'WM-000001')"
+            )
+        )
     result = reconcile(ledger, usage.root, "2026-11", now_ms=NOW)
     assert result.unexplained == [
         "tenant acme, invoice WM-000001, line 0 (gpu_time): stored 3.06, Parquet and rate card give 3.00"
@@ -202,8 +236,9 @@ def test_a_tampered_invoice_line_is_unexplained_by_tenant_invoice_and_line(
     assert result.tenant("globex").unexplained == []
     ledger.dispose()
     capsys.readouterr()
-    code = reconcile_main(["reconcile", "--period", "2026-11", "--db", billing_db_url, "--usage-dir",
-                           str(usage.root), "--no-stripe"])  # fmt: skip
+    code = reconcile_main(
+        ["reconcile", "--period", "2026-11", "--db", billing_db_url, "--usage-dir", str(usage.root), "--no-stripe"]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "unexplained: tenant acme, invoice WM-000001, line 0 (gpu_time): stored 3.06" in out
@@ -221,8 +256,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, usage: UsageWriter, ca
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/none"
-    assert reconcile_main(["reconcile", "--db", unreachable, "--period", "2026-11", "--usage-dir",
-                           str(usage.root)]) == 2  # fmt: skip
+    assert (
+        reconcile_main(["reconcile", "--db", unreachable, "--period", "2026-11", "--usage-dir", str(usage.root)]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("wattmeter-billing reconcile: ") and len(err.splitlines()) == 1, err
 
@@ -234,16 +270,19 @@ def test_stripe_leg_against_localstripe(tmp_path: Path, usage: UsageWriter, loca
     ledger = ledger_with(url, tenants={"acme": {"tax_jurisdiction": "XX"}, "globex": {}})
     _lease(ledger, "lease-a", "GPU-1", MON_NOV_2 + 8 * HOUR, MON_NOV_2 + 9 * HOUR)
     _lease(ledger, "lease-g", "GPU-9", MON_NOV_2 + 8 * HOUR, MON_NOV_2 + 9 * HOUR, tenant="globex")
-    usage.write(minutes("acme", MON_NOV_2 + 8 * HOUR, 60, gpu="GPU-1", lease="lease-a")
-                + minutes("globex", MON_NOV_2 + 8 * HOUR, 30, gpu="GPU-9", lease="lease-g"))  # fmt: skip
+    usage.write(
+        minutes("acme", MON_NOV_2 + 8 * HOUR, 60, gpu="GPU-1", lease="lease-a")
+        + minutes("globex", MON_NOV_2 + 8 * HOUR, 30, gpu="GPU-9", lease="lease-g")
+    )
     for outcome in run_period(ledger, usage.root, "2026-11", "test").outcomes:
         finalize(ledger, "test", outcome.invoice_id)
     peer = localstripe_clean
     stripe = Stripe(StripeSettings(api_key=peer.api_key, api_base=peer.url, retries=1, backoff_s=0.05))
     client = peer.client()
     globex = client.v1.customers.create(params={"name": "globex", "metadata": {"wattmeter_tenant_id": "globex"}})
-    client.v1.invoice_items.create(params={"customer": globex.id, "amount": 999, "currency": "usd",
-                                           "description": "setup fee"})  # fmt: skip
+    client.v1.invoice_items.create(
+        params={"customer": globex.id, "amount": 999, "currency": "usd", "description": "setup fee"}
+    )
     report = push(ledger, stripe, "test", period="2026-11")
     assert not report.failed, report.failed
 
@@ -291,8 +330,10 @@ def test_metered_beyond_its_lease_is_unexplained_and_untracked_leases_are_flagge
     neither has an invoice yet (flagged, not unexplained)."""
     ledger = ledger_with(f"sqlite:///{tmp_path}/b.db", tenants={"initech": {}, "hooli": {}})
     _lease(ledger, "lease-i", "GPU-7", MON_NOV_2 + 8 * HOUR, MON_NOV_2 + 8 * HOUR + 30 * MINUTE, tenant="initech")
-    usage.write(minutes("initech", MON_NOV_2 + 8 * HOUR, 45, gpu="GPU-7", lease="lease-i")
-                + minutes("hooli", MON_NOV_2 + 8 * HOUR, 10, gpu="GPU-8"))  # fmt: skip
+    usage.write(
+        minutes("initech", MON_NOV_2 + 8 * HOUR, 45, gpu="GPU-7", lease="lease-i")
+        + minutes("hooli", MON_NOV_2 + 8 * HOUR, 10, gpu="GPU-8")
+    )
     result = reconcile(ledger, usage.root, "2026-11", now_ms=NOW)
     assert result.unexplained == [
         "tenant initech, invoice none, lease lease-i (GPU GPU-7, on_demand): metered 0.750000 GPU-h, more than the "
@@ -300,8 +341,10 @@ def test_metered_beyond_its_lease_is_unexplained_and_untracked_leases_are_flagge
     ]
     assert _one(result, "initech", w.UNEXPLAINED).quantity_ms == 15 * MINUTE
     assert result.tenant("hooli").unexplained == []
-    assert "tenant hooli: the ledger holds none of its leases in 2026-11 (0.166667 GPU-h metered on 1 lease(s) it " \
-           "does not know): quantity leg not reconciled" in result.flags  # fmt: skip
+    assert (
+        "tenant hooli: the ledger holds none of its leases in 2026-11 (0.166667 GPU-h metered on 1 lease(s) it "
+        "does not know): quantity leg not reconciled" in result.flags
+    )
     assert any(f.startswith("tenant initech: 0.750000 GPU-h metered in 2026-11 but no invoice") for f in result.flags)
     ledger.dispose()
 
@@ -314,8 +357,9 @@ def test_a_leased_tenant_with_nothing_metered_is_flagged_as_not_invoiced_for_tha
     ledger = ledger_with(f"sqlite:///{tmp_path}/b.db", tenants={"initech": {}, "hooli": {}})
     _lease(ledger, "lease-i", "GPU-7", MON_NOV_2 + 8 * HOUR, MON_NOV_2 + 9 * HOUR, tenant="initech")
     usage.write(minutes("hooli", MON_NOV_2 + 8 * HOUR, 10, gpu="GPU-8"))
-    assert [o.status for o in run_period(ledger, usage.root, "2026-11", "test").outcomes if o.tenant_id == "initech"] \
-        == ["no invoice"]  # fmt: skip
+    assert [
+        o.status for o in run_period(ledger, usage.root, "2026-11", "test").outcomes if o.tenant_id == "initech"
+    ] == ["no invoice"]
     result = reconcile(ledger, usage.root, "2026-11", now_ms=NOW)
     assert "tenant initech: nothing metered in 2026-11, so no invoice" in result.flags
     assert not any(f.startswith("tenant initech:") and "has not been run" in f for f in result.flags)

@@ -36,15 +36,46 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with built.ledger.transaction() as session:
         invoices = {i.tenant_id: i for i in session.scalars(select(Invoice).where(Invoice.period == PERIOD))}
         acme, globex = invoices["acme"], invoices["globex"]
-        session.add(StripeInvoiceSync(invoice_id=acme.id, tenant_id="acme", mode="invoices", state="finalized",
-                                      stripe_customer_id="cus_1", stripe_invoice_id="in_1", stripe_items={},
-                                      payment_status="paid", amount_paid=acme.amount_due - Decimal("10.00"),
-                                      attempts=1, pushed_ms=NOW_MS, updated_ms=NOW_MS))  # fmt: skip
-        session.add(StripeInvoiceSync(invoice_id=globex.id, tenant_id="globex", mode="invoices", state="items",
-                                      stripe_customer_id="cus_2", stripe_items={}, attempts=3, last_error=SHORT_ERROR,
-                                      last_attempt_ms=NOW_MS, updated_ms=NOW_MS))  # fmt: skip
-        session.add(MonthClose(period=PERIOD, step="pushed", started_ms=NOW_MS, updated_ms=NOW_MS + 60_000,
-                               actor="finance-bot", summary={"finalized": 3}))  # fmt: skip
+        session.add(
+            StripeInvoiceSync(
+                invoice_id=acme.id,
+                tenant_id="acme",
+                mode="invoices",
+                state="finalized",
+                stripe_customer_id="cus_1",
+                stripe_invoice_id="in_1",
+                stripe_items={},
+                payment_status="paid",
+                amount_paid=acme.amount_due - Decimal("10.00"),
+                attempts=1,
+                pushed_ms=NOW_MS,
+                updated_ms=NOW_MS,
+            )
+        )
+        session.add(
+            StripeInvoiceSync(
+                invoice_id=globex.id,
+                tenant_id="globex",
+                mode="invoices",
+                state="items",
+                stripe_customer_id="cus_2",
+                stripe_items={},
+                attempts=3,
+                last_error=SHORT_ERROR,
+                last_attempt_ms=NOW_MS,
+                updated_ms=NOW_MS,
+            )
+        )
+        session.add(
+            MonthClose(
+                period=PERIOD,
+                step="pushed",
+                started_ms=NOW_MS,
+                updated_ms=NOW_MS + 60_000,
+                actor="finance-bot",
+                summary={"finalized": 3},
+            )
+        )
     yield built
     built.ledger.dispose()
 
@@ -77,13 +108,23 @@ def test_overview_counts_totals_stripe_and_close(world: World):
     assert data["tenants"] == 3 and data["invoices"]["tenants_without_invoice"] == []
     drafts = ledger_totals(world, NEXT_PERIOD, "draft")
     assert december["invoices"]["by_status"]["draft"] == {
-        "count": 1, "totals": {"USD": {k: str(v) for k, v in sorted(drafts.items())}}}  # fmt: skip
+        "count": 1,
+        "totals": {"USD": {k: str(v) for k, v in sorted(drafts.items())}},
+    }
     assert december["invoices"]["tenants_without_invoice"] == ["globex", "initech"]
 
     stripe = data["stripe"]
     assert (stripe["pushed"], stripe["failed"], stripe["not_pushed"], stripe["in_progress"]) == (1, 1, 1, 0)
-    assert stripe["failures"] == [{"invoice": world.invoices["globex"], "tenant_id": "globex", "state": "items",
-                                   "attempts": 3, "last_error": SHORT_ERROR, "last_attempt": "2026-12-01T00:00:00Z"}]  # fmt: skip
+    assert stripe["failures"] == [
+        {
+            "invoice": world.invoices["globex"],
+            "tenant_id": "globex",
+            "state": "items",
+            "attempts": 3,
+            "last_error": SHORT_ERROR,
+            "last_attempt": "2026-12-01T00:00:00Z",
+        }
+    ]
     assert stripe["payment_status"] == {"none": 1, "paid": 1}
     assert stripe["amount_paid"] == {"USD": str(ledger_amount_due(world, "acme") - Decimal("10.00"))}
     assert data["close"]["step"] == "pushed" and data["close"]["actor"] == "finance-bot"
@@ -106,7 +147,8 @@ def test_the_reconciliation_flags_appear(world: World):
     assert overview["explained"] is False and overview["error"] is None
     assert overview["unexplained"] == full["unexplained"] == [short]
     assert [(row["tenant_id"], row["invoice"], row["cause"], row["amount"]) for row in overview["flagged"]] == [
-        ("acme", world.invoices["acme"], "unexplained", "-10.00")]  # fmt: skip
+        ("acme", world.invoices["acme"], "unexplained", "-10.00")
+    ]
     assert full["flagged"] == overview["flagged"]
     assert any("globex" in flag and "push stopped at step 'items'" in flag for flag in overview["flags"])
     assert any("initech" in flag and "never pushed" in flag for flag in overview["flags"])
@@ -117,8 +159,13 @@ def test_the_reconciliation_flags_appear(world: World):
     assert page.status_code == 200 and page.headers["content-security-policy"].startswith("default-src 'none'")
     assert "unsafe-inline" not in page.headers["content-security-policy"]
     html = page.text
-    for text in ("paid in Stripe, but", "card_declined: Your card was declined.", 'data-testid="close-step">pushed',
-                 world.invoices["globex"], 'id="flagged"'):  # fmt: skip
+    for text in (
+        "paid in Stripe, but",
+        "card_declined: Your card was declined.",
+        'data-testid="close-step">pushed',
+        world.invoices["globex"],
+        'id="flagged"',
+    ):
         assert text in html, text
 
 
@@ -168,8 +215,14 @@ def test_pages_need_the_right_key(world: World):
         for path in ("/operator", "/finance", "/operator/yield.csv"):
             response = client.get(path, params={"period": PERIOD}, follow_redirects=False)
             assert response.status_code == 303 and response.headers["location"].startswith("/login?next=%2F")
-    for who, path, status in [("acme", "/operator", 403), ("acme", "/finance", 403), ("acme", "/operator/yield.csv", 403),
-                              ("operator", "/finance", 403), ("operator", "/operator", 200), ("finance", "/operator", 200)]:  # fmt: skip
+    for who, path, status in [
+        ("acme", "/operator", 403),
+        ("acme", "/finance", 403),
+        ("acme", "/operator/yield.csv", 403),
+        ("operator", "/finance", 403),
+        ("operator", "/operator", 200),
+        ("finance", "/operator", 200),
+    ]:
         with world.client(who) as client:
             response = client.get(path, params={"period": PERIOD})
         assert response.status_code == status, (who, path)

@@ -62,24 +62,41 @@ def test_revenue_by_model_shares_model_less_lines_by_largest_remainder():
     """H100 lines 3.00, A100 1.00; energy 0.10 and discount -0.41 have no model: -0.31 shared 3:1
     -> -0.2325 / -0.0775 -> floors 23 / 7 cents, the cent left to the larger remainder (A100):
     H100 3.00 - 0.23 = 2.77, A100 1.00 - 0.08 = 0.92; tax and credit are not revenue."""
-    revenue = y.attribute_revenue([
-        invoice("WM-1", "USD", ("gpu_time", "H100", "2.00"), ("gpu_time", "H100", "1.00"),
-                ("gpu_time", "A100", "1.00"), ("energy", "", "0.10"), ("discount", "", "-0.41"),
-                ("tax", "", "0.37"), ("credit", "", "-4.06")),
-    ])  # fmt: skip
+    revenue = y.attribute_revenue(
+        [
+            invoice(
+                "WM-1",
+                "USD",
+                ("gpu_time", "H100", "2.00"),
+                ("gpu_time", "H100", "1.00"),
+                ("gpu_time", "A100", "1.00"),
+                ("energy", "", "0.10"),
+                ("discount", "", "-0.41"),
+                ("tax", "", "0.37"),
+                ("credit", "", "-4.06"),
+            ),
+        ]
+    )
     assert revenue.by_model == {"A100": {"USD": Decimal("0.92")}, "H100": {"USD": Decimal("2.77")}}
     assert revenue.invoiced == {"USD": Decimal("3.69")} and revenue.unallocated == {}
 
 
 def test_revenue_in_two_currencies_is_never_added_and_a_true_up_alone_stays_unallocated():
-    revenue = y.attribute_revenue([
-        invoice("WM-1", "USD", ("gpu_time", "H100", "10.00"), ("commitment_true_up", "", "5.00")),
-        invoice("WM-2", "JPY", ("gpu_time", "H100", "1000"), ("gpu_time", "L40S", "501"), ("energy", "", "3")),
-        invoice("WM-3", "USD", ("commitment_true_up", "", "50.00")),  # no usage at all
-        # zero-priced GPU time: shared by GPU-ms instead (1:3)
-        invoice("WM-4", "USD", ("gpu_time", "A100", "0.00", 1000), ("gpu_time", "L40S", "0.00", 3000),
-                ("energy", "", "0.04")),
-    ])  # fmt: skip
+    revenue = y.attribute_revenue(
+        [
+            invoice("WM-1", "USD", ("gpu_time", "H100", "10.00"), ("commitment_true_up", "", "5.00")),
+            invoice("WM-2", "JPY", ("gpu_time", "H100", "1000"), ("gpu_time", "L40S", "501"), ("energy", "", "3")),
+            invoice("WM-3", "USD", ("commitment_true_up", "", "50.00")),  # no usage at all
+            # zero-priced GPU time: shared by GPU-ms instead (1:3)
+            invoice(
+                "WM-4",
+                "USD",
+                ("gpu_time", "A100", "0.00", 1000),
+                ("gpu_time", "L40S", "0.00", 3000),
+                ("energy", "", "0.04"),
+            ),
+        ]
+    )
     assert revenue.by_model == {
         "A100": {"USD": Decimal("0.01")},
         "H100": {"JPY": Decimal("1002"), "USD": Decimal("15.00")},  # 3 yen 1000:501 -> 1.998 / 1.002 -> 2 / 1
@@ -90,8 +107,9 @@ def test_revenue_in_two_currencies_is_never_added_and_a_true_up_alone_stays_unal
 
 
 def test_an_invoice_whose_lines_do_not_make_its_subtotal_is_refused():
-    bad = y.InvoiceRevenue(1, "WM-9", "acme", "USD", "finalized", Decimal("1.00"),
-                           (y.RevenueLine("gpu_time", "H100", Decimal("0.99")),))  # fmt: skip
+    bad = y.InvoiceRevenue(
+        1, "WM-9", "acme", "USD", "finalized", Decimal("1.00"), (y.RevenueLine("gpu_time", "H100", Decimal("0.99")),)
+    )
     with pytest.raises(ReportError, match="WM-9 of tenant acme"):
         y.attribute_revenue([bad])
 
@@ -110,8 +128,14 @@ def invoices(draw: st.DrawFn) -> list[y.InvoiceRevenue]:
         for _ in range(draw(st.integers(0, 7))):
             kind, model = draw(KINDS), draw(MODELS)
             units = draw(st.integers(-50_000, 500_000))
-            lines.append((kind, model if kind.startswith("gpu") else "", str(Decimal(units).scaleb(-places)),
-                          draw(st.integers(0, 10**9))))  # fmt: skip
+            lines.append(
+                (
+                    kind,
+                    model if kind.startswith("gpu") else "",
+                    str(Decimal(units).scaleb(-places)),
+                    draw(st.integers(0, 10**9)),
+                )
+            )
         out.append(invoice(f"WM-{number}", currency, *lines))
     return out
 
@@ -125,8 +149,15 @@ def test_property_revenue_by_model_sums_to_the_invoices_exactly(batch: list[y.In
         assert by_model + revenue.unallocated.get(currency, Decimal(0)) == invoiced
         assert invoiced == sum((i.subtotal for i in batch if i.currency == currency), Decimal(0))
     # and the report keeps it: fleet revenue == the invoices, per currency
-    report = y.build_report(period="2026-11", timezone="UTC", start_ms=NOV_1, end_ms=DEC_1,
-                            usage=y.FleetUsage((), {}, 0), invoices=batch, calendar=None)  # fmt: skip
+    report = y.build_report(
+        period="2026-11",
+        timezone="UTC",
+        start_ms=NOV_1,
+        end_ms=DEC_1,
+        usage=y.FleetUsage((), {}, 0),
+        invoices=batch,
+        calendar=None,
+    )
     assert dict(report.fleet.revenue) == dict(revenue.invoiced)
 
 
@@ -152,13 +183,25 @@ def test_hand_computed_report():
     usage = y.summarize(rows)
     assert usage.gpus == {"A100": 2, "H100": 1} and usage.fleet_gpus == 3
     report = y.build_report(
-        period="2026-11", timezone="UTC", start_ms=NOV_1, end_ms=DEC_1,
+        period="2026-11",
+        timezone="UTC",
+        start_ms=NOV_1,
+        end_ms=DEC_1,
         usage=y.FleetUsage(usage.totals + y.summarize(december).totals, usage.gpus, usage.fleet_gpus),
-        invoices=[invoice("WM-1", "USD", ("gpu_time", "H100", "3.00"), ("gpu_time", "H100", "1.20"),
-                          ("energy", "", "0.09"), ("energy", "", "0.09"), ("tax", "", "0.44")),
-                  invoice("WM-2", "USD", ("gpu_time", "A100", "1.20"))],
+        invoices=[
+            invoice(
+                "WM-1",
+                "USD",
+                ("gpu_time", "H100", "3.00"),
+                ("gpu_time", "H100", "1.20"),
+                ("energy", "", "0.09"),
+                ("energy", "", "0.09"),
+                ("tax", "", "0.44"),
+            ),
+            invoice("WM-2", "USD", ("gpu_time", "A100", "1.20")),
+        ],
         calendar=fleet_calendar(),
-    )  # fmt: skip
+    )
     h100, a100, fleet = report.model("H100"), report.model("A100"), report.fleet
     assert (h100.gpus, h100.available_ms, h100.leased_ms, h100.idle_ms) == (1, 3 * HOUR, 2 * HOUR, HOUR)
     assert h100.utilization == Fraction(1, 2) and h100.energy_mj == 3_960_000_000  # 1.1 kWh
@@ -173,14 +216,22 @@ def test_hand_computed_report():
     assert (a100.valley_leased_ms, a100.valley_available_ms, a100.valley_share) == (HOUR, 3 * HOUR, Fraction(1, 3))
     assert a100.revenue_per_kwh("USD") is None and a100.busy_hours_per_kwh is None  # no energy metered
     assert a100.revenue_per_gpu_hour("USD") == Fraction(120, 350)
-    assert (fleet.gpus, fleet.available_ms, fleet.leased_ms, fleet.valley_share) == (3, 13 * HOUR // 2, 3 * HOUR,
-                                                                                      Fraction(1, 2))  # fmt: skip
+    assert (fleet.gpus, fleet.available_ms, fleet.leased_ms, fleet.valley_share) == (
+        3,
+        13 * HOUR // 2,
+        3 * HOUR,
+        Fraction(1, 2),
+    )
     assert fleet.revenue == {"USD": Decimal("5.58")} and fleet.leased_share == Fraction(6, 13)
     assert (report.hours, report.valley_hours, report.split_hours) == (720, 21 * 6 + 9 * 24, 0)
 
     data = y.to_json(report)
-    assert data["fleet"]["revenue"]["USD"] == {"revenue": "5.58", "per_gpu": "1.8600",
-                                               "per_gpu_hour_available": "0.8585", "per_kwh": "5.0727"}  # fmt: skip
+    assert data["fleet"]["revenue"]["USD"] == {
+        "revenue": "5.58",
+        "per_gpu": "1.8600",
+        "per_gpu_hour_available": "0.8585",
+        "per_kwh": "5.0727",
+    }
     assert data["models"][0]["model"] == "A100" and data["models"][0]["revenue"]["USD"]["per_kwh"] is None
     assert data["models"][1]["utilization"] == "0.500000" and data["models"][1]["energy_kwh"] == "1.100000"
     assert json.loads(json.dumps(data)) == data
@@ -201,8 +252,15 @@ def test_hours_astride_a_valley_boundary_count_in_neither_valley_figure():
     assert [h for h, c in classes.items() if c == y.SPLIT] == [MON_NOV_2, MON_NOV_2 + 18 * HOUR]
     assert [h for h, c in classes.items() if c == y.VALLEY] == [MON_NOV_2 + h * HOUR for h in range(19, 24)]
     rows = [hour_row("acme", "G", "H100", MON_NOV_2 + 18 * HOUR), hour_row("", "G", "H100", MON_NOV_2 + 19 * HOUR)]
-    report = y.build_report(period="2026-11", timezone="UTC", start_ms=NOV_1, end_ms=DEC_1,
-                            usage=y.summarize(rows), invoices=[], calendar=calendar)  # fmt: skip
+    report = y.build_report(
+        period="2026-11",
+        timezone="UTC",
+        start_ms=NOV_1,
+        end_ms=DEC_1,
+        usage=y.summarize(rows),
+        invoices=[],
+        calendar=calendar,
+    )
     row = report.model("H100")
     assert (row.split_ms, row.valley_available_ms, row.valley_leased_ms, row.valley_share) == (HOUR, HOUR, 0, 0)
     assert report.split_hours == 60 and any("astride" in note for note in report.notes)
@@ -275,14 +333,19 @@ def test_the_report_over_a_real_world_equals_its_invoices(billing_db_url: str, t
     assert (h100.gpus, h100.leased_ms, h100.idle_ms, h100.energy_mj) == (2, 5 * HOUR // 2, HOUR, 5_400_000_000)
     assert (a100.gpus, a100.leased_ms, a100.idle_ms) == (2, HOUR, 5 * HOUR // 2)
     assert (fleet.gpus, fleet.available_ms, fleet.valley_available_ms, fleet.valley_leased_ms) == (
-        4, 7 * HOUR, 4 * HOUR, 2 * HOUR)  # fmt: skip
+        4,
+        7 * HOUR,
+        4 * HOUR,
+        2 * HOUR,
+    )
     assert h100.revenue == {"USD": Decimal("4.38")} and a100.revenue == {"USD": Decimal("1.20")}
     assert h100.revenue_per_kwh("USD") == Fraction(438, 150)  # 1.5 kWh metered (no PUE)
     assert any("1 draft invoice(s)" in note for note in report.notes)
 
     with_drafts = yield_report(ledger, "2026-11", include_drafts=True)
     assert with_drafts.fleet.revenue == {"USD": Decimal("7.08")} and with_drafts.model("H100").revenue_of(
-        "USD") == Decimal("5.88")  # fmt: skip
+        "USD"
+    ) == Decimal("5.88")
     assert not any("draft" in note for note in with_drafts.notes)
 
 
@@ -315,8 +378,10 @@ def test_hours_no_rollup_covered_are_named(tmp_path: Path):
     assert any("never rolled up" in note for note in yield_report(ledger, "2026-11").notes)
     rollup_period(ledger, root, "2026-11")
     notes = yield_report(ledger, "2026-11").notes
-    assert notes == ("hours 2026-11-01T00:00:00Z..2026-11-01T04:00:00Z of the window are not rolled up: "
-                     "run `wattmeter-billing rollup --period 2026-10`",)  # fmt: skip
+    assert notes == (
+        "hours 2026-11-01T00:00:00Z..2026-11-01T04:00:00Z of the window are not rolled up: "
+        "run `wattmeter-billing rollup --period 2026-10`",
+    )
     assert yield_report(ledger, "2026-11", timezone="America/New_York").notes == ()
     assert fleet_window("2026-11", "America/New_York") == (NOV_1 + 4 * HOUR, DEC_1 + 5 * HOUR)
 

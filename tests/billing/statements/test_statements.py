@@ -128,8 +128,23 @@ def test_the_cli_writes_html_pdf_and_csv(tmp_path: Path, capsys: pytest.CaptureF
     url = f"sqlite:///{tmp_path}/billing.db"
     world = build_world(url, tmp_path / "usage")
     out = tmp_path / "statements"
-    code = billing_main(["statement", "--db", url, "--usage-dir", str(world.usage_root), "--tenant", "initech",
-                         "--period", PERIOD, "--out", str(out), "--locale", "ja_JP"])  # fmt: skip
+    code = billing_main(
+        [
+            "statement",
+            "--db",
+            url,
+            "--usage-dir",
+            str(world.usage_root),
+            "--tenant",
+            "initech",
+            "--period",
+            PERIOD,
+            "--out",
+            str(out),
+            "--locale",
+            "ja_JP",
+        ]
+    )
     assert code == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == [f"statement-initech-{PERIOD}.{form}" for form in ("csv", "html", "pdf")]
@@ -159,8 +174,22 @@ def test_the_cli_writes_html_pdf_and_csv(tmp_path: Path, capsys: pytest.CaptureF
     assert days["2026-11-11"] == expected.allocated_gpu_ms and days["2026-11-10"] == 0
 
     # --json, one format; errors are one line and exit 2
-    code = billing_main(["statement", "--db", url, "--tenant", "initech", "--period", PERIOD, "--out", str(out),
-                         "--format", "csv", "--json"])  # fmt: skip
+    code = billing_main(
+        [
+            "statement",
+            "--db",
+            url,
+            "--tenant",
+            "initech",
+            "--period",
+            PERIOD,
+            "--out",
+            str(out),
+            "--format",
+            "csv",
+            "--json",
+        ]
+    )
     assert code == 0 and f'"gpu_ms": {expected.allocated_gpu_ms}' in capsys.readouterr().out
     assert billing_main(["statement", "--db", url, "--tenant", "nobody", "--period", PERIOD, "--out", str(out)]) == 2
     assert "unknown tenant 'nobody'" in capsys.readouterr().err

@@ -18,9 +18,22 @@ branch_labels = None
 depends_on = None
 
 FROZEN_COLUMNS = (
-    "tenant_id", "period", "period_start_ms", "period_end_ms", "number", "currency", "subtotal", "tax", "total",
-    "credits_applied", "amount_due", "content_hash", "usage_cutoff", "rated_ms", "finalized_ms",
-)  # fmt: skip
+    "tenant_id",
+    "period",
+    "period_start_ms",
+    "period_end_ms",
+    "number",
+    "currency",
+    "subtotal",
+    "tax",
+    "total",
+    "credits_applied",
+    "amount_due",
+    "content_hash",
+    "usage_cutoff",
+    "rated_ms",
+    "finalized_ms",
+)
 INVOICE_MESSAGE = "invoice is issued: it never changes (void it with a reason instead)"
 LINES_MESSAGE = "the lines of an issued invoice never change"
 AUDIT_MESSAGE = "the audit log is append-only"
@@ -104,7 +117,13 @@ def downgrade() -> None:
         for function in ("wattmeter_append_only", "wattmeter_invoice_lines_guard", "wattmeter_invoice_guard"):
             op.execute(f"DROP FUNCTION {function}()")
         return
-    for trigger in ("invoices_immutable", "invoices_no_delete", "invoice_lines_immutable_update",
-                    "invoice_lines_immutable_delete", "invoice_lines_immutable_insert",
-                    "audit_log_append_only_update", "audit_log_append_only_delete"):  # fmt: skip
+    for trigger in (
+        "invoices_immutable",
+        "invoices_no_delete",
+        "invoice_lines_immutable_update",
+        "invoice_lines_immutable_delete",
+        "invoice_lines_immutable_insert",
+        "audit_log_append_only_update",
+        "audit_log_append_only_delete",
+    ):
         op.execute(f"DROP TRIGGER {trigger}")
