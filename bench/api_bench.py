@@ -153,7 +153,7 @@ def _ledger_facts(owners: list[tuple[int, str, str, str, str]]) -> dict[str, str
 
     from billing.common.periods import period_bounds
     from billing.ledger.db import Ledger
-    from billing.ledger.models import Invoice, InvoiceLine
+    from billing.ledger.models import Invoice, InvoiceLineRow
     from billing.ledger.store import add_contract, card_spans, store_rate_card, upsert_tenant
     from billing.pricing.ratecards import parse_rate_card
     from billing.pricing.rating import UsageQuantity, rate_tenant
@@ -237,7 +237,7 @@ def _ledger_facts(owners: list[tuple[int, str, str, str, str]]) -> dict[str, str
                     "service_end_ms": end,
                 }
                 invoice.lines.append(
-                    InvoiceLine(
+                    InvoiceLineRow(
                         position=position,
                         kind=line.kind,
                         description=line.description,

@@ -126,8 +126,8 @@ report = run_period(ledger, usage, "2026-11", "bench")
 elapsed = time.perf_counter() - began
 with ledger.transaction() as s:
     from sqlalchemy import func, select
-    from billing.ledger.models import InvoiceLine
-    lines = s.scalar(select(func.count()).select_from(InvoiceLine))
+    from billing.ledger.models import InvoiceLineRow
+    lines = s.scalar(select(func.count()).select_from(InvoiceLineRow))
 print(json.dumps({"seconds": elapsed, "lines": lines, "invoices": len(report.outcomes),
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

@@ -33,6 +33,7 @@ from billing.invoicing.errors import ImmutableInvoice, InvoicingError
 from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, audit, now_ms
 from billing.ledger.errors import NotFound
+from billing.ledger.lines import line_from_json, line_from_row, line_json, row_values
 from billing.ledger.models import (
     INVOICE_DRAFT,
     INVOICE_FINALIZED,
@@ -40,7 +41,7 @@ from billing.ledger.models import (
     CreditDrawdown,
     CreditNote,
     Invoice,
-    InvoiceLine,
+    InvoiceLineRow,
     Lease,
     MonthClose,
     NumberSequence,
@@ -48,10 +49,10 @@ from billing.ledger.models import (
     UsageConsumption,
 )
 from billing.ledger.store import card_spans, credit_balances
+from billing.pricing.lines import InvoiceLine
 from billing.pricing.rating import (
     CreditGrant,
     LeaseQuantity,
-    PricedLine,
     line_key,
     rate_correction,
     rate_tenant,
@@ -111,7 +112,7 @@ class _Correction:
     spans: list[CardSpan]
     segments: list[PricingSegment]
     late: tuple[OffsetRange, ...]  # what no issued document counted yet
-    billed: list[PricedLine]
+    billed: list[InvoiceLine]
     everything: tuple[OffsetRange, ...] = ()  # every file up to the cut-off: the period's complete usage
 
 
@@ -229,50 +230,31 @@ def _billed_periods(session: Session, tenant_id: str, before: str) -> list[str]:
     return sorted(issued | (closed - invoiced))
 
 
-def _priced(line: dict[str, Any]) -> PricedLine:
-    """A stored line back as the rating core's type (for re-rating a period's corrections)."""
-    return PricedLine(
-        kind=line["kind"],
-        description=line["description"],
-        service_start_ms=line["service_start_ms"],
-        service_end_ms=line["service_end_ms"],
-        card_name=line["card_name"],
-        card_version=line["card_version"],
-        plan=line["plan"],
-        model=line["model"],
-        period=line["tou_period"],
-        quantity_base=line["quantity_base"],
-        base_unit=line["base_unit"],
-        quantity=Decimal(line["quantity"]),
-        unit=line["unit"],
-        unit_price=Decimal(line["unit_price"]),
-        amount=Decimal(line["amount"]),
-        tier=line["tier"],
-        correction=line["correction"],
-    )
-
-
-def _billed_lines(session: Session, tenant_id: str, service_period: str) -> list[PricedLine]:
+def _billed_lines(session: Session, tenant_id: str, service_period: str) -> list[InvoiceLine]:
     """What issued documents already billed for a tenant's service period: the period's invoice,
     corrections of it on later invoices, and credit notes."""
     rows = session.scalars(
-        select(InvoiceLine)
-        .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        select(InvoiceLineRow)
+        .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
         .where(
             Invoice.tenant_id == tenant_id,
             Invoice.status == INVOICE_FINALIZED,
-            InvoiceLine.service_period == service_period,
+            InvoiceLineRow.service_period == service_period,
         )
     )
-    billed = [_priced({c: getattr(row, c) for c in _LINE_COLUMNS}) for row in rows]
+    billed = [line_from_row(row) for row in rows]
     for note in session.scalars(select(CreditNote).where(CreditNote.tenant_id == tenant_id)):
-        billed += [_priced(line) for line in note.lines if line["service_period"] == service_period]
+        billed += [
+            line_from_json(line, index)
+            for index, line in enumerate(note.lines)
+            if line["service_period"] == service_period
+        ]
     return billed
 
 
 def _usage_query(
     tenant_id: str,
-    line: PricedLine,
+    line: InvoiceLine,
     ranges: tuple[OffsetRange, ...],
     start_ms: int,
     end_ms: int,
@@ -370,53 +352,12 @@ class _Draft:
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-_LINE_COLUMNS = (
-    "kind",
-    "description",
-    "service_start_ms",
-    "service_end_ms",
-    "service_period",
-    "correction",
-    "card_name",
-    "card_version",
-    "plan",
-    "model",
-    "tou_period",
-    "tier",
-    "quantity_base",
-    "base_unit",
-    "quantity",
-    "unit",
-    "unit_price",
-    "amount",
-)
+def _line_dict(line: InvoiceLine, service_period: str, correction: bool, query: dict[str, Any]) -> dict[str, Any]:
+    """The line as a draft (and its content hash) keeps it: stored in `service_period`."""
+    return line_json(replace(line, service_period=service_period, correction=correction or line.correction), query)
 
 
-def _line_dict(line: PricedLine, service_period: str, correction: bool, query: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": line.kind,
-        "description": line.description,
-        "service_start_ms": line.service_start_ms,
-        "service_end_ms": line.service_end_ms,
-        "service_period": service_period,
-        "correction": correction or line.correction,
-        "card_name": line.card_name,
-        "card_version": line.card_version,
-        "plan": line.plan,
-        "model": line.model,
-        "tou_period": line.period,
-        "tier": line.tier,
-        "quantity_base": line.quantity_base,
-        "base_unit": line.base_unit,
-        "quantity": str(line.quantity),
-        "unit": line.unit,
-        "unit_price": str(line.unit_price),
-        "amount": str(line.amount),
-        "usage_query": query,
-    }
-
-
-def _query_key(line: PricedLine) -> tuple[Any, ...]:
+def _query_key(line: InvoiceLine) -> tuple[Any, ...]:
     return (
         line.kind,
         line.service_start_ms,
@@ -424,7 +365,7 @@ def _query_key(line: PricedLine) -> tuple[Any, ...]:
         line.card_version,
         line.plan,
         line.model,
-        line.period,
+        line.tou_period,
         line.tier,
         line.correction,
     )
@@ -446,7 +387,7 @@ def _build_draft(
 ) -> tuple[_Draft, dict[str, Decimal]]:
     tenant = plan.tenant
     draft = _Draft([], [], [], [])
-    corrections: list[PricedLine] = []
+    corrections: list[InvoiceLine] = []
     queries: dict[tuple[Any, ...], dict[str, Any]] = {}
     for correction in plan.corrections:
         complete = results[f"{tenant.tenant_id}/{correction.service_period}/complete"]
@@ -653,10 +594,7 @@ def _write_draft(
     invoice.lines.clear()
     session.flush()
     for position, line in enumerate(draft.lines):
-        values = dict(line)
-        for key in ("quantity", "unit_price", "amount"):
-            values[key] = Decimal(values[key])
-        invoice.lines.append(InvoiceLine(position=position, **values))
+        invoice.lines.append(InvoiceLineRow(position=position, **row_values(line)))
     for key, value in totals.items():
         setattr(invoice, key, value)
     invoice.content_hash = digest

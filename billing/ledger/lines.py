@@ -35,7 +35,7 @@ STORED_FIELDS = (
 _DECIMAL_FIELDS = frozenset({"quantity", "unit_price", "amount"})
 
 
-def line_from_row(row: models.InvoiceLine) -> InvoiceLine:
+def line_from_row(row: models.InvoiceLineRow) -> InvoiceLine:
     """A stored invoice line as the domain type (its `position` on the invoice kept)."""
     values = {name: getattr(row, name) for name in STORED_FIELDS}
     return _line(values, row.position)
@@ -65,5 +65,5 @@ def row_values(values: dict[str, Any]) -> dict[str, Any]:
 def _line(values: dict[str, Any], position: int) -> InvoiceLine:
     for name in _DECIMAL_FIELDS:
         values[name] = Decimal(values[name])
-    values["kind"] = line_kind(values["kind"])
+    values["kind"] = line_kind(values["kind"], position)
     return InvoiceLine(position=position, **values)

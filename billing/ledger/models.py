@@ -202,12 +202,12 @@ class Invoice(Base):
     voided_ms: Mapped[int | None] = mapped_column(BigInteger)
     void_reason: Mapped[str | None] = mapped_column(Text)
 
-    lines: Mapped[list[InvoiceLine]] = relationship(
-        back_populates="invoice", order_by="InvoiceLine.position", cascade="all, delete-orphan"
+    lines: Mapped[list[InvoiceLineRow]] = relationship(
+        back_populates="invoice", order_by="InvoiceLineRow.position", cascade="all, delete-orphan"
     )
 
 
-class InvoiceLine(Base):
+class InvoiceLineRow(Base):
     __tablename__ = "invoice_lines"
     __table_args__ = (UniqueConstraint("invoice_id", "position", name="uq_invoice_line_position"),)
 

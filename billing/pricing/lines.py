@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from billing.pricing.errors import PricingError
+
 LineKind = Literal["gpu_time", "gpu_time_rounding", "energy", "discount", "commitment_true_up", "tax", "credit"]
 KIND_ORDER: tuple[LineKind, ...] = (
     "gpu_time",
@@ -31,10 +33,10 @@ USAGE_KINDS = frozenset({"gpu_time", "gpu_time_rounding", "energy"})
 PRETAX_KINDS = USAGE_KINDS | {"discount", "commitment_true_up"}
 
 
-def line_kind(text: str) -> LineKind:
-    """`text` as a line kind, or a ValueError naming it (a stored line of a kind this code does not know)."""
+def line_kind(text: str, position: int) -> LineKind:
+    """`text` as a line kind, or a PricingError naming the line (a stored line of a kind this code does not know)."""
     if text not in KIND_ORDER:
-        raise ValueError(f"unknown invoice line kind {text!r}")
+        raise PricingError(f"line {position} has an unknown kind {text!r}")
     return text
 
 

@@ -65,28 +65,24 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
-from typing import Literal
 
 from billing.common.instants import ms_to_iso
 from billing.pricing.errors import PricingError
+from billing.pricing.lines import (
+    KIND_ORDER,
+    PRETAX_KINDS,
+    USAGE_KINDS,
+    InvoiceLine,
+    LeaseRounding,
+    LineKind,
+    QuantityBasis,
+)
 from billing.pricing.money import minor_units, round_half_even, round_money, to_minor, zero
 from billing.pricing.ratecards import Price, RateCardVersion, Tiered
 from billing.pricing.segments import CardSpan, PricingSegment
 from schemas.leases import PLANS
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR
 
-LineKind = Literal["gpu_time", "gpu_time_rounding", "energy", "discount", "commitment_true_up", "tax", "credit"]
-KIND_ORDER: tuple[LineKind, ...] = (
-    "gpu_time",
-    "gpu_time_rounding",
-    "energy",
-    "discount",
-    "commitment_true_up",
-    "tax",
-    "credit",
-)
-USAGE_KINDS = frozenset({"gpu_time", "gpu_time_rounding", "energy"})
-PRETAX_KINDS = USAGE_KINDS | {"discount", "commitment_true_up"}
 QUANTITY_PLACES = 6  # display quantities (GPU-hours, kWh)
 ONE = Decimal(1)
 
@@ -127,31 +123,6 @@ class CreditGrant:
     granted_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseRounding:
-    """One lease behind a rounding line: its allocated GPU-ms in the period and the rule applied to it
-    (`minimum_ms` 0 when the minimum does not apply: the lease started before the period)."""
-
-    lease_id: str
-    allocated_ms: int
-    increment_ms: int
-    minimum_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class QuantityBasis:
-    """How a GPU-time line's quantity follows from the usage behind it (what `explain` re-derives):
-    - "sum": the allocated GPU-ms of the line's segments (plain prices; energy is always a sum);
-    - "tier": the key's total T through `tier_quantity(T, tier_mode, lower_ms, upper_ms)`;
-    - "lease_rounding": `rounding_uplift` summed over `leases`, each lease's allocated GPU-ms in the period."""
-
-    rule: Literal["sum", "tier", "lease_rounding"] = "sum"
-    tier_mode: str = ""
-    lower_ms: int = 0
-    upper_ms: int | None = None
-    leases: tuple[LeaseRounding, ...] = ()
-
-
 def rounding_uplift(allocated_ms: int, increment_ms: int, minimum_ms: int) -> int:
     """A lease's rounding uplift: max(minimum, ceil(allocated / increment) x increment) - allocated;
     none for a lease with no allocated time."""
@@ -171,29 +142,6 @@ def tier_quantity(total_ms: int, mode: str, lower_ms: int, upper_ms: int | None)
 
 
 @dataclass(frozen=True)
-class PricedLine:
-    kind: LineKind
-    description: str
-    service_start_ms: int
-    service_end_ms: int
-    card_name: str
-    card_version: int
-    plan: str
-    model: str
-    period: str
-    quantity_base: int  # ms (GPU time) or mJ (energy, before PUE); 0 for money-only lines
-    base_unit: str  # "ms" | "mJ" | ""
-    quantity: Decimal  # GPU-hours or kWh (after PUE), 6 places; see the module docstring for money lines
-    unit: str  # "GPU-hour" | "kWh" | ""
-    unit_price: Decimal
-    amount: Decimal  # rounded to the currency's minor unit
-    tier: int | None = None  # 1-based tier of a tiered price
-    segments: tuple[tuple[int, int], ...] = ()  # [start, end) ms ranges whose usage makes the quantity
-    correction: bool = False  # a correction of an earlier period (rate_correction)
-    basis: QuantityBasis | None = None  # GPU-time lines: how quantity_base follows from the usage
-
-
-@dataclass(frozen=True)
 class RatedInvoice:
     """`subtotal` = lines before tax (corrections included), `total` = subtotal + tax,
     `amount_due` = total - credits_applied = the sum of all lines."""
@@ -202,7 +150,7 @@ class RatedInvoice:
     currency: str
     service_start_ms: int
     service_end_ms: int
-    lines: list[PricedLine]
+    lines: list[InvoiceLine]
     subtotal: Decimal
     tax: Decimal
     total: Decimal
@@ -347,12 +295,12 @@ def _gpu_line(
     tier: int | None,
     segments: tuple[tuple[int, int], ...],
     basis: QuantityBasis,
-) -> PricedLine:
+) -> InvoiceLine:
     """A GPU-time line of one (span, model, plan, period) key: quantity_ms at unit_price per GPU-hour."""
     span_index, model, plan, period = key
     card = ctx.spans[span_index].card
     lo, hi = ctx.span_range(span_index)
-    return PricedLine(
+    return InvoiceLine(
         kind=kind,
         description=description,
         service_start_ms=lo,
@@ -361,7 +309,7 @@ def _gpu_line(
         card_version=card.version,
         plan=plan,
         model=model,
-        period=period,
+        tou_period=period,
         quantity_base=quantity_ms,
         base_unit="ms",
         quantity=_hours(quantity_ms),
@@ -374,7 +322,7 @@ def _gpu_line(
     )
 
 
-def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable[LeaseQuantity]) -> list[PricedLine]:
+def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable[LeaseQuantity]) -> list[InvoiceLine]:
     gpu_ms: dict[tuple[int, str, str, str], int] = defaultdict(int)
     gpu_segments: dict[tuple[int, str, str, str], set[int]] = defaultdict(set)
     energy: dict[tuple[int, str], int] = defaultdict(int)
@@ -434,7 +382,7 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
             uplift_segments[key].add(index)
             uplift_leases[key].append(LeaseRounding(lease_id, allocated, card.increment_ms, minimum))
 
-    lines: list[PricedLine] = []
+    lines: list[InvoiceLine] = []
 
     def ranges(indices: set[int]) -> tuple[tuple[int, int], ...]:
         return tuple((ctx.segments[i].start_ms, ctx.segments[i].end_ms) for i in sorted(indices))
@@ -488,7 +436,7 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
         unit_price = card.energy_price(period)
         billed_kwh = Fraction(mj, MJ_PER_KWH) * Fraction(card.pue)
         lines.append(
-            PricedLine(
+            InvoiceLine(
                 kind="energy",
                 description=f"Energy {period}, PUE {card.pue} ({card.label}{partial(span_index)})",
                 service_start_ms=lo,
@@ -497,7 +445,7 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
                 card_version=card.version,
                 plan="",
                 model="",
-                period=period,
+                tou_period=period,
                 quantity_base=mj,
                 base_unit="mJ",
                 quantity=round_half_even(billed_kwh, QUANTITY_PLACES),
@@ -518,9 +466,9 @@ def _money_line(
     quantity: Decimal,
     unit_price: Decimal,
     amount: Decimal,
-) -> PricedLine:
+) -> InvoiceLine:
     card = ctx.last_card
-    return PricedLine(
+    return InvoiceLine(
         kind=kind,
         description=description,
         service_start_ms=ctx.service_start_ms,
@@ -529,7 +477,7 @@ def _money_line(
         card_version=card.version,
         plan="",
         model="",
-        period="",
+        tou_period="",
         quantity_base=0,
         base_unit="",
         quantity=quantity,
@@ -539,7 +487,7 @@ def _money_line(
     )
 
 
-def _pretax_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable[LeaseQuantity]) -> list[PricedLine]:
+def _pretax_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable[LeaseQuantity]) -> list[InvoiceLine]:
     """Usage lines, then the discount and the commitment true-up of the last card."""
     lines = _usage_lines(ctx, usage, leases)
     card = ctx.last_card
@@ -569,14 +517,14 @@ def _pretax_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterabl
     return lines
 
 
-def _sort_key(line: PricedLine) -> tuple[int, int, int, str, str, str, int]:
+def _sort_key(line: InvoiceLine) -> tuple[int, int, int, str, str, str, int]:
     return (
         KIND_ORDER.index(line.kind),
         line.service_start_ms,
         line.service_end_ms,
         line.model,
         line.plan,
-        line.period,
+        line.tou_period,
         line.tier or 0,
     )
 
@@ -602,7 +550,7 @@ def rate_tenant(
     credits: Iterable[CreditGrant] = (),
     service_start_ms: int,
     service_end_ms: int,
-    corrections: Iterable[PricedLine] = (),
+    corrections: Iterable[InvoiceLine] = (),
 ) -> RatedInvoice:
     """One tenant's invoice for [service_start_ms, service_end_ms). See the module docstring."""
     ctx = _context(tenant_id, segments, spans, service_start_ms, service_end_ms)
@@ -668,7 +616,7 @@ def rate_tenant(
     )
 
 
-def line_key(line: PricedLine) -> tuple[str, int, int, str, int, str, str, str, int]:
+def line_key(line: InvoiceLine) -> tuple[str, int, int, str, int, str, str, str, int]:
     """What identifies a line across ratings of one period (a correction is the difference per key)."""
     return (
         line.kind,
@@ -678,7 +626,7 @@ def line_key(line: PricedLine) -> tuple[str, int, int, str, int, str, str, str, 
         line.card_version,
         line.plan,
         line.model,
-        line.period,
+        line.tou_period,
         line.tier or 0,
     )
 
@@ -692,20 +640,20 @@ def rate_correction(
     spans: Sequence[CardSpan],
     service_start_ms: int,
     service_end_ms: int,
-    billed: Iterable[PricedLine],
-) -> list[PricedLine]:
+    billed: Iterable[InvoiceLine],
+) -> list[InvoiceLine]:
     """Correction lines for an earlier period: re-rate its COMPLETE quantities and subtract what
     was billed (`billed`: that period's lines, any kinds; tax and credit lines are ignored).
     Empty when nothing changed. See the module docstring."""
     ctx = _context(tenant_id, segments, spans, service_start_ms, service_end_ms)
     fresh = {line_key(line): line for line in _pretax_lines(ctx, usage, leases)}
-    before: dict[tuple[str, int, int, str, int, str, str, str, int], list[PricedLine]] = defaultdict(list)
+    before: dict[tuple[str, int, int, str, int, str, str, str, int], list[InvoiceLine]] = defaultdict(list)
     for line in billed:
         if line.kind in PRETAX_KINDS:
             to_minor(line.amount, ctx.currency)  # a billed amount is whole minor units
             before[line_key(line)].append(line)
     prefix = f"Correction for {_period_text(service_start_ms, service_end_ms)}: "
-    out: list[PricedLine] = []
+    out: list[InvoiceLine] = []
     for key in sorted(set(fresh) | set(before)):
         old = before.get(key, [])
         new = fresh.get(key)

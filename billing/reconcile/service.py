@@ -33,6 +33,7 @@ from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger
 from billing.ledger.db import now_ms as clock_ms
 from billing.ledger.errors import LedgerError
+from billing.ledger.lines import line_from_json, line_from_row
 from billing.ledger.models import (
     INVOICE_FINALIZED,
     INVOICE_VOID,
@@ -40,7 +41,6 @@ from billing.ledger.models import (
     CreditDrawdown,
     CreditNote,
     Invoice,
-    InvoiceLine,
     Lease,
     StripeInvoiceSync,
     Tenant,
@@ -49,6 +49,7 @@ from billing.ledger.models import (
 from billing.ledger.store import card_spans
 from billing.payments.client import Stripe
 from billing.pricing.errors import PricingError
+from billing.pricing.lines import InvoiceLine
 from billing.pricing.segments import CardSpan, PricingSegment, pricing_segments
 from billing.reconcile.errors import ReconcileError
 from billing.reconcile.waterfall import (
@@ -66,7 +67,6 @@ from billing.reconcile.waterfall import (
     Quantities,
     Reconciliation,
     StoredInvoice,
-    StoredLine,
     StripeLine,
     StripeView,
     TenantResult,
@@ -80,26 +80,6 @@ from billing.usage.reader import Cutoff, OffsetRange, UsageRequest, UsageResult,
 
 Progress = Callable[[str], None]
 _CHUNK = 500
-_LINE_FIELDS = (
-    "kind",
-    "description",
-    "service_start_ms",
-    "service_end_ms",
-    "service_period",
-    "correction",
-    "card_name",
-    "card_version",
-    "plan",
-    "model",
-    "tou_period",
-    "tier",
-    "quantity_base",
-    "base_unit",
-    "quantity",
-    "unit",
-    "unit_price",
-    "amount",
-)
 
 
 @dataclass
@@ -111,7 +91,7 @@ class _Document:
     credit_note: bool
     order: tuple[int, int]
     ranges: list[OffsetRange] = field(default_factory=list)
-    lines: tuple[StoredLine, ...] = ()
+    lines: tuple[InvoiceLine, ...] = ()
     amount: Decimal | None = None
 
 
@@ -134,34 +114,6 @@ class _TenantFacts:
     keys: dict[str, str] = field(default_factory=dict)  # complete | counted | doc<i> -> aggregate request key
 
 
-def _stored_line(position: int, values: dict[str, Any]) -> StoredLine:
-    return StoredLine(
-        position=position,
-        kind=str(values["kind"]),
-        description=str(values["description"]),
-        service_start_ms=int(values["service_start_ms"]),
-        service_end_ms=int(values["service_end_ms"]),
-        service_period=str(values["service_period"]),
-        correction=bool(values["correction"]),
-        card_name=str(values["card_name"]),
-        card_version=int(values["card_version"]),
-        plan=str(values["plan"]),
-        model=str(values["model"]),
-        tou_period=str(values["tou_period"]),
-        tier=None if values["tier"] is None else int(values["tier"]),
-        quantity_base=int(values["quantity_base"]),
-        base_unit=str(values["base_unit"]),
-        quantity=Decimal(str(values["quantity"])),
-        unit=str(values["unit"]),
-        unit_price=Decimal(str(values["unit_price"])),
-        amount=Decimal(str(values["amount"])),
-    )
-
-
-def _row_line(line: InvoiceLine) -> StoredLine:
-    return _stored_line(line.position, {name: getattr(line, name) for name in _LINE_FIELDS})
-
-
 def _stored_invoice(invoice: Invoice) -> StoredInvoice:
     return StoredInvoice(
         invoice.id,
@@ -175,7 +127,7 @@ def _stored_invoice(invoice: Invoice) -> StoredInvoice:
         invoice.total,
         invoice.credits_applied,
         invoice.amount_due,
-        tuple(_row_line(line) for line in sorted(invoice.lines, key=lambda line: line.position)),
+        tuple(line_from_row(line) for line in sorted(invoice.lines, key=lambda line: line.position)),
     )
 
 
@@ -258,7 +210,7 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
             held = documents.get(("invoice", owner.id))
             if held is None:
                 lines = tuple(
-                    _row_line(line)
+                    line_from_row(line)
                     for line in sorted(owner.lines, key=lambda line: line.position)
                     if line.service_period == period and line.correction
                 )
@@ -270,7 +222,7 @@ def _gather_tenant(session: Session, tenant: Tenant, period: str) -> _TenantFact
             held = documents.get(("note", note.id))
             if held is None:
                 lines = tuple(
-                    _stored_line(index, line)
+                    line_from_json(line, index)
                     for index, line in enumerate(note.lines)
                     if line["service_period"] == period
                 )

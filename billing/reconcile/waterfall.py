@@ -34,11 +34,11 @@ from fractions import Fraction
 
 from billing.payments.documents import META_INVOICE, META_POSITION
 from billing.pricing.errors import PricingError
+from billing.pricing.lines import InvoiceLine
 from billing.pricing.money import from_minor, minor_units, round_half_even, to_minor
 from billing.pricing.rating import (
     CreditGrant,
     LeaseQuantity,
-    PricedLine,
     RatedInvoice,
     UsageQuantity,
     rate_correction,
@@ -107,64 +107,6 @@ class Item:
 
 
 @dataclass(frozen=True)
-class StoredLine:
-    """An invoice line (or a credit note line) as stored; `position` is the line's position on its
-    document (a credit note's lines: their index)."""
-
-    position: int
-    kind: str
-    description: str
-    service_start_ms: int
-    service_end_ms: int
-    service_period: str
-    correction: bool
-    card_name: str
-    card_version: int
-    plan: str
-    model: str
-    tou_period: str
-    tier: int | None
-    quantity_base: int
-    base_unit: str
-    quantity: Decimal
-    unit: str
-    unit_price: Decimal
-    amount: Decimal
-
-    def priced(self) -> PricedLine:
-        """The line back as the rating core's type (as the invoicing service reads it)."""
-        if self.kind not in (
-            "gpu_time",
-            "gpu_time_rounding",
-            "energy",
-            "discount",
-            "commitment_true_up",
-            "tax",
-            "credit",
-        ):
-            raise PricingError(f"line {self.position} has an unknown kind {self.kind!r}")
-        return PricedLine(
-            kind=self.kind,  # type: ignore[arg-type]  # checked just above
-            description=self.description,
-            service_start_ms=self.service_start_ms,
-            service_end_ms=self.service_end_ms,
-            card_name=self.card_name,
-            card_version=self.card_version,
-            plan=self.plan,
-            model=self.model,
-            period=self.tou_period,
-            quantity_base=self.quantity_base,
-            base_unit=self.base_unit,
-            quantity=self.quantity,
-            unit=self.unit,
-            unit_price=self.unit_price,
-            amount=self.amount,
-            tier=self.tier,
-            correction=self.correction,
-        )
-
-
-@dataclass(frozen=True)
 class StoredInvoice:
     invoice_id: int
     number: str | None
@@ -177,7 +119,7 @@ class StoredInvoice:
     total: Decimal
     credits_applied: Decimal
     amount_due: Decimal
-    lines: tuple[StoredLine, ...]
+    lines: tuple[InvoiceLine, ...]
 
     @property
     def label(self) -> str:
@@ -208,7 +150,7 @@ class Destination:
     document: str  # the number (or "draft #7")
     credit_note: bool
     quantities: Quantities
-    lines: tuple[StoredLine, ...]
+    lines: tuple[InvoiceLine, ...]
     amount: Decimal | None = None  # a credit note's amount (positive: what it credits)
 
 
@@ -324,7 +266,7 @@ def _pue_of(spans: Sequence[CardSpan]) -> dict[tuple[str, int], Fraction]:
     return {(span.card.name, span.card.version): Fraction(span.card.pue) for span in spans}
 
 
-def exact_value(line: StoredLine | PricedLine, pue: Mapping[tuple[str, int], Fraction]) -> Fraction:
+def exact_value(line: InvoiceLine, pue: Mapping[tuple[str, int], Fraction]) -> Fraction:
     """The unrounded value of a line: what its amount is the rounding of.
 
     gpu_time and its rounding: GPU-ms x price per GPU-hour; energy: mJ / 3.6e9 x PUE x price per
@@ -523,7 +465,7 @@ def usage_value(pricing: PeriodPricing, quantities: Quantities) -> Fraction:
     return sum((exact_value(line, pue) for line in rated.lines if line.kind in ("gpu_time", "energy")), Fraction(0))
 
 
-def _differences(stored: StoredLine, expected: PricedLine) -> list[str]:
+def _differences(stored: InvoiceLine, expected: InvoiceLine) -> list[str]:
     out = []
     if stored.kind != expected.kind:
         out.append(f"kind {expected.kind}")
@@ -545,8 +487,8 @@ class LineProblem:
 def compare_lines(
     tenant_id: str,
     document: str,
-    stored: Sequence[StoredLine],
-    expected: Sequence[PricedLine],
+    stored: Sequence[InvoiceLine],
+    expected: Sequence[InvoiceLine],
     currency: str,
     what: str = "",
 ) -> list[LineProblem]:
@@ -677,7 +619,7 @@ def money_leg(
     )
 
     # 2. late usage: each later document that took some, in the order they took it, then the rest
-    billed = [line.priced() for line in invoice.lines if line.service_period == period]
+    billed = [line for line in invoice.lines if line.service_period == period]
     so_far = counted
     try:
         counted_value = usage_value(pricing, counted)
@@ -740,7 +682,7 @@ def money_leg(
                     f"{money_text(owed, currency)}",
                     ROLE_CHECK,
                 )
-        billed += [line.priced() for line in destination.lines]
+        billed += [line for line in destination.lines]
         before = value
     rest_ms = priced.allocated_ms - so_far.allocated_ms
     if metered != before or rest_ms:
@@ -760,7 +702,7 @@ def money_leg(
             credits=_grants(drawdowns),
             service_start_ms=pricing.start_ms,
             service_end_ms=pricing.end_ms,
-            corrections=[line.priced() for line in invoice.lines if line.correction],
+            corrections=[line for line in invoice.lines if line.correction],
         )
     except PricingError as exc:
         unexplained(
@@ -805,7 +747,7 @@ def money_leg(
             add(DISCOUNT, exact_value(line, pue), f"line {line.position}: {line.description}")
         elif line.kind == "commitment_true_up":
             add(TRUE_UP, exact_value(line, pue), f"line {line.position}: {line.description}")
-    carried: dict[str, list[StoredLine]] = {}
+    carried: dict[str, list[InvoiceLine]] = {}
     for line in invoice.lines:
         if line.correction:
             carried.setdefault(line.service_period, []).append(line)

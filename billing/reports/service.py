@@ -31,7 +31,7 @@ from billing.ledger.models import (
     AuditEntry,
     Contract,
     Invoice,
-    InvoiceLine,
+    InvoiceLineRow,
     RollupRun,
     Tenant,
     UsageHourly,
@@ -141,11 +141,15 @@ def period_invoices(session: Session, period: str, include_drafts: bool) -> list
     lines: dict[int, list[RevenueLine]] = {row.id: [] for row in invoices}
     for invoice_id, kind, model, amount, quantity in session.execute(
         select(
-            InvoiceLine.invoice_id, InvoiceLine.kind, InvoiceLine.model, InvoiceLine.amount, InvoiceLine.quantity_base
+            InvoiceLineRow.invoice_id,
+            InvoiceLineRow.kind,
+            InvoiceLineRow.model,
+            InvoiceLineRow.amount,
+            InvoiceLineRow.quantity_base,
         )
-        .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
         .where(Invoice.period == period, Invoice.status.in_(statuses))
-        .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
+        .order_by(InvoiceLineRow.invoice_id, InvoiceLineRow.position)
     ):
         lines[invoice_id].append(RevenueLine(kind, model or "", amount, int(quantity or 0) if model else 0))
     return [

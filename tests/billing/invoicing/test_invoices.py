@@ -17,7 +17,7 @@ from billing.cli import main as billing_main
 from billing.invoicing.errors import ImmutableInvoice
 from billing.invoicing.service import finalize, finalize_period, get_invoice, run_period, void
 from billing.ledger.db import Ledger
-from billing.ledger.models import AuditEntry, Invoice, InvoiceLine, UsageConsumption
+from billing.ledger.models import AuditEntry, Invoice, InvoiceLineRow, UsageConsumption
 from billing.ledger.store import grant_credit
 from billing.usage.reader import explain, list_files
 from schemas.usage import KIND_ADJUSTMENT
@@ -179,7 +179,9 @@ def test_every_usage_record_counts_on_exactly_one_invoice(billing_db_url: str, u
         finalize(ledger, "test", invoice_id)
     run_period(ledger, usage.root, "2027-01", "test")
     with ledger.transaction() as session:
-        billed_ms = session.scalar(select(func.sum(InvoiceLine.quantity_base)).where(InvoiceLine.kind == "gpu_time"))
+        billed_ms = session.scalar(
+            select(func.sum(InvoiceLineRow.quantity_base)).where(InvoiceLineRow.kind == "gpu_time")
+        )
         assert billed_ms == total_ms
         consumed = session.scalars(select(UsageConsumption)).all()
         assert len(consumed) >= 4

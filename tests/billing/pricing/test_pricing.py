@@ -17,6 +17,7 @@ import pytest
 
 from billing.pricing.calendar import TouCalendar
 from billing.pricing.errors import PricingError, RateCardError
+from billing.pricing.lines import InvoiceLine
 from billing.pricing.money import from_minor, minor_units, round_money, to_minor, zero
 from billing.pricing.ratecards import (
     DEMO_CARD,
@@ -30,7 +31,6 @@ from billing.pricing.ratecards import (
 from billing.pricing.rating import (
     CreditGrant,
     LeaseQuantity,
-    PricedLine,
     RatedInvoice,
     UsageQuantity,
     rate_correction,
@@ -82,7 +82,7 @@ def rate(
     leases: Sequence[LeaseQuantity] = (),
     jurisdiction: str = "XX",
     credits: Sequence[CreditGrant] = (),
-    corrections: Sequence[PricedLine] = (),
+    corrections: Sequence[InvoiceLine] = (),
 ) -> RatedInvoice:
     versions = [cards] if isinstance(cards, RateCardVersion) else list(cards)
     spans = card_spans(versions, start, end)
@@ -101,7 +101,7 @@ def rate(
 
 
 def summary(invoice: RatedInvoice) -> list[tuple[str, str, str, str, str]]:
-    return [(line.kind, line.model, line.plan, line.period, str(line.amount)) for line in invoice.lines]
+    return [(line.kind, line.model, line.plan, line.tou_period, str(line.amount)) for line in invoice.lines]
 
 
 # -- money -------------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ def test_energy_with_pue_and_a_price_per_period():
     usage = [use(MON, 0, mj=KWH // 2), use(MON + HOUR, 0, mj=KWH // 2), use(MON + 7 * HOUR, 0, mj=2 * KWH)]
     invoice = rate(c, MON, MON + 12 * HOUR, usage)
     energy = [line for line in invoice.lines if line.kind == "energy"]
-    assert [(e.period, e.quantity_base, e.base_unit, e.quantity, e.unit, e.unit_price, e.amount) for e in energy] == [
+    assert [(e.tou_period, e.quantity_base, e.base_unit, e.quantity, e.unit, e.unit_price, e.amount) for e in energy] == [
         ("peak", 2 * KWH, "mJ", Decimal("2.400000"), "kWh", Decimal("0.20"), Decimal("0.48")),
         ("valley", KWH, "mJ", Decimal("1.200000"), "kWh", Decimal("0.10"), Decimal("0.12")),
     ]
@@ -456,7 +456,7 @@ def test_tiers_count_per_model_plan_and_period():
     invoice = rate(
         c, MON, MON + 24 * HOUR, [use(MON, 8 * HOUR, plan="reserved"), use(MON + 6 * HOUR, 8 * HOUR, plan="reserved")]
     )
-    assert [(line.period, line.tier, line.amount) for line in invoice.lines[:2]] == [
+    assert [(line.tou_period, line.tier, line.amount) for line in invoice.lines[:2]] == [
         ("peak", 1, Decimal("16.00")),
         ("valley", 1, Decimal("16.00")),
     ]
@@ -705,7 +705,7 @@ def test_late_usage_becomes_correction_lines_that_keep_their_period():
         Decimal("0.00"),
     ]
 
-    def correction(usage: list[UsageQuantity], leases: list[LeaseQuantity]) -> list[PricedLine]:
+    def correction(usage: list[UsageQuantity], leases: list[LeaseQuantity]) -> list[InvoiceLine]:
         return rate_correction(
             tenant_id="acme",
             usage=usage,
