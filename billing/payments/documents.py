@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from billing.pricing.lines import InvoiceLine
 from billing.pricing.money import to_minor
 
 META_TENANT = "wattmeter_tenant_id"
@@ -30,18 +31,6 @@ METER_EVENTS = {"ms": "wattmeter_gpu_ms", "mJ": "wattmeter_energy_mj"}
 
 
 @dataclass(frozen=True)
-class LineDoc:
-    position: int
-    kind: str
-    description: str
-    amount: Decimal
-    service_start_ms: int
-    service_end_ms: int
-    quantity_base: int = 0
-    base_unit: str = ""
-
-
-@dataclass(frozen=True)
 class InvoiceDoc:
     invoice_id: int
     number: str
@@ -50,7 +39,7 @@ class InvoiceDoc:
     currency: str
     content_hash: str
     amount_due: Decimal
-    lines: tuple[LineDoc, ...]
+    lines: tuple[InvoiceLine, ...]
 
 
 def _stem(doc: InvoiceDoc) -> str:
@@ -78,12 +67,12 @@ def invoice_metadata(doc: InvoiceDoc) -> dict[str, str]:
     }
 
 
-def item_key(doc: InvoiceDoc, line: LineDoc) -> str:
+def item_key(doc: InvoiceDoc, line: InvoiceLine) -> str:
     return f"{_stem(doc)}-item-{line.position}"
 
 
 def item_params(
-    doc: InvoiceDoc, line: LineDoc, customer_id: str, stripe_invoice_id: str | None = None
+    doc: InvoiceDoc, line: InvoiceLine, customer_id: str, stripe_invoice_id: str | None = None
 ) -> dict[str, object]:
     params: dict[str, object] = {
         "customer": customer_id,

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from billing.common.periods import parse_period
 from billing.ledger.db import Ledger, audit, now_ms
+from billing.ledger.lines import line_from_row
 from billing.ledger.models import (
     INVOICE_FINALIZED,
     INVOICE_VOID,
@@ -75,19 +76,7 @@ class PushReport:
 
 def invoice_doc(invoice: Invoice) -> docs.InvoiceDoc:
     assert invoice.number is not None, "only issued invoices go to Stripe"
-    lines = tuple(
-        docs.LineDoc(
-            line.position,
-            line.kind,
-            line.description,
-            line.amount,
-            line.service_start_ms,
-            line.service_end_ms,
-            line.quantity_base,
-            line.base_unit,
-        )
-        for line in sorted(invoice.lines, key=lambda line: line.position)
-    )
+    lines = tuple(line_from_row(line) for line in sorted(invoice.lines, key=lambda line: line.position))
     return docs.InvoiceDoc(
         invoice.id,
         invoice.number,

@@ -40,6 +40,7 @@ from billing.invoicing.errors import InvoicingError
 from billing.leases import service as leases
 from billing.leases.errors import InvalidLease, UnknownLease, UnknownTenant
 from billing.ledger.errors import Conflict, LedgerError
+from billing.ledger.lines import STORED_FIELDS
 from billing.web import queries
 from billing.web.auth import (
     LEASE_WRITE_ROLES,
@@ -381,28 +382,9 @@ def _line(line: queries.LineDetail) -> LineOut:
                 for g in u.by_gpu
             ],
         )
-    return LineOut(
-        position=line.position,
-        kind=line.kind,
-        description=line.description,
-        service_start_ms=line.service_start_ms,
-        service_end_ms=line.service_end_ms,
-        service_period=line.service_period,
-        correction=line.correction,
-        card_name=line.card_name,
-        card_version=line.card_version,
-        plan=line.plan,
-        model=line.model,
-        tou_period=line.tou_period,
-        tier=line.tier,
-        quantity_base=line.quantity_base,
-        base_unit=line.base_unit,
-        quantity=str(line.quantity),
-        unit=line.unit,
-        unit_price=str(line.unit_price),
-        amount=str(line.amount),
-        usage=usage,
-    )
+    values = {name: getattr(line.line, name) for name in ("position", *STORED_FIELDS)}
+    money = {name: str(values[name]) for name in ("quantity", "unit_price", "amount")}
+    return LineOut(**{**values, **money}, usage=usage)
 
 
 def invoice_out(detail: queries.InvoiceDetail) -> InvoiceDetailOut:

@@ -49,6 +49,7 @@ from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from billing.common.periods import period_bounds
+from billing.ledger.lines import line_from_row
 from billing.ledger.models import (
     INVOICE_DRAFT,
     Contract,
@@ -58,6 +59,7 @@ from billing.ledger.models import (
     StripeInvoiceSync,
     Tenant,
 )
+from billing.pricing.lines import InvoiceLine
 from billing.pricing.ratecards import RateCardVersion
 from billing.pricing.segments import card_spans as versions_to_spans
 from billing.web.auth import NotFound
@@ -275,28 +277,14 @@ class LineUsage:
 @dataclass(frozen=True)
 class LineDetail:
     """One invoice line as stored, with the usage behind it (None for money-only lines: tax,
-    discount, true-up, credit, and the per-lease rounding uplift)."""
+    discount, true-up, credit, and the per-lease rounding uplift). It reads as its line
+    (`detail.amount` is `detail.line.amount`), so templates need not know the wrapper."""
 
-    position: int
-    kind: str
-    description: str
-    service_start_ms: int
-    service_end_ms: int
-    service_period: str
-    correction: bool
-    card_name: str
-    card_version: int
-    plan: str
-    model: str
-    tou_period: str
-    tier: int | None
-    quantity_base: int
-    base_unit: str
-    quantity: Decimal
-    unit: str
-    unit_price: Decimal
-    amount: Decimal
+    line: InvoiceLine
     usage: LineUsage | None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.line, name)
 
 
 @dataclass(frozen=True)
@@ -821,31 +809,7 @@ def invoice_detail(
     tenant = get_tenant(session, invoice.tenant_id)
     payment = session.scalar(select(StripeInvoiceSync.payment_status).where(StripeInvoiceSync.invoice_id == invoice.id))
     usage = _line_usage(session, invoice.tenant_id, invoice.lines)
-    lines = [
-        LineDetail(
-            position=line.position,
-            kind=line.kind,
-            description=line.description,
-            service_start_ms=line.service_start_ms,
-            service_end_ms=line.service_end_ms,
-            service_period=line.service_period,
-            correction=line.correction,
-            card_name=line.card_name,
-            card_version=line.card_version,
-            plan=line.plan,
-            model=line.model,
-            tou_period=line.tou_period,
-            tier=line.tier,
-            quantity_base=line.quantity_base,
-            base_unit=line.base_unit,
-            quantity=line.quantity,
-            unit=line.unit,
-            unit_price=line.unit_price,
-            amount=line.amount,
-            usage=usage.get(line.position),
-        )
-        for line in invoice.lines
-    ]
+    lines = [LineDetail(line_from_row(line), usage.get(line.position)) for line in invoice.lines]
     notes = [
         CreditNoteSummary(n.number, n.currency, n.amount, n.reason, n.created_ms)
         for n in session.scalars(select(CreditNote).where(CreditNote.invoice_id == invoice.id).order_by(CreditNote.id))

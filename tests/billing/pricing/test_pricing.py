@@ -353,7 +353,8 @@ def test_energy_with_pue_and_a_price_per_period():
     usage = [use(MON, 0, mj=KWH // 2), use(MON + HOUR, 0, mj=KWH // 2), use(MON + 7 * HOUR, 0, mj=2 * KWH)]
     invoice = rate(c, MON, MON + 12 * HOUR, usage)
     energy = [line for line in invoice.lines if line.kind == "energy"]
-    assert [(e.tou_period, e.quantity_base, e.base_unit, e.quantity, e.unit, e.unit_price, e.amount) for e in energy] == [
+    got = [(e.tou_period, e.quantity_base, e.base_unit, e.quantity, e.unit, e.unit_price, e.amount) for e in energy]
+    assert got == [
         ("peak", 2 * KWH, "mJ", Decimal("2.400000"), "kWh", Decimal("0.20"), Decimal("0.48")),
         ("valley", KWH, "mJ", Decimal("1.200000"), "kWh", Decimal("0.10"), Decimal("0.12")),
     ]
