@@ -412,7 +412,7 @@ def _windows(keys: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
 
     from billing.ledger.db import Ledger
     from billing.ledger.models import Invoice
-    from billing.web import queries
+    from billing.readmodel import queries
 
     ledger = Ledger(f"sqlite:///{DB_PATH}")
     out: dict[str, Any] = {}

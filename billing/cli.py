@@ -498,7 +498,7 @@ def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:
 
 
 def _progress(args: argparse.Namespace, what: str) -> Any:
-    from billing.progress import tick_bar
+    from billing.common.progress import tick_bar
 
     return tick_bar(what, " tenant", json=args.json)
 

@@ -46,7 +46,7 @@ def _bars(args: argparse.Namespace) -> Any:
     from billing.close.service import Bars
 
     def bar(step: str, total: int) -> Any:
-        from billing.progress import tick_bar
+        from billing.common.progress import tick_bar
 
         return tick_bar(f"  {step}", " item", json=args.json, total=total or None, leave=True) or _Silent()
 

@@ -63,8 +63,8 @@ def run_stripe_command(args: argparse.Namespace, ledger: Ledger) -> int:
                 print(f"{a.event_id} {a.type}: {a.outcome}")
             print(f"{len(applied)} event(s), {sum(1 for a in applied if a.outcome == 'duplicate')} already applied")
         return 0
+    from billing.common.progress import tick_bar
     from billing.payments.stripe_sync import push
-    from billing.progress import tick_bar
 
     bar = tick_bar("stripe push", " invoice", json=args.json)
     try:

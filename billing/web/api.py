@@ -41,7 +41,7 @@ from billing.leases import service as leases
 from billing.leases.errors import InvalidLease, UnknownLease, UnknownTenant
 from billing.ledger.errors import Conflict, LedgerError
 from billing.ledger.lines import STORED_FIELDS
-from billing.web import queries
+from billing.readmodel import queries
 from billing.web.auth import (
     LEASE_WRITE_ROLES,
     Principal,
@@ -620,9 +620,9 @@ class PdfResponse(Response):
 
 
 def _statement(request: Request, who: Principal, tenant: str, period: str) -> Any:
-    """B's `billing.web.statements.Statement` of a tenant's month (one builder for JSON, CSV, PDF and the
+    """B's `billing.statements.statement.Statement` of a tenant's month (one builder for JSON, CSV, PDF and the
     portal), for the tenant this key may read (another tenant's: 404, as an unknown one)."""
-    from billing.web import statements
+    from billing.statements import statement as statements
 
     tenant_id = required_tenant(who, tenant)
     with read(request) as session:
@@ -633,7 +633,7 @@ def _statement(request: Request, who: Principal, tenant: str, period: str) -> An
 
 
 def _download(body: str | bytes, statement: Any, form: str, response_class: type[Response]) -> Response:
-    from billing.web import statements
+    from billing.statements import statement as statements
 
     filename = f"{statements.file_stem(statement)}.{form}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"}
@@ -666,7 +666,7 @@ def get_statement_csv(
 ) -> Response:
     """A tenant's statement for a month as CSV (sections: statement, usage, days, GPUs, invoices, lines;
     exact ms and mJ, plain-decimal money): the same figures as the JSON and the PDF."""
-    from billing.web import statements
+    from billing.statements import statement as statements
 
     statement = _statement(request, who, tenant, period)
     return _download(statements.render_csv(statement), statement, "csv", CsvResponse)
@@ -682,7 +682,7 @@ def get_statement_pdf(
     request: Request, who: Annotated[Principal, Depends(principal)], tenant: TenantPath, period: PeriodPath
 ) -> Response:
     """A tenant's statement for a month as PDF, with its charts (WeasyPrint)."""
-    from billing.web import statements
+    from billing.statements import statement as statements
 
     statement = _statement(request, who, tenant, period)
     return _download(statements.render_pdf(statement), statement, "pdf", PdfResponse)

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from billing.ledger.db import audit, now_ms
 from billing.ledger.errors import LedgerError
 from billing.ledger.models import ApiKey, Tenant
+from billing.readmodel.errors import NotFound as NotFound
 
 ROLES = ("tenant", "finance", "operator")
 KEY_PREFIX = "wm"
@@ -47,10 +48,6 @@ class AuthError(Exception):
 
 class Forbidden(Exception):
     """A valid key whose role may not do this: 403."""
-
-
-class NotFound(Exception):
-    """Nothing this key may see by that name: 404 (also for another tenant's object)."""
 
 
 @dataclass(frozen=True)

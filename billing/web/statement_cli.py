@@ -4,7 +4,7 @@
             [--rollup] [--no-drafts] [--json] [--db URL] [--usage-dir DIR]
 
 Writes statement-<tenant>-<period>.html (with the SVG charts), .pdf (WeasyPrint, the same page) and
-.csv (sections of exact quantities and plain-decimal money; see billing.web.statements) into DIR
+.csv (sections of exact quantities and plain-decimal money; see billing.statements.statement) into DIR
 (default: the current directory). The period is the tenant's own month, in its time zone.
 
 Usage comes from the hourly rollup, which the month close builds; --rollup rebuilds the period's
@@ -28,7 +28,7 @@ PROG = "wattmeter-billing statement"
 
 
 def _formats(text: str) -> list[str]:
-    from billing.web.statements import FORMATS
+    from billing.statements.statement import FORMATS
 
     chosen = [part.strip().lower() for part in text.split(",") if part.strip()]
     unknown = [form for form in chosen if form not in FORMATS]
@@ -76,9 +76,9 @@ def run_statement_command(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.invoicing.errors import InvoicingError
     from billing.ledger.models import RollupRun, Tenant
     from billing.readmodel.hourly import rollup_period
+    from billing.statements.formatting import DEFAULT_LOCALE
+    from billing.statements.statement import build_statement, write_statement
     from billing.web.auth import NotFound
-    from billing.web.formatting import DEFAULT_LOCALE
-    from billing.web.statements import build_statement, write_statement
 
     locale = DEFAULT_LOCALE
     if args.locale:

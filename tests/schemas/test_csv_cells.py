@@ -22,7 +22,7 @@ from billing.reconcile.report import csv_text as reconcile_csv
 from billing.reconcile.service import reconcile
 from billing.reports import yield_report as y
 from billing.reports.service import yield_report
-from billing.web.statements import build_statement, render_csv
+from billing.statements.statement import build_statement, render_csv
 from deploy.local.demo import write_lease_file
 from deploy.local.fleet import FleetPlan
 from schemas.csv_cells import csv_cell

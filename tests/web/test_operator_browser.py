@@ -15,7 +15,7 @@ import pytest
 
 from billing.reports.service import yield_report
 from billing.reports.yield_report import csv_text
-from billing.web.formatting import money
+from billing.statements.formatting import money
 from tests.support.browser_support import LAPTOP, PHONE, Screenshots
 from tests.support.web_support import PERIOD, World, build_world, serve
 

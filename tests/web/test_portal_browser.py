@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from billing.web.formatting import money, quantity
-from billing.web.queries import gpu_hours, invoice_detail, kwh
-from billing.web.statements import parse_csv
+from billing.readmodel.queries import gpu_hours, invoice_detail, kwh
+from billing.statements.formatting import money, quantity
+from billing.statements.statement import parse_csv
 from tests.support.browser_support import LAPTOP, PHONE, Screenshots
 from tests.support.web_support import PERIOD, World, build_world, serve
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from billing.ledger.store import add_contract, upsert_tenant
+from billing.readmodel import queries
 from billing.readmodel.hourly import rollup_period
-from billing.web import queries
 from tests.support.billing_fixtures import HOUR, NOV_1, SIMPLE_CARD, UsageWriter, ledger_with, minutes
 from tests.support.web_support import PERIOD, TENANTS, World, build_world, serve
 
@@ -190,7 +190,7 @@ def test_statement_json(world: World) -> None:
 
 
 def test_statement_csv_and_pdf_carry_the_same_figures(world: World) -> None:
-    from billing.web.statements import parse_csv
+    from billing.statements.statement import parse_csv
 
     with world.client("globex") as client:
         csv_response = client.get(f"{API}/statements/globex/{PERIOD}.csv")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from billing.leases.service import list_leases
-from billing.web import statements
+from billing.statements import statement as statements
 from billing.web.auth import NOT_TENANT_DATA
 from billing.web.deps import CONTENT_SECURITY_POLICY
 from tests.support.web_support import PERIOD, World, build_world, serve
@@ -144,7 +144,7 @@ def test_every_response_says_nosniff_and_has_a_strict_policy(world: World, monke
             "redirect": anonymous.get("/", follow_redirects=False),
             "405": anonymous.get("/logout"),
         }
-        from billing.web import queries
+        from billing.readmodel import queries
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("boom: a secret detail")

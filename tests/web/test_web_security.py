@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from billing.readmodel.queries import tenant_invoices
 from billing.web.auth import NOT_TENANT_DATA
-from billing.web.queries import tenant_invoices
 from tests.support.web_support import PERIOD, TENANTS, World, build_world, serve
 
 API = "/api/v1"

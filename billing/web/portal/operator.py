@@ -38,9 +38,9 @@ from billing.ledger.models import INVOICE_FINALIZED, Invoice
 from billing.pricing.money import minor_units, round_half_even
 from billing.reports.errors import ReportError
 from billing.reports.yield_report import rate_places
+from billing.statements.formatting import DEFAULT_LOCALE
 from billing.web.auth import FINANCE_ROLES, FLEET_ROLES, Forbidden, Principal, require_role
 from billing.web.deps import context
-from billing.web.formatting import DEFAULT_LOCALE
 from billing.web.portal.pages import PageError, page_principal
 
 router = APIRouter(include_in_schema=False)

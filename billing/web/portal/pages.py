@@ -8,7 +8,7 @@
   GPU-hours and kWh per day, valley under peak, the totals, a per-GPU table and the invoices.
 - `/days/{YYYY-MM-DD}`: one local day by hour.
 - `/invoices/{number}`: an invoice, each line with the usage behind it.
-- `/statements/{period}.csv|.pdf|.html`: the statement as a download (`billing.web.statements`).
+- `/statements/{period}.csv|.pdf|.html`: the statement as a download (`billing.statements.statement`).
 
 Who may see what is decided by `billing.web.auth` only (`scope_tenant`, `check_owner`,
 `require_role`, `reads_tenant_data`): a tenant key sees its own tenant; a finance key picks any tenant
@@ -37,7 +37,9 @@ from billing.common.periods import period_of
 from billing.invoicing.errors import InvoicingError
 from billing.ledger.db import now_ms
 from billing.ledger.models import Tenant
-from billing.web import charts, statements
+from billing.readmodel.queries import gpu_table, invoice_detail, tenant_invoices, tenant_usage, usage_total
+from billing.statements import charts
+from billing.statements import statement as statements
 from billing.web.auth import (
     AuthError,
     Forbidden,
@@ -49,7 +51,6 @@ from billing.web.auth import (
     scope_tenant,
 )
 from billing.web.deps import COOKIE, context, inline_document_policy, presented_key
-from billing.web.queries import gpu_table, invoice_detail, tenant_invoices, tenant_usage, usage_total
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(env=statements.environment())

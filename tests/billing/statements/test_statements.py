@@ -13,8 +13,7 @@ import pytest
 
 from billing.cli import main as billing_main
 from billing.invoicing.service import get_invoice
-from billing.usage.reader import OffsetRange, UsageRequest, aggregate, read_cutoff
-from billing.web.statements import (
+from billing.statements.statement import (
     Formatter,
     Statement,
     build_statement,
@@ -23,6 +22,7 @@ from billing.web.statements import (
     render_csv,
     render_html,
 )
+from billing.usage.reader import OffsetRange, UsageRequest, aggregate, read_cutoff
 from tests.support.billing_fixtures import HOUR
 from tests.support.web_support import PERIOD, World, build_world
 

@@ -2,7 +2,7 @@
 charged (the period's invoices, each line with the usage behind it), as HTML (with the SVG charts), PDF
 (WeasyPrint, from the same HTML) and CSV.
 
-Read from the read model (`billing.web.queries`: the hourly rollup and the ledger), never the minute
+Read from the read model (`billing.readmodel.queries`: the hourly rollup and the ledger), never the minute
 Parquet. Usage is in the tenant's time zone: the period is its local calendar month.
 
 The CSV is one file of sections, every row's first cell naming its section (`statement`, `usage_total`,
@@ -35,8 +35,7 @@ from sqlalchemy.orm import Session
 
 from billing.ledger.db import now_ms
 from billing.ledger.models import INVOICE_VOID
-from billing.web import charts, formatting
-from billing.web.queries import (
+from billing.readmodel.queries import (
     GpuRow,
     InvoiceDetail,
     Measures,
@@ -49,11 +48,12 @@ from billing.web.queries import (
     tenant_usage,
     usage_total,
 )
+from billing.statements import charts, formatting
 from schemas.csv_cells import csv_cell
 from schemas.units import ms_to_datetime
 
-TEMPLATES = Path(__file__).parent / "portal" / "templates"
-ASSETS = Path(__file__).parent / "portal" / "static"  # the only files a statement PDF may load
+TEMPLATES = Path(__file__).parents[1] / "web" / "portal" / "templates"
+ASSETS = Path(__file__).parents[1] / "web" / "portal" / "static"  # the only files a statement PDF may load
 FORMATS = ("html", "pdf", "csv")
 PERIOD_LABELS = {"peak": "Peak", "valley": "Valley", "unpriced": "Outside contract"}
 

@@ -4,7 +4,7 @@ the hourly rollup (`usage_hourly`) and the ledger. Never the minute Parquet on a
 Every function takes the caller's SQLAlchemy `Session` and returns typed, frozen dataclasses:
 quantities are integers (GPU time and busy time in ms, energy in mJ, exactly as metered), money is
 `Decimal` (as the ledger holds it). `gpu_hours`, `kwh` and `utilization` turn them into display
-numbers; `billing.web.formatting` formats those for a locale.
+numbers; `billing.statements.formatting` formats those for a locale.
 
 Scoping is NOT done here: these functions answer for the tenant they are given. The caller (an API
 endpoint, a portal page) first asks `billing.web.auth.scope_tenant` which tenant a key may read, and
@@ -62,7 +62,7 @@ from billing.ledger.models import (
 from billing.pricing.lines import InvoiceLine
 from billing.pricing.ratecards import RateCardVersion
 from billing.pricing.segments import card_spans as versions_to_spans
-from billing.web.auth import NotFound
+from billing.readmodel.errors import NotFound
 from schemas.leases import PLANS
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR
 
