@@ -1,0 +1,119 @@
+"""The import layers of docs/architecture.md, checked on the source: a module may import its own
+package and the layers below it, never one above (no arrow runs back up), and billing imports
+neither the stream processors nor the agent."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# lowest first; a package may import its own layer's packages only where listed as peers
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("schemas",),
+    ("billing.common",),
+    ("billing.pricing",),
+    ("billing.ledger",),
+    ("billing.usage", "billing.leases"),
+    ("billing.invoicing",),
+    ("billing.payments", "billing.readmodel"),
+    ("billing.reconcile", "billing.statements"),
+    ("billing.reports", "billing.close"),
+    ("billing.web",),
+    ("billing.cli",),
+)
+APART = {"agents": {"schemas"}, "streams": {"schemas"}}  # the agent and the stream processors: contracts only
+
+
+def _rank(module: str) -> int | None:
+    for rank, packages in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in packages):
+            return rank
+    return None
+
+
+def _package(module: str) -> str:
+    for packages in LAYERS:
+        for p in packages:
+            if module == p or module.startswith(p + "."):
+                return p
+    return module.split(".")[0]
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def _is_cli(module: str) -> bool:
+    """A package's command-line adapter (billing/<package>/cli.py) sits at the CLI layer."""
+    return module.split(".")[-1] in ("cli", "statement_cli") or module.startswith("billing.cli")
+
+
+def _violations(root: Path = ROOT) -> list[str]:
+    out = []
+    for top in ("schemas", "agents", "streams", "billing"):
+        for path in sorted((root / top).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            module = _module_name(path, root)
+            for line, imported in _imports(path):
+                head = imported.split(".")[0]
+                where = f"{path.relative_to(root)}:{line} imports {imported}"
+                if top in APART:
+                    if head in ("schemas", "agents", "streams", "billing", "deploy") and head not in APART[top] | {top}:
+                        out.append(where)
+                    continue
+                if head in ("agents", "streams", "deploy", "bench", "tests"):
+                    out.append(where)
+                    continue
+                if head not in ("schemas", "billing"):
+                    continue
+                mine = len(LAYERS) - 1 if _is_cli(module) else _rank(module)
+                theirs = _rank(imported)
+                if mine is None or theirs is None:
+                    if imported != "billing":
+                        out.append(f"{where} (a package docs/architecture.md does not place)")
+                    continue
+                if theirs > mine or (theirs == mine and _package(imported) != _package(module) and not _is_cli(module)):
+                    out.append(f"{where} (layer {theirs} above or beside layer {mine})")
+    return out
+
+
+def test_no_import_runs_back_up_the_layers() -> None:
+    assert _violations() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "source"),
+    [
+        ("billing/pricing/probe.py", "from billing.invoicing import service\n"),
+        ("billing/usage/probe.py", "import streams.sink\n"),
+        ("agents/probe.py", "from billing.pricing import money\n"),
+        ("billing/ledger/probe.py", "from billing.web.api import app\n"),
+    ],
+)
+def test_the_check_sees_a_forbidden_import(tmp_path: Path, path: str, source: str) -> None:
+    probe = tmp_path / path
+    probe.parent.mkdir(parents=True)
+    probe.write_text(source)
+    assert [v.split(":")[0] for v in _violations(tmp_path)] == [path]
+
+
+@pytest.mark.parametrize("package", [p for layer in LAYERS for p in layer if p != "billing.cli"])
+def test_every_layer_exists(package: str) -> None:
+    assert (ROOT / Path(*package.split("."))).is_dir(), f"{package} is in LAYERS but not in the tree"
