@@ -12,10 +12,11 @@ from typing import Protocol
 from agents.backends.base import GpuBackend
 from agents.clock import Clock
 from schemas.samples import NodeSample
+from schemas.units import MS_PER_HOUR
 
 log = logging.getLogger(__name__)
 
-MAX_INTERVAL_MS = 3_600_000  # the largest interval_ms a sample may carry (schemas/validate.py)
+MAX_INTERVAL_MS = MS_PER_HOUR  # the largest interval_ms a sample may carry (schemas/validate.py)
 
 
 class SampleSink(Protocol):

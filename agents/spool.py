@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.units import MS_PER_DAY
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ class Spool:
         self,
         path: Path,
         max_bytes: int = 512 * 1024**2,
-        max_age_ms: int = 7 * 24 * 3_600_000,
+        max_age_ms: int = 7 * MS_PER_DAY,
         synchronous: str = "FULL",
     ) -> None:
         self.path = Path(path)

@@ -34,6 +34,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bench.results import BenchResult, table
+from schemas.units import MS_PER_HOUR
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_DIR = ROOT / ".wattmeter" / "bench-api"
@@ -45,7 +46,7 @@ LOAD_VERSION = 1
 
 YEAR_START_MS = 1_764_547_200_000  # 2025-12-01T00:00:00Z
 HOURS = 8_760
-HOUR_MS = 3_600_000
+HOUR_MS = MS_PER_HOUR
 GPUS = 1_000
 IDLE_GPUS = 100
 TENANTS = 20

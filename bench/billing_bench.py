@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench.results import BenchResult
+from schemas.units import MS_PER_MINUTE
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_DIR = ROOT / ".wattmeter" / "bench-usage-10m"
@@ -54,7 +55,7 @@ def write_load(root: Path = LOAD_DIR) -> int:
         index = np.arange(chunk * per_chunk, min(total, (chunk + 1) * per_chunk), dtype=np.int64)
         gpu = index % GPUS
         minute = index // GPUS
-        start = PERIOD_START_MS + minute * 60_000
+        start = PERIOD_START_MS + minute * MS_PER_MINUTE
         tenant = gpu % TENANTS
         day = minute // 1440
         n = len(index)
@@ -75,14 +76,14 @@ def write_load(root: Path = LOAD_DIR) -> int:
         }
         ints = {
             "window_start_ms": start,
-            "window_end_ms": start + 60_000,
-            "allocated_gpu_ms": np.full(n, 60_000, dtype=np.int64),
+            "window_end_ms": start + MS_PER_MINUTE,
+            "allocated_gpu_ms": np.full(n, MS_PER_MINUTE, dtype=np.int64),
             "busy_gpu_ms": busy,
             "energy_mj": energy,
             "avg_power_mw": energy // 60,
             "peak_power_mw": energy // 50,
             "sample_count": np.full(n, 60, dtype=np.int64),
-            "observed_ms": np.full(n, 60_000, dtype=np.int64),
+            "observed_ms": np.full(n, MS_PER_MINUTE, dtype=np.int64),
             "unmetered_ms": np.zeros(n, dtype=np.int64),
             "source_offset_min": index,
             "source_offset_max": index,
@@ -120,7 +121,7 @@ with ledger.transaction() as s:
     store_rate_card(s, "bench", card)
     for t in range(tenants):
         upsert_tenant(s, "bench", f"tenant-{t}", currency=card.currency, timezone="UTC", tax_jurisdiction="*")
-        add_contract(s, "bench", f"tenant-{t}", card.name, period_start - 86_400_000 * 60)
+        add_contract(s, "bench", f"tenant-{t}", card.name, period_start - MS_PER_DAY * 60)
 began = time.perf_counter()
 report = run_period(ledger, usage, "2026-11", "bench")
 elapsed = time.perf_counter() - began

@@ -46,6 +46,7 @@ from bench.billing_bench import (
     write_load,
 )
 from bench.results import BenchResult
+from schemas.units import MS_PER_DAY
 
 PUSH_TENANTS = 1_000
 PUSH_RUNS = 2
@@ -251,7 +252,7 @@ def seed_leases(url: str) -> int:
     from billing.ledger.db import Ledger
     from billing.ledger.store import upsert_tenant
 
-    day_ms = 86_400_000
+    day_ms = MS_PER_DAY
     rows = [
         LeaseRow(
             f"tenant-{gpu % TENANTS}",

@@ -17,12 +17,13 @@ from billing.leases.service import import_leases, list_leases
 from billing.ledger.db import Ledger
 from billing.ledger.store import upsert_tenant
 from schemas.leases import GpuLeaseTimeline, Lease
+from schemas.units import MS_PER_HOUR, MS_PER_MINUTE
 from streams.leases import LeaseIndex
 
 YEAR_END_MS = 1_793_836_800_000  # 2026-11-05T00:00:00Z: "now", the end of the leased year
-HOUR_MS = 3_600_000
+HOUR_MS = MS_PER_HOUR
 LEASES = 8_760  # a year of hourly leases
-WINDOW_MS = 60_000
+WINDOW_MS = MS_PER_MINUTE
 SAMPLES = 100_000
 REPEATS = 5
 

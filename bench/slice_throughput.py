@@ -13,6 +13,7 @@ from bench.results import BenchResult
 from deploy.local.demo import windows_written
 from deploy.local.fleet import FleetPlan, encoded_samples, publish_samples
 from deploy.local.pipeline import service_env, start_sink, start_worker, wait_for
+from schemas.units import MS_PER_MINUTE
 
 BENCH_START_MS = 1_793_664_000_000  # 2026-11-03T00:00:00Z
 
@@ -73,7 +74,7 @@ def run(bootstrap: str, nodes: int = 8, ticks: int = 600) -> list[BenchResult]:
         warm = _plan(f"{tag}w", 1, 130)  # warm-up: the worker has joined and the sink writes
         publish_samples(bootstrap, warm)
         wait_for(
-            lambda: windows_written(usage_dir, warm.start_ms, warm.start_ms + 60_000, warm.gpu_uuids()) >= 8,
+            lambda: windows_written(usage_dir, warm.start_ms, warm.start_ms + MS_PER_MINUTE, warm.gpu_uuids()) >= 8,
             180,
             "the warm-up window",
             services,
@@ -86,7 +87,9 @@ def run(bootstrap: str, nodes: int = 8, ticks: int = 600) -> list[BenchResult]:
         sent = publish_samples(bootstrap, plan)
         wait_for(
             lambda: (
-                windows_written(usage_dir, plan.start_ms, plan.start_ms + closed_minutes * 60_000, plan.gpu_uuids())
+                windows_written(
+                    usage_dir, plan.start_ms, plan.start_ms + closed_minutes * MS_PER_MINUTE, plan.gpu_uuids()
+                )
                 >= expected
             ),
             600,

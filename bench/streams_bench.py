@@ -16,6 +16,7 @@ from bench.results import BenchResult
 from deploy.local.demo import windows_written
 from deploy.local.fleet import FleetPlan, encoded_samples, publish_samples
 from deploy.local.pipeline import ServiceProcess, service_env, start_sink, start_worker, wait_for
+from schemas.units import MS_PER_HOUR, MS_PER_MINUTE
 
 START_MS = 1_793_836_800_000  # 2026-11-05T00:00:00Z
 LATENESS_MS = 5_000
@@ -69,7 +70,7 @@ def duckdb_rollup_seconds(messages: list[tuple[bytes, bytes]]) -> float:
 
 def _windows_of(usage_dir: Path, plan: FleetPlan, minutes: int) -> bool:
     return (
-        windows_written(usage_dir, plan.start_ms, plan.start_ms + minutes * 60_000, plan.gpu_uuids())
+        windows_written(usage_dir, plan.start_ms, plan.start_ms + minutes * MS_PER_MINUTE, plan.gpu_uuids())
         >= len(plan.gpu_uuids()) * minutes
     )
 
@@ -100,7 +101,7 @@ def window_close_latency(
     bootstrap: str, services: tuple[ServiceProcess, ...], usage_dir: Path, sink_seconds: float
 ) -> BenchResult:
     """Publish a minute of samples, then the sample that closes it; time until its rows are in Parquet."""
-    plan = _plan(uuid.uuid4().hex[:6], nodes=1, ticks=61 + LATENESS_MS // 1000, start_ms=START_MS + 3_600_000)
+    plan = _plan(uuid.uuid4().hex[:6], nodes=1, ticks=61 + LATENESS_MS // 1000, start_ms=START_MS + MS_PER_HOUR)
     messages = encoded_samples(plan)
     _send(bootstrap, messages[:-1])
     time.sleep(2)  # everything but the closing sample is processed
@@ -151,7 +152,7 @@ def run(bootstrap: str) -> list[BenchResult]:
     )
     services = (start_worker(env, work / "worker.log"), start_sink(env, work / "sink.log"))
     try:
-        warm = _plan("warm" + uuid.uuid4().hex[:4], 1, 67, start_ms=START_MS - 3_600_000)
+        warm = _plan("warm" + uuid.uuid4().hex[:4], 1, 67, start_ms=START_MS - MS_PER_HOUR)
         publish_samples(bootstrap, warm)
         wait_for(lambda: _windows_of(usage_dir, warm, 1), 180, "the warm-up window", services, poll_s=0.2)
         results = worker_throughput(bootstrap, services, usage_dir)

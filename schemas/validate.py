@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from schemas.units import MS_PER_HOUR, MS_PER_MINUTE
+
 try:  # orjson parses several times faster; the stdlib parser explains what orjson refuses
     import orjson as _fast_json
 except ImportError:  # pragma: no cover - the streams extra installs it
@@ -19,7 +21,7 @@ except ImportError:  # pragma: no cover - the streams extra installs it
 from schemas.leases import PLANS, GpuLeaseTimeline
 from schemas.samples import SAMPLE_SCHEMA_VERSION, NodeSample
 
-MAX_FUTURE_SKEW_MS = 5 * 60_000
+MAX_FUTURE_SKEW_MS = 5 * MS_PER_MINUTE
 
 _GPU_INT_FIELDS: dict[str, tuple[int, int | None]] = {
     "power_mw": (0, 10_000_000),
@@ -108,7 +110,7 @@ def validate_sample_dict(data: dict[str, Any], now_ms: int | None = None) -> Nod
     _check_int("seq", data["seq"], 0, None, False)
     _check_int("ts_ms", data["ts_ms"], 0, None, False)
     _check_int("mono_ms", data["mono_ms"], 0, None, False)
-    _check_int("interval_ms", data["interval_ms"], 1, 3_600_000, False)
+    _check_int("interval_ms", data["interval_ms"], 1, MS_PER_HOUR, False)
     if now_ms is not None and data["ts_ms"] > now_ms + MAX_FUTURE_SKEW_MS:
         raise InvalidMessage(f"ts_ms {data['ts_ms']} is more than {MAX_FUTURE_SKEW_MS} ms in the future")
     gpus = data["gpus"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.samples import GpuReading, NodeSample
-from schemas.units import avg_power_mw
+from schemas.units import MS_PER_MINUTE, avg_power_mw
 from schemas.usage import KIND_ADJUSTMENT, KIND_IDLE, KIND_USAGE, UsageRecord
 from streams import deltas
 from streams.dedupe import seen_before
@@ -35,7 +35,7 @@ ALLOC, BUSY, ENERGY, PEAK, SAMPLES, UNMETERED, OFF_MIN, OFF_MAX = range(8)
 
 @dataclass(frozen=True)
 class RollupConfig:
-    window_ms: int = 60_000
+    window_ms: int = MS_PER_MINUTE
     lateness_ms: int = 5_000
     max_gap_ms: int = 30_000
     # a node silent this long (wall clock, processing time) has its open windows closed,

@@ -42,6 +42,7 @@ from billing.ledger.db import Ledger
 from billing.ledger.db import now_ms as wall_ms
 from billing.ledger.errors import LedgerError
 from schemas.leases import PLANS, Lease
+from schemas.units import MS_PER_DAY
 
 PROG = "wattmeter-billing leases"
 FAULT_ENV = "WATTMETER_FAULT"
@@ -127,7 +128,7 @@ def _publish(ledger: Ledger, horizon_ms: int, behind: int = 0) -> None:
     print(f"published {sent} lease timeline(s) to gpu.leases")
     if behind:
         print(
-            f"{PROG}: note: {behind} lease(s) ended more than {horizon_ms / 86_400_000:g} days ago, before the lease "
+            f"{PROG}: note: {behind} lease(s) ended more than {horizon_ms / MS_PER_DAY:g} days ago, before the lease "
             "horizon: the timelines sent to the workers leave them out, and the time the workers metered as idle "
             'on their GPUs bills to them from the ledger (docs/billing.md, "Late leases")',
             file=sys.stderr,

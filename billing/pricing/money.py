@@ -7,6 +7,7 @@ nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
 
@@ -119,3 +120,30 @@ def to_minor(amount: Decimal, currency: str) -> int:
 def from_minor(units: int, currency: str) -> Decimal:
     """An integer count of minor units as an amount with the currency's exponent."""
     return Decimal(f"{units}E-{minor_units(currency)}")
+
+
+def rate_places(currency: str) -> int:
+    """Places of a money rate (per GPU-hour, per kWh): two more than the currency's minor unit."""
+    return minor_units(currency) + 2
+
+
+def largest_remainder(total: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """`total` (integer minor units, any sign) shared in proportion to non-negative integer
+    `weights` (sum > 0): floors first, then one unit each to the largest remainders (ties: key
+    order). The parts sum to `total` exactly."""
+    if any(w < 0 for w in weights.values()):
+        raise PricingError("largest_remainder: weights must be >= 0")
+    whole = sum(weights.values())
+    if whole <= 0:
+        raise PricingError("largest_remainder: the weights sum to 0")
+    sign, amount = (-1, -total) if total < 0 else (1, total)
+    parts: dict[str, int] = {}
+    remainders: list[tuple[int, str]] = []
+    for key in sorted(weights):
+        quotient, remainder = divmod(amount * weights[key], whole)
+        parts[key] = quotient
+        remainders.append((remainder, key))
+    left = amount - sum(parts.values())
+    for _, key in sorted(remainders, key=lambda r: (-r[0], r[1]))[:left]:
+        parts[key] += 1
+    return {key: sign * value for key, value in parts.items()}

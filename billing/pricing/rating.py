@@ -81,7 +81,7 @@ from billing.pricing.money import minor_units, round_half_even, round_money, to_
 from billing.pricing.ratecards import Price, RateCardVersion, Tiered
 from billing.pricing.segments import CardSpan, PricingSegment
 from schemas.leases import PLANS
-from schemas.units import MJ_PER_KWH, MS_PER_HOUR
+from schemas.units import MJ_PER_KWH, MS_PER_DAY, MS_PER_HOUR
 
 QUANTITY_PLACES = 6  # display quantities (GPU-hours, kWh)
 ONE = Decimal(1)
@@ -530,7 +530,7 @@ def _sort_key(line: InvoiceLine) -> tuple[int, int, int, str, str, str, int]:
 
 
 def _period_text(start_ms: int, end_ms: int) -> str:
-    day = 86_400_000
+    day = MS_PER_DAY
     if start_ms % day == 0 and end_ms % day == 0:
         return f"{ms_to_iso(start_ms)[:10]}..{ms_to_iso(end_ms)[:10]}"
     return f"{ms_to_iso(start_ms)}..{ms_to_iso(end_ms)}"

@@ -67,7 +67,7 @@ from schemas.leases import PLANS
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR
 
 UNPRICED = "unpriced"  # the time-of-use period of an hour that no contract covers
-HOUR_MS = 3_600_000
+HOUR_MS = MS_PER_HOUR
 DISPLAY_PLACES = 6  # GPU-hours and kWh, as on the invoice lines
 Grain = Literal["day", "hour"]
 GRAINS: tuple[str, ...] = ("day", "hour")

@@ -38,17 +38,9 @@ from billing.ledger.models import (
 )
 from billing.ledger.store import rate_card_versions
 from billing.reports.errors import ReportError
-from billing.reports.yield_report import (
-    CalendarSpan,
-    FleetCalendar,
-    FleetUsage,
-    HourTotal,
-    InvoiceRevenue,
-    RevenueLine,
-    YieldReport,
-    build_report,
-    calendar_spans,
-)
+from billing.reports.fleet_calendar import CalendarSpan, FleetCalendar, calendar_spans
+from billing.reports.revenue import InvoiceRevenue, RevenueLine
+from billing.reports.yield_report import FleetUsage, HourTotal, YieldReport, build_report
 from schemas.units import MS_PER_HOUR as HOUR_MS
 
 DEFAULT_TIMEZONE = "UTC"

@@ -35,6 +35,7 @@ from billing.pricing.rating import LeaseQuantity, UsageQuantity
 from billing.usage.errors import UsageDataError
 from schemas.lake import DATA_GLOB, FILE_RE, MANIFESTS_DIR
 from schemas.leases import Lease
+from schemas.units import MS_PER_DAY, MS_PER_MINUTE
 from schemas.usage import KIND_ADJUSTMENT, KIND_IDLE, KIND_USAGE
 
 USAGE_TOPIC = "usage.records"
@@ -201,7 +202,7 @@ def _grain(request: UsageRequest) -> int:
     grain = 0
     for instant in (request.start_ms, request.end_ms, *request.segment_starts):
         grain = math.gcd(grain, instant)
-    return math.gcd(grain, 24 * 3_600_000) or 60_000
+    return math.gcd(grain, MS_PER_DAY) or MS_PER_MINUTE
 
 
 class _Scan:
@@ -355,7 +356,7 @@ def attribute_idle(con: Any, leases: Sequence[Lease], lo_ms: int, hi_ms: int) ->
       nothing is counted twice.
     The attributed row's id is the record's id and the lease's, so two copies of one record (two
     sink generations) still dedupe to one, and one record cut by two leases gives two rows."""
-    day = 24 * 3_600_000
+    day = MS_PER_DAY
     con.execute(
         "CREATE OR REPLACE TEMP TABLE ledger_leases(lease_id VARCHAR, tenant_id VARCHAR, gpu_uuid VARCHAR, "
         "plan VARCHAR, lo BIGINT, hi BIGINT)"
@@ -452,7 +453,7 @@ def explain(root: Path, query: dict[str, Any], leases: Sequence[Lease] = ()) -> 
     if not any(selected) or not query["segments"]:
         return Explanation(0, 0, [], 0)
     tenant = str(query["tenant_id"])
-    tenants = [(tenant, int(query["service_start_ms"]), int(query["service_end_ms"]), 60_000)]
+    tenants = [(tenant, int(query["service_start_ms"]), int(query["service_end_ms"]), MS_PER_MINUTE)]
     conditions = [
         " OR ".join(f"(window_start_ms >= {int(s)} AND window_start_ms < {int(e)})" for s, e in query["segments"])
     ]

@@ -52,7 +52,7 @@ from billing.web.auth import (
     scope_tenant,
 )
 from billing.web.deps import context, error_response, principal
-from schemas.units import check_instant_ms
+from schemas.units import MS_PER_DAY, check_instant_ms
 
 
 class JsonErrors(APIRoute):
@@ -74,8 +74,8 @@ class JsonErrors(APIRoute):
 
 router = APIRouter(route_class=JsonErrors)
 
-MAX_DAY_WINDOW_MS = 366 * 86_400_000
-MAX_HOUR_WINDOW_MS = 32 * 86_400_000
+MAX_DAY_WINDOW_MS = 366 * MS_PER_DAY
+MAX_HOUR_WINDOW_MS = 32 * MS_PER_DAY
 _ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"  # no control characters; the ledger's String(128)
 _PERIOD_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"
 _INTEGER = re.compile(r"[0-9]{1,16}")  # always fullmatch
@@ -522,7 +522,7 @@ def get_usage(
         lo, hi = window(session, tenant_id, period, start, end)
         limit = MAX_DAY_WINDOW_MS if grain == "day" else MAX_HOUR_WINDOW_MS
         if hi - lo > limit:
-            raise invalid("to", f"a window of {grain}s spans at most {limit // 86_400_000} days")
+            raise invalid("to", f"a window of {grain}s spans at most {limit // MS_PER_DAY} days")
         zone = queries.get_tenant(session, tenant_id).timezone
         buckets = queries.tenant_usage(session, tenant_id, lo, hi, grain, by_gpu=by == "gpu")
     total = queries.usage_total(buckets)

@@ -193,7 +193,7 @@ def get_yield(
     revenue per GPU, per GPU-hour available and per kWh, and the share of valley capacity sold.
     Revenue: the pre-tax total of the issued invoices labelled `period`, per currency."""
     require_role(who, *YIELD_ROLES)
-    from billing.reports.yield_report import to_json
+    from billing.reports.yield_render import to_json
 
     report = build_yield(request, period, timezone, calendar_card, valley_period, include_drafts)
     return YieldOut.model_validate(to_json(report))

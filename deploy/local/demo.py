@@ -29,6 +29,7 @@ from deploy.local.fleet import FleetPlan, demo_plan, publish_samples
 from deploy.local.kafka_broker import BrokerUnavailable, start_broker
 from deploy.local.pipeline import service_env, start_sink, start_worker, wait_for
 from deploy.local.stripe_peers import StripePeer, launch_stripe_mock
+from schemas.units import MS_PER_HOUR, MS_PER_MINUTE
 
 COMMITTED_CARD = RATECARDS_DIR / "demo-committed.toml"
 DEMO_TIMEZONE = "America/New_York"
@@ -47,8 +48,8 @@ def demo_start_ms(now_ms: int | None = None) -> int:
     now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     day: date = calendar.local_date(now)
     while True:
-        start = calendar.local_ms(day, 5) + 30 * 60_000
-        if not calendar.is_weekend(day) and start + 60 * 60_000 <= now - 2 * 3_600_000:
+        start = calendar.local_ms(day, 5) + 30 * MS_PER_MINUTE
+        if not calendar.is_weekend(day) and start + 60 * MS_PER_MINUTE <= now - 2 * MS_PER_HOUR:
             return start
         day -= timedelta(days=1)
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     usage_dir = out / "usage"
     database = f"sqlite:///{out}/billing.db"
     start_ms = args.start_ms if args.start_ms is not None else demo_start_ms()
-    end_ms = start_ms + args.minutes * 60_000
+    end_ms = start_ms + args.minutes * MS_PER_MINUTE
     began = time.monotonic()
     print("1/6 starting the Kafka broker (KRaft, loopback) ...", flush=True)
     try:

@@ -15,6 +15,7 @@ from agents.kafka_sink import KafkaSampleSink
 from agents.sampler import Sampler
 from schemas.leases import Lease
 from schemas.samples import NodeSample
+from schemas.units import MS_PER_MINUTE
 
 FLEET_ACTOR = "fleet-simulator"
 
@@ -47,7 +48,7 @@ def demo_plan(start_ms: int, minutes: int = 60, tail_s: int = 70) -> FleetPlan:
     """
     plan = FleetPlan(nodes=["node-a", "node-b"], gpus_per_node=4, start_ms=start_ms, ticks=minutes * 60 + tail_s + 1)
     gpus = plan.gpu_uuids()
-    end = start_ms + minutes * 60_000
+    end = start_ms + minutes * MS_PER_MINUTE
     half = start_ms + minutes * 30_000
     third = start_ms + minutes * 20_000
     plan.leases = [Lease(f"lease-acme-{i}", "acme", gpus[i], start_ms, end) for i in range(3)]

@@ -42,6 +42,7 @@ from billing.statements.formatting import DEFAULT_LOCALE
 from billing.web.auth import FINANCE_ROLES, FLEET_ROLES, Forbidden, Principal, require_role
 from billing.web.deps import context
 from billing.web.portal.pages import PageError, page_principal
+from schemas.units import MJ_PER_KWH, MS_PER_HOUR
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -116,10 +117,10 @@ class Fmt:
         return str(format_percent(round_half_even(value, 4), format="#,##0.0%", locale=self.locale))
 
     def hours(self, ms: int) -> str:
-        return self.number(Fraction(ms, 3_600_000), 2)
+        return self.number(Fraction(ms, MS_PER_HOUR), 2)
 
     def kwh(self, mj: int) -> str:
-        return self.number(Fraction(mj, 3_600_000_000), 2)
+        return self.number(Fraction(mj, MJ_PER_KWH), 2)
 
 
 def _nav(principal: Principal) -> list[tuple[str, str]]:
