@@ -16,6 +16,11 @@ MS_PER_SECOND = 1_000
 MS_PER_MINUTE = 60_000
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000  # a UTC day; a local day may be 23 or 25 hours
+NS_PER_MS = 1_000_000  # time.time_ns() // NS_PER_MS: epoch ms
+S_PER_MINUTE = 60
+S_PER_HOUR = 3_600
+S_PER_DAY = 86_400
+UJ_PER_MJ = 1_000  # mW x ms = uJ
 MJ_PER_KWH = 3_600_000_000  # 1 kWh = 3.6 MJ = 3.6e9 mJ
 
 # The one bound for instants, wherever a time enters (CLI, imports, API, agents' samples):
