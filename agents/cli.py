@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agents.backends.simulated import MODELS
 from agents.config import AgentConfig, ConfigError, load_config
+from schemas.logs import setup_plain_logging
 from schemas.samples import NodeSample
 
 log = logging.getLogger("wattmeter-agent")
@@ -121,8 +122,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    setup_plain_logging()
     from agents.backends.errors import BackendUnavailable, TraceError
     from agents.daemon import AgentDaemon, build_backend
 

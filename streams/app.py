@@ -24,8 +24,8 @@ import faust
 
 from schemas.topics import GPU_SAMPLES, GPU_SAMPLES_DLQ, TOPIC_SPECS, USAGE_RECORDS
 from schemas.validate import InvalidMessage, parse_sample
+from streams.broker_watch import BrokerWatch
 from streams.leases import LeaseIndex
-from streams.logs import BrokerWatch
 from streams.rollup import NodeRollup, new_state
 from streams.settings import StreamsSettings
 

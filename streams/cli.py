@@ -8,7 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
-from streams.logs import BrokerWatch, setup_logging
+from schemas.logs import setup_logging
+from streams.broker_watch import BrokerWatch
 from streams.settings import StreamsSettings
 
 DESCRIPTION = """\

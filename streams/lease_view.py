@@ -15,8 +15,8 @@ import time
 
 from schemas.topics import GPU_LEASES
 from schemas.validate import InvalidMessage, parse_lease_timeline
+from streams.broker_watch import BrokerWatch
 from streams.leases import LeaseIndex
-from streams.logs import BrokerWatch
 
 log = logging.getLogger(__name__)
 

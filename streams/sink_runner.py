@@ -16,7 +16,7 @@ from pathlib import Path
 from schemas.topics import USAGE_RECORDS
 from schemas.usage import UsageRecord
 from schemas.validate import InvalidMessage, parse_json
-from streams.logs import BrokerWatch
+from streams.broker_watch import BrokerWatch
 from streams.sink import ParquetSink
 
 log = logging.getLogger(__name__)

@@ -30,11 +30,12 @@ from deploy.local.fleet import publish_leases
 from deploy.local.kafka_broker import create_topics, start_jar_broker
 from deploy.local.pipeline import ServiceProcess, service_env, start_sink, start_worker, wait_for
 from schemas.leases import GpuLeaseTimeline, Lease
+from schemas.logs import NOISE, JsonFormatter, KafkaNoiseFilter, TextFormatter
 from schemas.samples import NodeSample
 from schemas.topics import GPU_SAMPLES, GPU_SAMPLES_DLQ
 from schemas.validate import parse_sample
+from streams.broker_watch import BrokerWatch, parse_bootstrap
 from streams.leases import LeaseIndex
-from streams.logs import NOISE, BrokerWatch, JsonFormatter, KafkaNoiseFilter, TextFormatter, parse_bootstrap
 from streams.rollup import NodeRollup, RollupConfig, new_state
 from tests.streams.test_streams_faults import COMPARED, messages_in, parquet_rows
 
