@@ -27,7 +27,7 @@ from schemas.usage import KIND_ADJUSTMENT, KIND_IDLE, KIND_USAGE, UsageRecord
 from streams import deltas
 from streams.dedupe import seen_before
 from streams.leases import LeaseIndex
-from streams.windows import TouCalendar, cut_points, share, window_start
+from streams.windows import ValleyHours, cut_points, share, window_start
 
 # accumulator slots
 ALLOC, BUSY, ENERGY, PEAK, SAMPLES, UNMETERED, OFF_MIN, OFF_MAX = range(8)
@@ -42,7 +42,7 @@ class RollupConfig:
     # so a host that disappears is still billed; data it sends later for such a window
     # becomes an adjustment record
     idle_close_ms: int = 300_000
-    calendar: TouCalendar = field(default_factory=TouCalendar)
+    valley_hours: ValleyHours = field(default_factory=ValleyHours)
 
 
 @dataclass
@@ -231,7 +231,7 @@ class NodeRollup:
                     model=model,
                     window_start_ms=ws,
                     window_end_ms=ws + self.config.window_ms,
-                    tou_period=self.config.calendar.period(ws),
+                    tou_period=self.config.valley_hours.period(ws),
                     allocated_gpu_ms=acc[ALLOC],
                     busy_gpu_ms=acc[BUSY],
                     energy_mj=acc[ENERGY],

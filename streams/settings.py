@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.rollup import RollupConfig
-from streams.windows import TouCalendar, check_window
+from streams.windows import ValleyHours, check_window
 
 
 @dataclass
@@ -46,5 +46,5 @@ class StreamsSettings:
             lateness_ms=self.lateness_ms,
             max_gap_ms=self.max_gap_ms,
             idle_close_ms=self.idle_close_ms,
-            calendar=TouCalendar.parse(self.valley_hours),
+            valley_hours=ValleyHours.parse(self.valley_hours),
         )

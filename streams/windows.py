@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.units import MS_PER_HOUR
+from schemas.units import MS_PER_DAY, MS_PER_HOUR
 from streams.errors import ConfigError
-
-DAY_MS = 24 * MS_PER_HOUR
 
 
 def window_start(ts_ms: int, window_ms: int) -> int:
@@ -16,7 +14,7 @@ def window_start(ts_ms: int, window_ms: int) -> int:
 
 
 def check_window(window_ms: int) -> None:
-    if window_ms <= 0 or DAY_MS % window_ms:
+    if window_ms <= 0 or MS_PER_DAY % window_ms:
         raise ConfigError(f"window of {window_ms} ms must be positive and divide a day evenly")
 
 
@@ -41,8 +39,10 @@ def cut_points(start: int, end: int, window_ms: int, extra: list[int]) -> list[i
 
 
 @dataclass(frozen=True)
-class TouCalendar:
-    """Time-of-use: which UTC hours are the cheap 'valley'; the rest is 'peak'.
+class ValleyHours:
+    """The time-of-use period a usage record is tagged with: which UTC hours are the cheap
+    'valley'; the rest is 'peak'. (Billing prices by its own rate-card calendar,
+    billing.pricing.calendar.TouCalendar; this is only the record's tag.)
 
     Whole hours keep every one-minute window inside one period.
     """
@@ -50,7 +50,7 @@ class TouCalendar:
     valley_hours: frozenset[int] = frozenset(range(0, 6))
 
     @classmethod
-    def parse(cls, spec: str) -> TouCalendar:
+    def parse(cls, spec: str) -> ValleyHours:
         """'0-6,22-24' -> valley from 00:00 to 06:00 and 22:00 to 24:00 UTC."""
         hours: set[int] = set()
         for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -65,4 +65,4 @@ class TouCalendar:
         return cls(frozenset(hours))
 
     def period(self, ts_ms: int) -> str:
-        return "valley" if (ts_ms % DAY_MS) // MS_PER_HOUR in self.valley_hours else "peak"
+        return "valley" if (ts_ms % MS_PER_DAY) // MS_PER_HOUR in self.valley_hours else "peak"

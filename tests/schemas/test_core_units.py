@@ -27,7 +27,7 @@ from streams.dedupe import seen_before
 from streams.errors import ConfigError
 from streams.leases import LeaseIndex
 from streams.rollup import NodeRollup, RollupConfig, new_state
-from streams.windows import TouCalendar, check_window, cut_points, share
+from streams.windows import ValleyHours, check_window, cut_points, share
 from tests.support.helpers import T0, simulated_samples
 
 
@@ -122,11 +122,11 @@ def test_shares_add_up_exactly_whatever_the_cuts():
 def test_windows_and_calendar_checks():
     with pytest.raises(ConfigError):
         check_window(7_000)
-    cal = TouCalendar.parse("0-6,22-24")
+    cal = ValleyHours.parse("0-6,22-24")
     assert cal.period(T0) == "valley" and cal.period(T0 + 12 * 3_600_000) == "peak"
     assert cal.period(T0 + 23 * 3_600_000) == "valley"
     with pytest.raises(ConfigError):
-        TouCalendar.parse("5-30")
+        ValleyHours.parse("5-30")
 
 
 def test_lease_index_lookup_and_boundaries():
