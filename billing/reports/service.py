@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 from billing.common.errors import PeriodError
 from billing.common.instants import ms_to_iso
 from billing.common.periods import period_bounds, previous_periods
-from billing.invoicing.errors import InvoicingError
 from billing.ledger.db import Ledger
 from billing.ledger.models import (
     INVOICE_DRAFT,
@@ -52,15 +51,18 @@ def fleet_window(period: str, timezone: str = DEFAULT_TIMEZONE) -> tuple[int, in
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ReportError(f"time zone {timezone!r} is not an IANA zone name (such as UTC or Europe/Berlin)") from None
+        raise ReportError(
+            f"time zone {timezone!r} is not an IANA zone name (such as UTC or Europe/Berlin)", subject="timezone"
+        ) from None
     try:
         start, end = period_bounds(period, timezone)
-    except (InvoicingError, PeriodError) as exc:
-        raise ReportError(str(exc)) from None
+    except PeriodError as exc:
+        raise ReportError(str(exc), subject="period") from None
     if start % HOUR_MS or end % HOUR_MS:
         raise ReportError(
             f"the {period} month in {timezone} does not start on a whole UTC hour ({ms_to_iso(start)}): "
-            "the report reads hourly rows; choose a zone with a whole-hour offset"
+            "the report reads hourly rows; choose a zone with a whole-hour offset",
+            subject="timezone",
         )
     return start, end
 
@@ -88,7 +90,10 @@ def choose_calendar(
         chosen_by = f"the card of most contracts in the period ({most} of {total})"
     versions = rate_card_versions(session, card)
     if not versions:
-        raise ReportError(f"unknown rate card {card!r} for the fleet calendar (see: wattmeter-billing ratecards list)")
+        raise ReportError(
+            f"unknown rate card {card!r} for the fleet calendar (see: wattmeter-billing ratecards list)",
+            subject="rate_card",
+        )
     pieces = calendar_spans([(v.effective_from_ms, v.version, v.calendar) for v in versions], start_ms, end_ms)
     spans = tuple(CalendarSpan(lo, hi, calendar, f"{card} v{version}") for lo, hi, version, calendar in pieces)
     return FleetCalendar(card, spans, frozenset(valley_periods), chosen_by)
@@ -249,8 +254,8 @@ class YieldCache:
     def fingerprint(ledger: Ledger, period: str) -> tuple[Any, ...]:
         try:
             neighbours = [previous_periods(period, 1)[0], period, next_period(period)]
-        except (InvoicingError, PeriodError) as exc:
-            raise ReportError(str(exc)) from None
+        except PeriodError as exc:
+            raise ReportError(str(exc), subject="period") from None
         with ledger.transaction() as session:
             runs = session.execute(
                 select(RollupRun.period, RollupRun.built_ms, RollupRun.rows).where(RollupRun.period.in_(neighbours))

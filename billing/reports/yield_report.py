@@ -338,12 +338,13 @@ def build_report(
 
 
 # TRANSITIONAL re-export for issue 16; removed when the callers move: the renderers are
-# billing.reports.yield_render's (billing/reports/cli.py and two tests still ask this module).
-_RENDERERS = frozenset({"csv_text", "csv_rows", "to_json", "row_json", "text", "CSV_COLUMNS"})
+# billing.reports.yield_render's, rate_places billing.pricing.money's (billing/reports/cli.py,
+# billing/web/portal/operator.py and two tests still ask this module).
+_MOVED = frozenset({"csv_text", "csv_rows", "to_json", "row_json", "text", "CSV_COLUMNS", "rate_places"})
 
 
 def __getattr__(name: str) -> Any:
-    if name in _RENDERERS:
+    if name in _MOVED:
         from billing.reports import yield_render
 
         return getattr(yield_render, name)

@@ -30,6 +30,7 @@ router = APIRouter(route_class=JsonErrors)  # errors in the API's one format, as
 PERIOD_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"  # as billing.web.api's
 ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
 YIELD_ROLES = FLEET_ROLES  # who reads what: billing.web.auth
+PARAMETER_OF = {"rate_card": "calendar_card", "timezone": "timezone"}  # an error's subject -> its query parameter
 
 
 @lru_cache(maxsize=1)
@@ -173,9 +174,7 @@ def build_yield(
             include_drafts=drafts,
         )
     except (ReportError, InvoicingError, PeriodError) as exc:  # a month outside the instants' bound in some zone: a 422
-        message = str(exc)
-        where = "calendar_card" if "rate card" in message else "timezone" if "UTC hour" in message else "period"
-        raise invalid(where, message) from None
+        raise invalid(PARAMETER_OF.get(exc.subject or "", "period"), str(exc)) from None
 
 
 @router.get("/yield", response_model=YieldOut, responses=ERRORS, tags=["reports"])

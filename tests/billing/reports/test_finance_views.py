@@ -19,7 +19,7 @@ from sqlalchemy import select
 from billing.ledger.models import Invoice, MonthClose, StripeInvoiceSync
 from billing.reports import finance
 from billing.reports.service import yield_report
-from billing.reports.yield_report import csv_text, to_json
+from billing.reports.yield_render import csv_text, to_json
 from tests.support.web_support import NEXT_PERIOD, PERIOD, World, build_world
 
 NOW_MS = 1_796_083_200_000  # stamps for the rows the tests add

@@ -21,7 +21,12 @@ from billing.invoicing.service import finalize, run_period
 from billing.ledger.db import Ledger
 from billing.ledger.models import Invoice
 from billing.pricing.calendar import TouCalendar
+from billing.pricing.errors import PricingError
+from billing.pricing.money import largest_remainder
 from billing.readmodel.hourly import rollup_period
+from billing.reports import fleet_calendar as fc
+from billing.reports import revenue as rev
+from billing.reports import yield_render as render
 from billing.reports import yield_report as y
 from billing.reports.errors import ReportError
 from billing.reports.service import fleet_window, yield_report
@@ -35,34 +40,36 @@ THU_NOV_5 = WED_NOV_4 + 24 * HOUR
 UTC_VALLEY = TouCalendar(timezone="UTC", weekday={"valley": ((0, 6),)}, weekend={"valley": ((0, 24),)})
 
 
-def fleet_calendar(calendar: TouCalendar = UTC_VALLEY, start: int = NOV_1, end: int = DEC_1) -> y.FleetCalendar:
-    return y.FleetCalendar("card", (y.CalendarSpan(start, end, calendar, "card v1"),), frozenset({"valley"}), "test")
+def fleet_calendar(calendar: TouCalendar = UTC_VALLEY, start: int = NOV_1, end: int = DEC_1) -> fc.FleetCalendar:
+    return fc.FleetCalendar("card", (fc.CalendarSpan(start, end, calendar, "card v1"),), frozenset({"valley"}), "test")
 
 
-def invoice(label: str, currency: str, *lines: tuple[str, str, str] | tuple[str, str, str, int]) -> y.InvoiceRevenue:
+def invoice(label: str, currency: str, *lines: tuple[str, str, str] | tuple[str, str, str, int]) -> rev.InvoiceRevenue:
     """lines: (kind, model, amount[, GPU-ms]); the subtotal is the sum of the pre-tax ones."""
-    parsed = tuple(y.RevenueLine(line[0], line[1], Decimal(line[2]), line[3] if len(line) > 3 else 0) for line in lines)
-    subtotal = sum((line.amount for line in parsed if line.kind not in y.NOT_REVENUE), Decimal(0))
-    return y.InvoiceRevenue(hash(label) % 1000, label, "t", currency, "finalized", subtotal, parsed)
+    parsed = tuple(
+        rev.RevenueLine(line[0], line[1], Decimal(line[2]), line[3] if len(line) > 3 else 0) for line in lines
+    )
+    subtotal = sum((line.amount for line in parsed if line.kind not in rev.NOT_REVENUE), Decimal(0))
+    return rev.InvoiceRevenue(hash(label) % 1000, label, "t", currency, "finalized", subtotal, parsed)
 
 
 # -- the pure core -----------------------------------------------------------------------------
 
 
 def test_largest_remainder_is_exact_and_breaks_ties_by_name():
-    assert y.largest_remainder(100, {"c": 1, "a": 1, "b": 1}) == {"a": 34, "b": 33, "c": 33}
-    assert y.largest_remainder(-100, {"c": 1, "a": 1, "b": 1}) == {"a": -34, "b": -33, "c": -33}
-    assert y.largest_remainder(31, {"H100": 300, "A100": 100}) == {"A100": 8, "H100": 23}  # 7.75 / 23.25
-    assert y.largest_remainder(5, {"x": 0, "y": 3}) == {"x": 0, "y": 5}
-    with pytest.raises(ReportError):
-        y.largest_remainder(5, {"x": 0})
+    assert largest_remainder(100, {"c": 1, "a": 1, "b": 1}) == {"a": 34, "b": 33, "c": 33}
+    assert largest_remainder(-100, {"c": 1, "a": 1, "b": 1}) == {"a": -34, "b": -33, "c": -33}
+    assert largest_remainder(31, {"H100": 300, "A100": 100}) == {"A100": 8, "H100": 23}  # 7.75 / 23.25
+    assert largest_remainder(5, {"x": 0, "y": 3}) == {"x": 0, "y": 5}
+    with pytest.raises(PricingError):
+        largest_remainder(5, {"x": 0})
 
 
 def test_revenue_by_model_shares_model_less_lines_by_largest_remainder():
     """H100 lines 3.00, A100 1.00; energy 0.10 and discount -0.41 have no model: -0.31 shared 3:1
     -> -0.2325 / -0.0775 -> floors 23 / 7 cents, the cent left to the larger remainder (A100):
     H100 3.00 - 0.23 = 2.77, A100 1.00 - 0.08 = 0.92; tax and credit are not revenue."""
-    revenue = y.attribute_revenue(
+    revenue = rev.attribute_revenue(
         [
             invoice(
                 "WM-1",
@@ -82,7 +89,7 @@ def test_revenue_by_model_shares_model_less_lines_by_largest_remainder():
 
 
 def test_revenue_in_two_currencies_is_never_added_and_a_true_up_alone_stays_unallocated():
-    revenue = y.attribute_revenue(
+    revenue = rev.attribute_revenue(
         [
             invoice("WM-1", "USD", ("gpu_time", "H100", "10.00"), ("commitment_true_up", "", "5.00")),
             invoice("WM-2", "JPY", ("gpu_time", "H100", "1000"), ("gpu_time", "L40S", "501"), ("energy", "", "3")),
@@ -107,11 +114,11 @@ def test_revenue_in_two_currencies_is_never_added_and_a_true_up_alone_stays_unal
 
 
 def test_an_invoice_whose_lines_do_not_make_its_subtotal_is_refused():
-    bad = y.InvoiceRevenue(
-        1, "WM-9", "acme", "USD", "finalized", Decimal("1.00"), (y.RevenueLine("gpu_time", "H100", Decimal("0.99")),)
+    bad = rev.InvoiceRevenue(
+        1, "WM-9", "acme", "USD", "finalized", Decimal("1.00"), (rev.RevenueLine("gpu_time", "H100", Decimal("0.99")),)
     )
     with pytest.raises(ReportError, match="WM-9 of tenant acme"):
-        y.attribute_revenue([bad])
+        rev.attribute_revenue([bad])
 
 
 MODELS = st.sampled_from(["H100", "A100", "L40S", ""])
@@ -119,7 +126,7 @@ KINDS = st.sampled_from(["gpu_time", "gpu_time_rounding", "energy", "discount", 
 
 
 @st.composite
-def invoices(draw: st.DrawFn) -> list[y.InvoiceRevenue]:
+def invoices(draw: st.DrawFn) -> list[rev.InvoiceRevenue]:
     out = []
     for number in range(draw(st.integers(0, 8))):
         currency = draw(st.sampled_from(["USD", "JPY", "BHD"]))
@@ -142,8 +149,8 @@ def invoices(draw: st.DrawFn) -> list[y.InvoiceRevenue]:
 
 @settings(max_examples=300, deadline=None)
 @given(invoices())
-def test_property_revenue_by_model_sums_to_the_invoices_exactly(batch: list[y.InvoiceRevenue]):
-    revenue = y.attribute_revenue(batch)
+def test_property_revenue_by_model_sums_to_the_invoices_exactly(batch: list[rev.InvoiceRevenue]):
+    revenue = rev.attribute_revenue(batch)
     for currency, invoiced in revenue.invoiced.items():
         by_model = sum((money.get(currency, Decimal(0)) for money in revenue.by_model.values()), Decimal(0))
         assert by_model + revenue.unallocated.get(currency, Decimal(0)) == invoiced
@@ -225,7 +232,7 @@ def test_hand_computed_report():
     assert fleet.revenue == {"USD": Decimal("5.58")} and fleet.leased_share == Fraction(6, 13)
     assert (report.hours, report.valley_hours, report.split_hours) == (720, 21 * 6 + 9 * 24, 0)
 
-    data = y.to_json(report)
+    data = render.to_json(report)
     assert data["fleet"]["revenue"]["USD"] == {
         "revenue": "5.58",
         "per_gpu": "1.8600",
@@ -235,10 +242,10 @@ def test_hand_computed_report():
     assert data["models"][0]["model"] == "A100" and data["models"][0]["revenue"]["USD"]["per_kwh"] is None
     assert data["models"][1]["utilization"] == "0.500000" and data["models"][1]["energy_kwh"] == "1.100000"
     assert json.loads(json.dumps(data)) == data
-    rows_csv = list(csv.DictReader(io.StringIO(y.csv_text(report))))
+    rows_csv = list(csv.DictReader(io.StringIO(render.csv_text(report))))
     assert [r["model"] for r in rows_csv] == ["A100", "H100", "*"]
     assert rows_csv[2]["revenue_per_gpu_hour_available"] == "0.8585" and rows_csv[2]["valley_share_sold"] == "0.500000"
-    table = y.text(report)
+    table = render.text(report)
     assert "fleet" in table and "50.0 %" in table and "5.58" in table
 
 
@@ -247,10 +254,10 @@ def test_hours_astride_a_valley_boundary_count_in_neither_valley_figure():
     UTC hours a day are cut by a boundary; rows in them count as available but in no valley figure."""
     kolkata = TouCalendar(timezone="Asia/Kolkata", weekday={"valley": ((0, 6),)}, weekend={"valley": ((0, 6),)})
     calendar = fleet_calendar(kolkata)
-    intervals = y.valley_intervals(calendar.spans, calendar.valley_periods)
-    classes = y.hour_classes(MON_NOV_2, MON_NOV_2 + 24 * HOUR, intervals)
-    assert [h for h, c in classes.items() if c == y.SPLIT] == [MON_NOV_2, MON_NOV_2 + 18 * HOUR]
-    assert [h for h, c in classes.items() if c == y.VALLEY] == [MON_NOV_2 + h * HOUR for h in range(19, 24)]
+    intervals = fc.valley_intervals(calendar.spans, calendar.valley_periods)
+    classes = fc.hour_classes(MON_NOV_2, MON_NOV_2 + 24 * HOUR, intervals)
+    assert [h for h, c in classes.items() if c == fc.SPLIT] == [MON_NOV_2, MON_NOV_2 + 18 * HOUR]
+    assert [h for h, c in classes.items() if c == fc.VALLEY] == [MON_NOV_2 + h * HOUR for h in range(19, 24)]
     rows = [hour_row("acme", "G", "H100", MON_NOV_2 + 18 * HOUR), hour_row("", "G", "H100", MON_NOV_2 + 19 * HOUR)]
     report = y.build_report(
         period="2026-11",
@@ -265,24 +272,24 @@ def test_hours_astride_a_valley_boundary_count_in_neither_valley_figure():
     assert (row.split_ms, row.valley_available_ms, row.valley_leased_ms, row.valley_share) == (HOUR, HOUR, 0, 0)
     assert report.split_hours == 60 and any("astride" in note for note in report.notes)
     with pytest.raises(ReportError, match="whole UTC hours"):
-        y.hour_classes(MON_NOV_2 + 30 * MINUTE, MON_NOV_2 + 24 * HOUR, intervals)
+        fc.hour_classes(MON_NOV_2 + 30 * MINUTE, MON_NOV_2 + 24 * HOUR, intervals)
 
 
 def test_a_calendar_on_new_york_time_follows_dst():
     """New York valley 00:00-06:00 local: 04:00-10:00 UTC in summer time (to 1 Nov), 05:00-11:00 after."""
     new_york = TouCalendar(timezone="America/New_York", weekday={"valley": ((0, 6),)}, weekend={"valley": ((0, 6),)})
     calendar = fleet_calendar(new_york, NOV_1 - 24 * HOUR, DEC_1)
-    classes = y.hour_classes(NOV_1 - 24 * HOUR, NOV_1 + 48 * HOUR, y.valley_intervals(calendar.spans, {"valley"}))
-    valley = [(h - NOV_1) // HOUR for h, c in classes.items() if c == y.VALLEY]
+    classes = fc.hour_classes(NOV_1 - 24 * HOUR, NOV_1 + 48 * HOUR, fc.valley_intervals(calendar.spans, {"valley"}))
+    valley = [(h - NOV_1) // HOUR for h, c in classes.items() if c == fc.VALLEY]
     # 31 Oct (EDT): 04..09; 1 Nov: local 00:00-02:00 EDT is 04:00-06:00 UTC, then 01:00-06:00 EST 06:00-11:00
     assert valley == [h - 24 for h in range(4, 10)] + list(range(4, 11)) + [24 + h for h in range(5, 11)]
 
 
 def test_calendar_spans_take_each_version_from_its_instant():
     later = TouCalendar(timezone="UTC")
-    spans = y.calendar_spans([(NOV_1 + 10 * 24 * HOUR, 2, later), (0, 1, UTC_VALLEY)], NOV_1, DEC_1)
+    spans = fc.calendar_spans([(NOV_1 + 10 * 24 * HOUR, 2, later), (0, 1, UTC_VALLEY)], NOV_1, DEC_1)
     assert [(lo, hi, v) for lo, hi, v, _ in spans] == [(NOV_1, NOV_1 + 240 * HOUR, 1), (NOV_1 + 240 * HOUR, DEC_1, 2)]
-    only_later = y.calendar_spans([(NOV_1 + 10 * 24 * HOUR, 2, later)], NOV_1, DEC_1)
+    only_later = fc.calendar_spans([(NOV_1 + 10 * 24 * HOUR, 2, later)], NOV_1, DEC_1)
     assert [(lo, hi, v) for lo, hi, v, _ in only_later] == [(NOV_1, DEC_1, 2)]  # the first also covers before
 
 
