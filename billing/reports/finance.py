@@ -28,10 +28,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from billing.common.errors import PeriodError
+from billing.common.errors import BillingError, PeriodError
 from billing.common.instants import ms_to_iso
 from billing.ledger.db import Ledger
-from billing.ledger.errors import LedgerError
 from billing.ledger.models import (
     INVOICE_DRAFT,
     INVOICE_FINALIZED,
@@ -43,19 +42,13 @@ from billing.ledger.models import (
     StripeInvoiceSync,
     Tenant,
 )
-from billing.pricing.errors import PricingError
 from billing.reconcile.waterfall import Reconciliation
 from billing.reports.errors import ReportError
-from billing.usage.errors import UsageDataError
 
 STATUSES = (INVOICE_DRAFT, INVOICE_FINALIZED, INVOICE_VOID)
 SYNC_DONE = ("finalized", "reported")
 RECONCILE_TTL_S = 30.0
 _MONEY_FIELDS = ("subtotal", "tax", "total", "amount_due")
-
-
-def _iso(ms: int | None) -> str | None:
-    return None if ms is None else ms_to_iso(ms)
 
 
 def _add(totals: dict[str, dict[str, Decimal]], currency: str, **amounts: Decimal) -> None:
@@ -121,7 +114,7 @@ def _stripe(session: Session, invoices: list[Invoice]) -> dict[str, Any]:
                     "state": sync.state,
                     "attempts": sync.attempts,
                     "last_error": sync.last_error,
-                    "last_attempt": _iso(sync.last_attempt_ms),
+                    "last_attempt": None if sync.last_attempt_ms is None else ms_to_iso(sync.last_attempt_ms),
                 }
             )
         else:
@@ -144,8 +137,8 @@ def _close(session: Session, period: str) -> dict[str, Any] | None:
         return None
     return {
         "step": row.step,
-        "started": _iso(row.started_ms),
-        "updated": _iso(row.updated_ms),
+        "started": ms_to_iso(row.started_ms),
+        "updated": ms_to_iso(row.updated_ms),
         "actor": row.actor,
         "summary": row.summary,
     }
@@ -210,7 +203,7 @@ class ReconcileCache:
             try:
                 result = reconcile(ledger, usage_root, period, stripe=None, stripe_skipped="the finance view")
             except ReconcileError as exc:
-                raise ReportError(str(exc)) from None
+                raise ReportError(str(exc), subject=exc.subject) from None
             self.builds += 1
             if len(self._entries) > 64:
                 self._entries.clear()
@@ -221,55 +214,25 @@ class ReconcileCache:
 CACHE = ReconcileCache()
 
 
-def overview(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCache = CACHE) -> dict[str, Any]:
-    """The month at a glance (see the module docstring); bad input raises ReportError."""
-    from billing.common.periods import parse_period
-    from billing.invoicing.errors import InvoicingError
+_TENANT_FIELDS = (
+    "tenant_id",
+    "currency",
+    "invoice",
+    "status",
+    "metered",
+    "invoiced",
+    "collected",
+    "flags",
+    "unexplained",
+)
 
-    try:
-        parse_period(period)
-    except (InvoicingError, PeriodError) as exc:
-        raise ReportError(str(exc)) from None
-    with ledger.transaction() as session:
-        invoices, rows = _invoices(session, period)
-        stripe = _stripe(session, rows)
-        close = _close(session, period)
-        tenants = session.scalar(select(func.count()).select_from(Tenant)) or 0
+
+def _reconciliation_summary(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCache) -> dict[str, Any]:
+    """The period's reconciliation as the overview shows it; one that cannot run says why, in `error`."""
     try:
         recon = reconciliation_json(cache.get(ledger, usage_root, period))
-        reconciliation: dict[str, Any] = {
-            "explained": recon["explained"],
-            "unexplained": recon["unexplained"],
-            "flags": recon["flags"],
-            "totals": recon["totals"],
-            "flagged": recon["flagged"],
-            "tenants": [
-                {
-                    k: t[k]
-                    for k in (
-                        "tenant_id",
-                        "currency",
-                        "invoice",
-                        "status",
-                        "metered",
-                        "invoiced",
-                        "collected",
-                        "flags",
-                        "unexplained",
-                    )
-                }
-                for t in recon["tenants"]
-            ],
-            "error": None,
-        }
-    except (
-        ReportError,
-        UsageDataError,
-        LedgerError,
-        PeriodError,
-        PricingError,
-    ) as exc:  # the rest of the month still shows
-        reconciliation = {
+    except BillingError as exc:  # the rest of the month still shows (stripe=None: no payments error can arise)
+        return {
             "explained": False,
             "unexplained": [],
             "flags": [],
@@ -279,10 +242,34 @@ def overview(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCach
             "error": f"the reconciliation could not run: {exc}",
         }
     return {
+        "explained": recon["explained"],
+        "unexplained": recon["unexplained"],
+        "flags": recon["flags"],
+        "totals": recon["totals"],
+        "flagged": recon["flagged"],
+        "tenants": [{k: t[k] for k in _TENANT_FIELDS} for t in recon["tenants"]],
+        "error": None,
+    }
+
+
+def overview(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCache = CACHE) -> dict[str, Any]:
+    """The month at a glance (see the module docstring); bad input raises ReportError."""
+    from billing.common.periods import parse_period
+
+    try:
+        parse_period(period)
+    except PeriodError as exc:
+        raise ReportError(str(exc), subject="period") from None
+    with ledger.transaction() as session:
+        invoices, rows = _invoices(session, period)
+        stripe = _stripe(session, rows)
+        close = _close(session, period)
+        tenants = session.scalar(select(func.count()).select_from(Tenant)) or 0
+    return {
         "period": period,
         "tenants": tenants,
         "invoices": invoices,
         "stripe": stripe,
         "close": close,
-        "reconciliation": reconciliation,
+        "reconciliation": _reconciliation_summary(ledger, usage_root, period, cache),
     }
