@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from billing.common.errors import PeriodError
+from billing.common.errors import BillingError
 from billing.common.instants import ms_to_iso
 from billing.ledger.db import Ledger, default_actor
 
@@ -45,7 +45,7 @@ example (a month close, step by step or all at once):
 """
 
 
-class CliError(Exception):
+class CliError(BillingError):
     """Bad input: printed as one line, exit 2."""
 
 
@@ -624,30 +624,16 @@ def _check_required(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from billing.invoicing.errors import InvoicingError
-    from billing.ledger.errors import LedgerError
-    from billing.payments.errors import PaymentsError
-    from billing.pricing.errors import PricingError
-    from billing.usage.errors import UsageDataError
+    from billing.cli_runner import run_command
 
     args = build_parser().parse_args(argv)
-    try:
-        _check_required(args)
-        ledger = Ledger(args.db)
-        try:
-            code: int = args.handler(args, ledger)
-            return code
-        finally:
-            ledger.dispose()
-    except (CliError, LedgerError, PricingError, UsageDataError, InvoicingError, PeriodError, PaymentsError) as exc:
-        print(f"wattmeter-billing: {exc}", file=sys.stderr)
-        return 2
-    except SQLAlchemyError as exc:  # e.g. a trigger refusing a change, a lost connection
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        print(f"wattmeter-billing: database error: {reason}", file=sys.stderr)
-        return 2
+    return run_command("wattmeter-billing", args.db, lambda ledger: _checked(args, ledger))
+
+
+def _checked(args: argparse.Namespace, ledger: Ledger) -> int:
+    _check_required(args)
+    code: int = args.handler(args, ledger)
+    return code
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from billing.common.errors import PeriodError
+from billing.cli_runner import run_command
+from billing.common.errors import BillingError
 from billing.leases.errors import PublishFailed
 from billing.leases.importers import FORMATS, parse_time, read_lease_file
 from billing.leases.outbox import bootstrap_servers, lease_horizon_ms, publish_pending
@@ -40,7 +40,6 @@ from billing.leases.service import end_lease, format_ms, import_leases, list_lea
 from billing.ledger import models
 from billing.ledger.db import Ledger
 from billing.ledger.db import now_ms as wall_ms
-from billing.ledger.errors import LedgerError
 from schemas.leases import PLANS, Lease
 from schemas.units import MS_PER_DAY
 
@@ -49,7 +48,7 @@ FAULT_ENV = "WATTMETER_FAULT"
 FAULT_AFTER_COMMIT = "after-lease-commit"
 
 
-class _UsageError(Exception):
+class _UsageError(BillingError):
     """A bad argument value, reported as one line."""
 
 
@@ -206,21 +205,7 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
 def run_lease_command(args: argparse.Namespace, ledger: Ledger | None = None) -> int:
     """Run a parsed `leases ...` command; `ledger` None opens the one named by --db or
     $WATTMETER_BILLING_DB. Returns the exit status (2 with one line on stderr on an error)."""
-    owned = ledger is None
-    try:
-        if ledger is None:
-            ledger = Ledger(args.db)
-        return _run(args, ledger)
-    except (LedgerError, PeriodError, _UsageError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        print(f"{PROG}: database error: {reason}", file=sys.stderr)
-        return 2
-    finally:
-        if owned and ledger is not None:
-            ledger.dispose()
+    return run_command(PROG, args.db, lambda opened: _run(args, opened), ledger)
 
 
 def main(argv: list[str] | None = None) -> int:

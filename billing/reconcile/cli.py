@@ -23,15 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from billing.common.errors import PeriodError
+from billing.cli_runner import run_command
 from billing.ledger.db import Ledger, default_actor
-from billing.ledger.errors import LedgerError
-from billing.payments.errors import PaymentsError
-from billing.pricing.errors import PricingError
-from billing.reconcile.errors import ReconcileError
-from billing.usage.errors import UsageDataError
 
 PROG = "wattmeter-billing reconcile"
 
@@ -102,23 +95,7 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
 def run_reconcile_command(args: argparse.Namespace, ledger: Ledger | None = None) -> int:
     """Run a parsed `reconcile` command; `ledger` None opens the one named by --db or
     $WATTMETER_BILLING_DB. Returns the exit status (2 with one line on stderr for bad input)."""
-    owned = ledger is None
-    try:
-        if ledger is None:
-            ledger = Ledger(args.db)
-        return _run(args, ledger)
-    except (ReconcileError, LedgerError, PeriodError, UsageDataError, PaymentsError, PricingError, OSError) as exc:
-        print(
-            f"{PROG}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr
-        )
-        return 2
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        print(f"{PROG}: database error: {reason}", file=sys.stderr)
-        return 2
-    finally:
-        if owned and ledger is not None:
-            ledger.dispose()
+    return run_command(PROG, args.db, lambda opened: _run(args, opened), ledger)
 
 
 def main(argv: list[str] | None = None) -> int:
