@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from schemas.topics import GPU_LEASES
 from schemas.validate import InvalidMessage, parse_lease_timeline
@@ -39,7 +40,7 @@ class LeaseView:
         self.rejected = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._consumer = None
+        self._consumer: Any = None
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:
@@ -80,7 +81,7 @@ class LeaseView:
         self._thread.start()
         return True
 
-    def _consumer_caught_up(self, timeout_s: float):
+    def _consumer_caught_up(self, timeout_s: float) -> Any:
         from kafka import TopicPartition
 
         from streams.kafka_client import kafka_consumer

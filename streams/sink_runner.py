@@ -12,11 +12,16 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from pathlib import Path
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError
 
 from schemas.topics import USAGE_RECORDS
 from schemas.usage import UsageRecord
 from schemas.validate import InvalidMessage, parse_json
 from streams.broker_watch import BrokerWatch
+from streams.kafka_client import kafka_consumer
 from streams.sink import ParquetSink
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,12 @@ log = logging.getLogger(__name__)
 DEDUPE_WINDOW = 200_000  # record ids remembered per partition
 COMMIT_TIMEOUT_MS = 5_000  # the group's offsets are advisory: never wait long for them
 MAX_BACKOFF_S = 10.0
+POLL_TIMEOUT_MS = 500
+CLOSE_TIMEOUT_MS = 5_000
+
+Row = dict[str, Any]  # a usage record as a Parquet row
+Buffered = tuple[int, Row | None]  # (offset, row, or None: a bad record, skipped but counted as read)
+Buffers = dict[int, list[Buffered]]  # per partition, in offset order
 
 
 class RecentIds:
@@ -73,27 +84,33 @@ class SinkRunner:
         self.files_written = 0
         self.recent: dict[int, RecentIds] = {}
 
-    def _flush(self, consumer, buffers: dict[int, list[tuple[int, dict | None]]]) -> None:
-        from kafka import OffsetAndMetadata, TopicPartition
-
+    def _flush(self, consumer: Any, buffers: Buffers) -> None:
+        """Write each partition's buffered rows (copies dropped) and advance its manifest, then
+        commit the group's offsets, advisory only."""
         commits = {}
         for partition, items in sorted(buffers.items()):
             if not items:
                 continue
-            recent = self.recent.setdefault(partition, RecentIds([]))
-            rows = []
-            for _, row in items:
-                if row is None:
-                    continue
-                if recent.add(row["record_id"]):
-                    rows.append(row)
-                else:
-                    self.duplicates += 1
+            rows = self._new_rows(partition, items)
             self.files_written += len(self.sink.write_batch(partition, items[0][0], items[-1][0], rows))
             commits[TopicPartition(self.topic, partition)] = OffsetAndMetadata(items[-1][0] + 1, "", -1)
         buffers.clear()
-        from kafka.errors import KafkaError
+        self._commit(consumer, commits)
 
+    def _new_rows(self, partition: int, items: list[Buffered]) -> list[Row]:
+        """The rows of `items` not written before (a worker's re-emitted window has the same record_id)."""
+        recent = self.recent.setdefault(partition, RecentIds([]))
+        rows = []
+        for _, row in items:
+            if row is None:
+                continue
+            if recent.add(row["record_id"]):
+                rows.append(row)
+            else:
+                self.duplicates += 1
+        return rows
+
+    def _commit(self, consumer: Any, commits: dict[Any, Any]) -> None:
         try:
             consumer.commit(commits, timeout_ms=COMMIT_TIMEOUT_MS)  # advisory: the manifests are the truth
         except KafkaError as exc:  # the broker is away or the group moved on: the manifests hold
@@ -106,13 +123,9 @@ class SinkRunner:
             self._own_watch = True
         return self.watch
 
-    def _connect(self, stop: threading.Event):
+    def _connect(self, stop: threading.Event) -> Any:
         """A consumer, once the broker answers; waits (quietly, the watch says it) as long as
         it takes. None if `stop` is set first."""
-        from kafka.errors import KafkaError
-
-        from streams.kafka_client import kafka_consumer
-
         backoff = 1.0
         while self._watch().wait_until_up(stop):
             try:
@@ -145,59 +158,67 @@ class SinkRunner:
                 self.watch = None
 
     def _run(self, stop: threading.Event) -> None:
-        from kafka import ConsumerRebalanceListener
-        from kafka.errors import KafkaError
-
         consumer = self._connect(stop)
         if consumer is None:
             return
-        buffers: dict[int, list[tuple[int, dict]]] = defaultdict(list)
-        sink = self.sink
-        runner = self
-
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):  # unflushed rows are re-read by the next owner
-                for tp in revoked:
-                    buffers.pop(tp.partition, None)
-
-            def on_partitions_assigned(self, assigned):
-                for tp in assigned:
-                    consumer.seek(tp, sink.recover(tp.partition))
-                    runner.recent[tp.partition] = RecentIds(sink.recent_record_ids(tp.partition, DEDUPE_WINDOW))
-
-        consumer.subscribe([self.topic], listener=Listener())
-        last_flush = time.monotonic()
+        buffers: Buffers = defaultdict(list)
+        consumer.subscribe([self.topic], listener=PartitionHandover(self, consumer, buffers))
         try:
-            backoff = 0.5
-            while not stop.is_set():
-                try:
-                    polled = consumer.poll(timeout_ms=500)
-                except KafkaError as exc:  # an outage the client did not ride out itself
-                    log.debug("poll failed: %r", exc)
-                    self._watch().nudge()
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
-                    continue
-                backoff = 0.5
-                for tp, messages in polled.items():
-                    for message in messages:
-                        try:
-                            row = UsageRecord.from_dict(parse_json(message.value)).to_dict()
-                        except (InvalidMessage, KeyError, TypeError) as exc:
-                            self.rejected += 1
-                            log.error(
-                                "skipping bad usage record at %s-%d@%d: %s", tp.topic, tp.partition, message.offset, exc
-                            )
-                            row = None
-                        buffers[tp.partition].append((message.offset, row))
-                full = sum(len(b) for b in buffers.values()) >= self.batch_records
-                if buffers and (full or time.monotonic() - last_flush >= self.batch_seconds):
-                    self._flush(consumer, buffers)
-                    last_flush = time.monotonic()
+            self._consume(consumer, buffers, stop)
             if buffers:
                 self._flush(consumer, buffers)  # clean shutdown leaves nothing half-read
         finally:
             try:
-                consumer.close(autocommit=False, timeout_ms=5_000)  # bounded, even during an outage
+                consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)  # bounded, even during an outage
             except KafkaError as exc:  # closing during an outage
                 log.debug("closing the consumer: %r", exc)
+
+    def _consume(self, consumer: Any, buffers: Buffers, stop: threading.Event) -> None:
+        """Poll and buffer until `stop`, flushing a batch when it is full or old enough."""
+        last_flush = time.monotonic()
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            except KafkaError as exc:  # an outage the client did not ride out itself
+                log.debug("poll failed: %r", exc)
+                self._watch().nudge()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = 0.5
+            for tp, messages in polled.items():
+                buffers[tp.partition].extend((message.offset, self._row(tp, message)) for message in messages)
+            full = sum(len(b) for b in buffers.values()) >= self.batch_records
+            if buffers and (full or time.monotonic() - last_flush >= self.batch_seconds):
+                self._flush(consumer, buffers)
+                last_flush = time.monotonic()
+
+    def _row(self, tp: Any, message: Any) -> Row | None:
+        """The usage record of `message` as a Parquet row; None (counted, logged) for a bad one."""
+        try:
+            return UsageRecord.from_dict(parse_json(message.value)).to_dict()
+        except (InvalidMessage, KeyError, TypeError) as exc:
+            self.rejected += 1
+            log.error("skipping bad usage record at %s-%d@%d: %s", tp.topic, tp.partition, message.offset, exc)
+            return None
+
+
+class PartitionHandover(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment each partition resumes at its manifest's offset, with the record ids it
+    wrote lately; on revocation its unflushed rows are dropped (the next owner reads them again)."""
+
+    def __init__(self, runner: SinkRunner, consumer: Any, buffers: Buffers) -> None:
+        self.runner = runner
+        self.consumer = consumer
+        self.buffers = buffers
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.buffers.pop(tp.partition, None)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        sink = self.runner.sink
+        for tp in assigned:
+            self.consumer.seek(tp, sink.recover(tp.partition))
+            self.runner.recent[tp.partition] = RecentIds(sink.recent_record_ids(tp.partition, DEDUPE_WINDOW))

@@ -147,9 +147,10 @@ def test_the_wattmeter_client_closes_on_the_io_thread_without_an_error(
 @pytest.mark.broker
 def test_kafka_consumer_uses_the_wattmeter_client(kafka_broker: BrokerHandle) -> None:
     consumer = kafka_consumer(bootstrap_servers=[kafka_broker.bootstrap], group_id=None)
+    # kafka-python shows its network client and IO thread only as private attributes
     try:
-        assert type(consumer._client) is IoThreadClient
-        io_thread = consumer._net._io_thread
+        assert type(consumer._client) is IoThreadClient  # noqa: SLF001
+        io_thread = consumer._net._io_thread  # noqa: SLF001
         assert io_thread is not None and io_thread.is_alive()
     finally:
         consumer.close()
