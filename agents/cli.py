@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from agents.backends.base import GpuBackend
 from agents.backends.simulated import MODELS
 from agents.config import AgentConfig, ConfigError, load_config
 from schemas.logs import setup_plain_logging
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_plain_logging()
     from agents.backends.errors import BackendUnavailable, TraceError
-    from agents.daemon import AgentDaemon, build_backend
+    from agents.daemon import build_backend
 
     try:
         config = _config(args)
@@ -139,16 +140,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ticks = 1 if args.once else args.ticks
     if args.stdout:
-        from agents.clock import SystemClock
-        from agents.sampler import Sampler
+        return run_to_stdout(config, backend, ticks)
+    return run_daemon(config, backend, ticks)
 
-        sampler = Sampler(backend, SystemClock(), config.node_id, config.interval_ms)
-        if config.backend == "replay":
-            taken = sampler.replay(StdoutSink(), [ts for ts, _ in backend.ticks()], config.speed, ticks=ticks)  # type: ignore[attr-defined]
-        else:
-            taken = sampler.run(StdoutSink(), ticks=ticks)
-        log.info("%s", summary_line(config.node_id, taken, None, None))
-        return 0
+
+def run_to_stdout(config: AgentConfig, backend: GpuBackend, ticks: int | None) -> int:
+    """Sample into stdout as JSON lines: no spool, no Kafka."""
+    from agents.clock import SystemClock
+    from agents.daemon import replay_timestamps
+    from agents.sampler import Sampler
+
+    sampler = Sampler(backend, SystemClock(), config.node_id, config.interval_ms)
+    if config.backend == "replay":
+        taken = sampler.replay(StdoutSink(), replay_timestamps(backend), config.speed, ticks=ticks)
+    else:
+        taken = sampler.run(StdoutSink(), ticks=ticks)
+    log.info("%s", summary_line(config.node_id, taken, None, None))
+    return 0
+
+
+def run_daemon(config: AgentConfig, backend: GpuBackend, ticks: int | None) -> int:
+    """Sample into the spool and send it to Kafka until SIGTERM (or `ticks`), then drain."""
+    from agents.daemon import AgentDaemon
+
     daemon = AgentDaemon(config, backend=backend)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())

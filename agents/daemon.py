@@ -26,6 +26,7 @@ from agents.sampler import Sampler
 from agents.sender import SpoolSender
 from agents.spool import Spool
 from schemas.samples import NodeSample
+from schemas.units import MS_PER_SECOND
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ def build_backend(config: AgentConfig) -> GpuBackend:
     from agents.backends.nvml import NvmlBackend
 
     return NvmlBackend()
+
+
+def replay_timestamps(backend: Any) -> list[int]:
+    """The recorded times of a replay backend's ticks, in trace order."""
+    return [ts for ts, _ in backend.ticks()]
 
 
 class SpoolSink:
@@ -95,7 +101,9 @@ class AgentDaemon:
             self.backend.keep_state(config.spool_dir / SIMULATED_STATE_FILE)
         self.clock = clock or SystemClock()
         self.metrics = metrics or AgentMetrics()
-        self.spool = Spool(config.spool_dir / "spool.sqlite3", config.spool_max_bytes, config.spool_max_age_s * 1000)
+        self.spool = Spool(
+            config.spool_dir / "spool.sqlite3", config.spool_max_bytes, config.spool_max_age_s * MS_PER_SECOND
+        )
         self.sampler = Sampler(self.backend, self.clock, config.node_id, config.interval_ms)
         self.sink = SpoolSink(self.spool, self.metrics, HintsFile(config.hints_file) if config.hints_file else None)
         self.stop_event = threading.Event()
@@ -136,7 +144,7 @@ class AgentDaemon:
         )
         try:
             if self.config.backend == "replay":
-                timestamps = [ts for ts, _ in self.backend.ticks()]  # type: ignore[attr-defined]
+                timestamps = replay_timestamps(self.backend)
                 taken = self.sampler.replay(self.sink, timestamps, self.config.speed, self.stop_event, ticks, on_sample)
             else:
                 taken = self.sampler.run(self.sink, ticks=ticks, stop=self.stop_event, on_sample=on_sample)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.metrics import AgentMetrics
-from agents.spool import Spool
+from agents.spool import Spool, SpoolRow
 from schemas.topics import GPU_SAMPLES
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,28 @@ def quiet_kafka_logs() -> KafkaLogQuieter:
         if QUIETER not in logger.filters:
             logger.addFilter(QUIETER)
     return QUIETER
+
+
+def _acknowledged_prefix(futures: list[Any]) -> int:
+    """How many of `futures`, from the first, succeeded: the rows the spool may forget."""
+    acked = 0
+    for future in futures:
+        if not future.is_done or future.failed():
+            break
+        acked += 1
+    return acked
+
+
+def _abandon_unanswered(producer: Any) -> None:
+    """Fail a kafka-python producer's unanswered sends, so that its close() completes.
+
+    kafka-python 3.0 (checked against 3.0.12): close() cannot drop unanswered sends itself; its
+    I/O thread (the private ``KafkaProducer._sender``) can: force_close fails them, after which
+    close() completes and the producer is not closed again at exit. No public call does this."""
+    io_thread = getattr(producer, "_sender", None)
+    if io_thread is not None:
+        io_thread.force_close()
+        io_thread.join(5)
 
 
 def _describe(exc: BaseException) -> str:
@@ -186,6 +208,23 @@ class SpoolSender:
         except Exception as exc:  # noqa: BLE001 - cannot bootstrap (unreachable, refused, TLS): try again later
             self._unreachable(began, _describe(exc))
             return 0
+        futures = self._send_rows(producer, rows, began)
+        self._await(producer, futures, began)
+        acked = _acknowledged_prefix(futures)
+        failed = [i for i, f in enumerate(futures) if f.is_done and f.failed()]
+        if failed:
+            self._refused(futures, failed[0], acked)
+        if acked:
+            self._delivered(rows, acked, began, clean=not failed)
+        if self._failed_batches >= MAX_FAILED_BATCHES and all(f.is_done for f in futures):
+            self._close_producer()  # nothing of ours is in flight: closing loses nothing
+            self._failed_batches = 0
+        self.metrics.spool_rows.set(self.spool.pending_rows)
+        self.metrics.spool_bytes.set(self.spool.pending_bytes)
+        return acked
+
+    def _send_rows(self, producer: Any, rows: list[SpoolRow], began: float) -> list[Any]:
+        """Hand `rows` to the producer, in order, until one is refused; their futures."""
         from kafka.errors import KafkaTimeoutError
 
         futures: list[Any] = []
@@ -199,37 +238,27 @@ class SpoolSender:
                 log.warning("kafka producer refused a send (%s); a new producer takes over", _describe(exc))
                 self._failed_batches = MAX_FAILED_BATCHES
                 break
-        self._await(producer, futures, began)
-        acked = 0
-        for future in futures:
-            if not future.is_done or future.failed():
-                break
-            acked += 1
-        failed = [i for i, f in enumerate(futures) if f.is_done and f.failed()]
-        if failed:
-            self.metrics.send_errors.inc()
-            later_ok = sum(1 for f in futures[failed[0] + 1 :] if f.is_done and f.succeeded())
-            log.warning(
-                "kafka did not acknowledge a sample (%s); resending from there%s",
-                _describe(futures[failed[0]].exception),
-                f" ({later_ok} later samples of that batch were acknowledged and will arrive twice)"
-                if later_ok
-                else "",
-            )
-            self._failed_batches = self._failed_batches + 1 if not acked else 0
-        if acked:
-            self.spool.ack(rows[acked - 1].row_id)
-            self.metrics.samples_sent.inc(acked)
-            self.metrics.send_latency.observe(time.monotonic() - began)
-            if not failed:
-                self._failed_batches = 0
-            self._reachable(acked, caught_up=acked == len(rows) and len(rows) < self.batch_rows)
-        if self._failed_batches >= MAX_FAILED_BATCHES and all(f.is_done for f in futures):
-            self._close_producer()  # nothing of ours is in flight: closing loses nothing
+        return futures
+
+    def _refused(self, futures: list[Any], first_failed: int, acked: int) -> None:
+        """Kafka refused the send at `first_failed`: say so (and what will arrive twice)."""
+        self.metrics.send_errors.inc()
+        later_ok = sum(1 for f in futures[first_failed + 1 :] if f.is_done and f.succeeded())
+        log.warning(
+            "kafka did not acknowledge a sample (%s); resending from there%s",
+            _describe(futures[first_failed].exception),
+            f" ({later_ok} later samples of that batch were acknowledged and will arrive twice)" if later_ok else "",
+        )
+        self._failed_batches = self._failed_batches + 1 if not acked else 0
+
+    def _delivered(self, rows: list[SpoolRow], acked: int, began: float, clean: bool) -> None:
+        """The first `acked` rows are in Kafka: off the spool. `clean`: no send of the batch failed."""
+        self.spool.ack(rows[acked - 1].row_id)
+        self.metrics.samples_sent.inc(acked)
+        self.metrics.send_latency.observe(time.monotonic() - began)
+        if clean:
             self._failed_batches = 0
-        self.metrics.spool_rows.set(self.spool.pending_rows)
-        self.metrics.spool_bytes.set(self.spool.pending_bytes)
-        return acked
+        self._reachable(acked, caught_up=acked == len(rows) and len(rows) < self.batch_rows)
 
     def _await(self, producer: Any, futures: list[Any], began: float) -> None:
         """Wait until every future is done; only a shutdown drain's deadline cuts it short."""
@@ -347,12 +376,7 @@ class SpoolSender:
             pass  # kafka-python's close flushes first and gives up on unanswered sends
         except Exception as exc:  # noqa: BLE001 - nothing more can be done with it
             log.warning("closing the kafka producer: %s", _describe(exc))
-        # kafka-python 3.0: close() cannot drop unanswered sends itself; its I/O thread can (force_close
-        # fails them), after which close() completes and the producer is not closed again at exit
-        io_thread = getattr(producer, "_sender", None)
-        if io_thread is not None:
-            io_thread.force_close()
-            io_thread.join(5)
+        _abandon_unanswered(producer)
         try:
             producer.close(timeout=0)
         except Exception as exc:  # noqa: BLE001

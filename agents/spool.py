@@ -49,9 +49,11 @@ class Spool:
             "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "ts_ms INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL)"
         )
-        self._bytes, self._rows = self._db.execute(
+        size, rows = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0), COUNT(*) FROM spool"
         ).fetchone()
+        self._bytes: int = size
+        self._rows: int = rows
         self.has_rows = threading.Event()
         if self._rows:
             self.has_rows.set()

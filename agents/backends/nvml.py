@@ -21,6 +21,7 @@ never raises. A cumulative energy counter lower than the last one read for that 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -37,7 +38,8 @@ def _load_pynvml() -> ModuleType:
         import pynvml
     except ImportError:
         raise BackendUnavailable("nvidia-ml-py is not installed: pip install 'wattmeter[agent]'") from None
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 class NvmlBackend:
@@ -89,7 +91,7 @@ class NvmlBackend:
             self._handles[index] = handle
         return handle
 
-    def _optional(self, call, *args) -> Any:
+    def _optional(self, call: Callable[..., Any], *args: Any) -> Any:
         """A value NVML may not support on this device: None instead of an error."""
         try:
             return call(*args)
@@ -121,7 +123,7 @@ class NvmlBackend:
             self._optional(nvml.nvmlDeviceGetTotalEnergyConsumption, handle),
         )
 
-    def _field(self, field: Any, fallback, handle: Any) -> int | None:
+    def _field(self, field: Any, fallback: Callable[..., Any], handle: Any) -> int | None:
         """A field value, or else the single call's (a driver may know the call but not the
         field, e.g. POWER_INSTANT before r535); the single call raises the device's real
         error if it has one and gives None where the value is NOT_SUPPORTED."""
@@ -129,7 +131,8 @@ class NvmlBackend:
             value = _field_value(self.nvml, field)
             if value is not None:
                 return value
-        return self._optional(fallback, handle)
+        single: int | None = self._optional(fallback, handle)
+        return single
 
     # -- reading
 
@@ -171,7 +174,7 @@ class NvmlBackend:
             ):
                 return False  # not MIG-capable
             raise
-        return current == self.nvml.NVML_DEVICE_MIG_ENABLE
+        return bool(current == self.nvml.NVML_DEVICE_MIG_ENABLE)
 
     def _mig_readings(
         self, handle: Any, parent: str, name: str, power: int | None, energy: int | None, temperature: int | None
