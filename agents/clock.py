@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from schemas.units import MS_PER_SECOND, NS_PER_MS
+
 
 class Clock(Protocol):
     def wall_ms(self) -> int: ...
@@ -16,13 +18,13 @@ class SystemClock:
     """Wall clock from time.time_ns, monotonic from time.monotonic_ns."""
 
     def wall_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return time.time_ns() // NS_PER_MS
 
     def mono_ms(self) -> int:
-        return time.monotonic_ns() // 1_000_000
+        return time.monotonic_ns() // NS_PER_MS
 
     def sleep_until_mono(self, mono_ms: int) -> None:
-        delay = (mono_ms - self.mono_ms()) / 1000
+        delay = (mono_ms - self.mono_ms()) / MS_PER_SECOND
         if delay > 0:
             time.sleep(delay)
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from schemas.units import S_PER_DAY
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # the agent runs on 3.10 too (requires-python)
@@ -26,7 +28,7 @@ class AgentConfig:
     interval_ms: int = 1000
     spool_dir: Path = Path(".wattmeter/agent-spool")
     spool_max_bytes: int = 512 * 1024**2
-    spool_max_age_s: int = 7 * 24 * 3600
+    spool_max_age_s: int = 7 * S_PER_DAY
     metrics_port: int = 0  # 0: no metrics server
     hints_file: Path | None = None  # JSON {gpu_uuid: hint}, e.g. written by the rental system
     # simulated backend

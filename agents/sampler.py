@@ -12,11 +12,10 @@ from typing import Protocol
 from agents.backends.base import GpuBackend
 from agents.clock import Clock
 from schemas.samples import NodeSample
-from schemas.units import MS_PER_HOUR
+from schemas.units import MS_PER_SECOND
+from schemas.validate import MAX_INTERVAL_MS
 
 log = logging.getLogger(__name__)
-
-MAX_INTERVAL_MS = MS_PER_HOUR  # the largest interval_ms a sample may carry (schemas/validate.py)
 
 
 class SampleSink(Protocol):
@@ -130,10 +129,10 @@ class Sampler:
         for i, ts in enumerate(timestamps[: ticks if ticks is not None else None]):
             if speed > 0 and ts > previous:
                 if stop is not None:
-                    if stop.wait((ts - previous) / 1000 / speed):
+                    if stop.wait((ts - previous) / MS_PER_SECOND / speed):
                         break
                 else:
-                    time.sleep((ts - previous) / 1000 / speed)
+                    time.sleep((ts - previous) / MS_PER_SECOND / speed)
             if stop is not None and stop.is_set():
                 break
             previous = ts

@@ -22,6 +22,7 @@ from schemas.leases import PLANS, GpuLeaseTimeline
 from schemas.samples import SAMPLE_SCHEMA_VERSION, NodeSample
 
 MAX_FUTURE_SKEW_MS = 5 * MS_PER_MINUTE
+MAX_INTERVAL_MS = MS_PER_HOUR  # the largest interval_ms a sample may carry (node_sample.v1.json)
 
 _GPU_INT_FIELDS: dict[str, tuple[int, int | None]] = {
     "power_mw": (0, 10_000_000),
@@ -110,7 +111,7 @@ def validate_sample_dict(data: dict[str, Any], now_ms: int | None = None) -> Nod
     _check_int("seq", data["seq"], 0, None, False)
     _check_int("ts_ms", data["ts_ms"], 0, None, False)
     _check_int("mono_ms", data["mono_ms"], 0, None, False)
-    _check_int("interval_ms", data["interval_ms"], 1, MS_PER_HOUR, False)
+    _check_int("interval_ms", data["interval_ms"], 1, MAX_INTERVAL_MS, False)
     if now_ms is not None and data["ts_ms"] > now_ms + MAX_FUTURE_SKEW_MS:
         raise InvalidMessage(f"ts_ms {data['ts_ms']} is more than {MAX_FUTURE_SKEW_MS} ms in the future")
     gpus = data["gpus"]

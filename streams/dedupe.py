@@ -11,10 +11,12 @@ never came are given up on, and anything that old is refused as late downstream.
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_BOOTS = 8  # boots remembered per node
 
 
-def seen_before(state: dict, boot_id: str, seq: int, horizon: int = 64) -> bool:
+def seen_before(state: dict[str, dict[str, Any]], boot_id: str, seq: int, horizon: int = 64) -> bool:
     """Record (boot_id, seq) in `state` (a JSON-able dict); True if it was a duplicate."""
     boot = state.get(boot_id)
     if boot is None:

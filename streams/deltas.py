@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.samples import GpuReading
+from schemas.units import UJ_PER_MJ
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class Interval:
 def _fallback_energy(prev: Cursor, reading: GpuReading, duration_ms: int) -> int:
     prev_power = prev.power_mw if prev.power_mw is not None else reading.power_mw or 0
     cur_power = reading.power_mw if reading.power_mw is not None else prev_power
-    return (prev_power + cur_power) * duration_ms // 2000  # mean mW x ms / 1000
+    return (prev_power + cur_power) * duration_ms // (2 * UJ_PER_MJ)  # mean mW x ms = uJ, to mJ
 
 
 def step(

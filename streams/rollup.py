@@ -20,6 +20,7 @@ dropped silently.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from schemas.samples import GpuReading, NodeSample
 from schemas.units import MS_PER_MINUTE, avg_power_mw
@@ -28,6 +29,12 @@ from streams import deltas
 from streams.dedupe import seen_before
 from streams.leases import LeaseIndex
 from streams.windows import ValleyHours, cut_points, share, window_start
+
+# The state's parts, JSON as the table's changelog holds them (see above).
+State = dict[str, Any]  # a node: node_id, dedupe, gpus
+Gpu = dict[str, Any]  # one GPU: cursor, model, pending, max_ts, windows (and newest, closed, suspect_reset)
+Window = dict[str, list[int]]  # an open window: accumulators by "kind|tenant|lease|plan"
+Entry = list[Any]  # a pending sample of a GPU: [ts, energy, power, util, reset, error, offset]
 
 # accumulator slots
 ALLOC, BUSY, ENERGY, PEAK, SAMPLES, UNMETERED, OFF_MIN, OFF_MAX = range(8)
@@ -41,7 +48,7 @@ class RollupConfig:
     # a node silent this long (wall clock, processing time) has its open windows closed,
     # so a host that disappears is still billed; data it sends later for such a window
     # becomes an adjustment record
-    idle_close_ms: int = 300_000
+    idle_close_ms: int = 5 * MS_PER_MINUTE
     valley_hours: ValleyHours = field(default_factory=ValleyHours)
 
 
@@ -55,11 +62,11 @@ class Outcome:
     rejected: str | None = None  # the whole sample was refused (nothing of it applied), and why
 
 
-def new_state(node_id: str) -> dict:
+def new_state(node_id: str) -> State:
     return {"node_id": node_id, "dedupe": {}, "gpus": {}}
 
 
-def _pending_entry(reading: GpuReading, ts_ms: int, offset: int) -> list:
+def _pending_entry(reading: GpuReading, ts_ms: int, offset: int) -> Entry:
     return [
         ts_ms,
         reading.energy_mj,
@@ -71,7 +78,7 @@ def _pending_entry(reading: GpuReading, ts_ms: int, offset: int) -> list:
     ]
 
 
-def _reading_from_entry(entry: list) -> GpuReading:
+def _reading_from_entry(entry: Entry) -> GpuReading:
     _, energy, power, util, reset, error, _ = entry
     return GpuReading("", "", power_mw=power, energy_mj=energy, util_gpu_pct=util, counter_reset=reset, error=error)
 
@@ -84,7 +91,7 @@ class NodeRollup:
         self.leases = leases
         self.partition = partition
 
-    def apply(self, state: dict, sample: NodeSample, offset: int) -> Outcome:
+    def apply(self, state: State, sample: NodeSample, offset: int) -> Outcome:
         """Dedupe, buffer, process what the lateness allows, and close windows."""
         outcome = Outcome()
         horizon = max(16, self.config.lateness_ms // max(sample.interval_ms, 1) + 1)
@@ -114,7 +121,7 @@ class NodeRollup:
         return outcome
 
     @staticmethod
-    def _counter_went_back(state: dict, sample: NodeSample) -> str | None:
+    def _counter_went_back(state: State, sample: NodeSample) -> str | None:
         """A newer reading whose energy counter is below the newest known one, with no reset
         marker, is refused once (it is more likely corrupt than a reset). If the next newer
         reading is below again, the counter really restarted: it is accepted as a reset."""
@@ -136,14 +143,14 @@ class NodeRollup:
             return "energy counter went backwards without a reset marker: " + "; ".join(r for _, r in refused)
         return None
 
-    def flush(self, state: dict) -> list[UsageRecord]:
+    def flush(self, state: State) -> list[UsageRecord]:
         """Process every pending sample and close every window (end of input, tests, demo)."""
         records: list[UsageRecord] = []
         for uuid, gpu in state["gpus"].items():
             records.extend(self._advance(state["node_id"], uuid, gpu, gpu["max_ts"], close_all=True))
         return records
 
-    def close_idle(self, state: dict, now_ms: int) -> list[UsageRecord]:
+    def close_idle(self, state: State, now_ms: int) -> list[UsageRecord]:
         """Close every open window of a node whose last sample was processed `idle_close_ms`
         ago (`state["seen_wall_ms"]`, wall clock, set by the worker), so a host that
         disappears is still billed. A processing-time timeout rather than event time: a host
@@ -164,7 +171,7 @@ class NodeRollup:
                 del closed[old]
         return records
 
-    def _advance(self, node_id: str, uuid: str, gpu: dict, up_to_ms: int, close_all: bool = False) -> list[UsageRecord]:
+    def _advance(self, node_id: str, uuid: str, gpu: Gpu, up_to_ms: int, close_all: bool = False) -> list[UsageRecord]:
         ready = sorted(int(ts) for ts in gpu["pending"] if int(ts) <= up_to_ms)
         for ts in ready:
             entry = gpu["pending"].pop(str(ts))
@@ -188,7 +195,7 @@ class NodeRollup:
             records.extend(self._records(node_id, uuid, gpu["model"], int(ws), gpu["windows"].pop(ws), revision))
         return records
 
-    def _accumulate(self, uuid: str, gpu: dict, interval: deltas.Interval, offset: int) -> None:
+    def _accumulate(self, uuid: str, gpu: Gpu, interval: deltas.Interval, offset: int) -> None:
         start, end = interval.start_ms, interval.end_ms
         points = cut_points(start, end, self.config.window_ms, self.leases.boundaries(uuid, start, end))
         for a, b in zip(points, points[1:]):
@@ -211,7 +218,7 @@ class NodeRollup:
             acc[OFF_MAX] = max(acc[OFF_MAX], offset)
 
     def _records(
-        self, node_id: str, uuid: str, model: str, ws: int, window: dict, revision: int = 0
+        self, node_id: str, uuid: str, model: str, ws: int, window: Window, revision: int = 0
     ) -> list[UsageRecord]:
         """Records of a closed window; revision > 0: what arrived after it was first emitted
         (leased time becomes an `adjustment` to add on the tenant's next invoice)."""

@@ -16,10 +16,17 @@ class StreamsSettings:
     app_id: str = field(default_factory=lambda: os.environ.get("WATTMETER_STREAMS_APP_ID", "wattmeter-streams"))
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("WATTMETER_STREAMS_DATA", ".wattmeter/streams")))
     usage_dir: Path = field(default_factory=lambda: Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")))
-    window_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_WINDOW_MS", "60000")))
-    lateness_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_LATENESS_MS", "5000")))
-    max_gap_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_MAX_GAP_MS", "30000")))
-    idle_close_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_IDLE_CLOSE_MS", "300000")))
+    # the rollup's settings default to RollupConfig's
+    window_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_WINDOW_MS", RollupConfig.window_ms)))
+    lateness_ms: int = field(
+        default_factory=lambda: int(os.environ.get("WATTMETER_LATENESS_MS", RollupConfig.lateness_ms))
+    )
+    max_gap_ms: int = field(
+        default_factory=lambda: int(os.environ.get("WATTMETER_MAX_GAP_MS", RollupConfig.max_gap_ms))
+    )
+    idle_close_ms: int = field(
+        default_factory=lambda: int(os.environ.get("WATTMETER_IDLE_CLOSE_MS", RollupConfig.idle_close_ms))
+    )
     valley_hours: str = field(default_factory=lambda: os.environ.get("WATTMETER_VALLEY_HOURS", "0-6"))
     # at_least_once plus idempotent outputs: see docs/design-notes.md for why not Faust's exactly_once
     processing_guarantee: str = field(

@@ -71,7 +71,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agents.backends.errors import TraceError
 from schemas.samples import GpuReading
-from schemas.units import datetime_to_ms, watts_to_mw
+from schemas.units import UJ_PER_MJ, datetime_to_ms, watts_to_mw
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +522,7 @@ class _Integrator:
     def add(self, reading: GpuReading, ts: int, where: str) -> int | None:
         gpu = reading.gpu_uuid
         if reading.power_mw is None:
-            return self.twice_uj[gpu] // 2000 if gpu in self.twice_uj else None
+            return self.twice_uj[gpu] // (2 * UJ_PER_MJ) if gpu in self.twice_uj else None
         previous = self.last.get(gpu)
         total = self.twice_uj.get(gpu, 0)
         if previous is not None:
@@ -531,7 +531,7 @@ class _Integrator:
             total += (previous[1] + reading.power_mw) * (ts - previous[0])  # mW x ms = uJ; (p1 + p2) is 2 x mean
         self.twice_uj[gpu] = total
         self.last[gpu] = (ts, reading.power_mw)
-        return total // 2000  # 2 x uJ -> mJ, floored (the remainder stays in the running total)
+        return total // (2 * UJ_PER_MJ)  # 2 x uJ -> mJ, floored (the remainder stays in the running total)
 
 
 def trapezoid_energy_mj(
@@ -550,7 +550,7 @@ def trapezoid_energy_mj(
     rows = _rows(Path(path), _as_tz(tz, tz_offset_minutes), gpu_uuid, node, None, gpus_per_sweep, interval_ms)
     for where, ts, _energy, _has, reading in rows:
         integrator.add(reading, ts, where)
-    return {gpu: twice // 2000 for gpu, twice in integrator.twice_uj.items()}
+    return {gpu: twice // (2 * UJ_PER_MJ) for gpu, twice in integrator.twice_uj.items()}
 
 
 class ReplayBackend:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.samples import GpuReading
+from schemas.units import MS_PER_SECOND, UJ_PER_MJ
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class _SimGpu:
         self.phase += 1
         busy = rng.random() < 0.7
         self.util = rng.randint(60, 100) if busy else rng.randint(0, 5)
-        self.phase_left_ms = rng.randint(20, 600) * 1000
+        self.phase_left_ms = rng.randint(20, 600) * MS_PER_SECOND
 
 
 def _host_boot_id() -> str | None:
@@ -231,7 +232,7 @@ class SimulatedBackend:
                 gpu_uuid=gpu.uuid,
                 model=gpu.model.name,
                 power_mw=gpu.last_power_mw,
-                energy_mj=gpu.energy_uj // 1000,
+                energy_mj=gpu.energy_uj // UJ_PER_MJ,
                 util_gpu_pct=gpu.util,
                 util_mem_pct=gpu.util // 2,
                 mem_used_bytes=mem_used,
