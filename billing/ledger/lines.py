@@ -46,15 +46,16 @@ def line_from_json(values: dict[str, Any], position: int) -> InvoiceLine:
     return _line({name: values[name] for name in STORED_FIELDS}, position)
 
 
+def stored_values(line: InvoiceLine) -> dict[str, Any]:
+    """Every stored field of the line, in STORED_FIELDS order, Decimals as exact strings."""
+    return {
+        name: str(getattr(line, name)) if name in _DECIMAL_FIELDS else getattr(line, name) for name in STORED_FIELDS
+    }
+
+
 def line_json(line: InvoiceLine, usage_query: dict[str, Any]) -> dict[str, Any]:
-    """The line as stored in JSON: every stored field, Decimals as exact strings, and the query
-    `explain` re-runs over the Parquet."""
-    values: dict[str, Any] = {}
-    for name in STORED_FIELDS:
-        value = getattr(line, name)
-        values[name] = str(value) if name in _DECIMAL_FIELDS else value
-    values["usage_query"] = usage_query
-    return values
+    """The line as stored in JSON: its stored values and the query `explain` re-runs over the Parquet."""
+    return {**stored_values(line), "usage_query": usage_query}
 
 
 def row_values(values: dict[str, Any]) -> dict[str, Any]:

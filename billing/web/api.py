@@ -40,7 +40,7 @@ from billing.invoicing.errors import InvoicingError
 from billing.leases import service as leases
 from billing.leases.errors import InvalidLease, UnknownLease, UnknownTenant
 from billing.ledger.errors import Conflict, LedgerError
-from billing.ledger.lines import STORED_FIELDS
+from billing.ledger.lines import stored_values
 from billing.readmodel import queries
 from billing.web.auth import (
     LEASE_WRITE_ROLES,
@@ -382,9 +382,7 @@ def _line(line: queries.LineDetail) -> LineOut:
                 for g in u.by_gpu
             ],
         )
-    values = {name: getattr(line.line, name) for name in ("position", *STORED_FIELDS)}
-    money = {name: str(values[name]) for name in ("quantity", "unit_price", "amount")}
-    return LineOut(**{**values, **money}, usage=usage)
+    return LineOut(position=line.position, **stored_values(line.line), usage=usage)
 
 
 def invoice_out(detail: queries.InvoiceDetail) -> InvoiceDetailOut:
