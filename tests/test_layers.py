@@ -28,19 +28,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 APART = {"agents": {"schemas"}, "streams": {"schemas"}}  # the agent and the stream processors: contracts only
 
 
-def _rank(module: str) -> int | None:
+def _place(module: str) -> tuple[int, str] | None:
+    """The layer and the package of `module`, or None for a module LAYERS does not place."""
     for rank, packages in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in packages):
-            return rank
+        for package in packages:
+            if module == package or module.startswith(package + "."):
+                return rank, package
     return None
-
-
-def _package(module: str) -> str:
-    for packages in LAYERS:
-        for p in packages:
-            if module == p or module.startswith(p + "."):
-                return p
-    return module.split(".")[0]
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -83,14 +77,15 @@ def _violations(root: Path = ROOT) -> list[str]:
                     continue
                 if head not in ("schemas", "billing"):
                     continue
-                mine = len(LAYERS) - 1 if _is_cli(module) else _rank(module)
-                theirs = _rank(imported)
+                mine = (len(LAYERS) - 1, "") if _is_cli(module) else _place(module)
+                theirs = _place(imported)
                 if mine is None or theirs is None:
                     if imported != "billing":
                         out.append(f"{where} (a package docs/architecture.md does not place)")
                     continue
-                if theirs > mine or (theirs == mine and _package(imported) != _package(module) and not _is_cli(module)):
-                    out.append(f"{where} (layer {theirs} above or beside layer {mine})")
+                beside = theirs[0] == mine[0] and theirs[1] != mine[1] and not _is_cli(module)
+                if theirs[0] > mine[0] or beside:
+                    out.append(f"{where} (layer {theirs[0]} above or beside layer {mine[0]})")
     return out
 
 
