@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from billing.pricing.rating import LeaseQuantity, UsageQuantity
 from billing.usage.errors import UsageDataError
-from schemas.lake import DATA_GLOB, FILE_RE, MANIFESTS_DIR
+from schemas.lake import DATA_GLOB, FILE_RE, MANIFESTS_DIR, folder_day_ms
 from schemas.leases import Lease
 from schemas.units import MS_PER_DAY, MS_PER_MINUTE
 from schemas.usage import KIND_ADJUSTMENT, KIND_IDLE, KIND_USAGE
@@ -48,6 +48,11 @@ class UsageFile:
     partition: int
     first: int
     last: int
+    day_ms: int  # the UTC day its `date=` folder names: every record in it has a window starting that day
+
+    def overlaps(self, lo_ms: int, hi_ms: int) -> bool:
+        """Whether some window starting in [lo_ms, hi_ms) can be in this file."""
+        return self.day_ms < hi_ms and self.day_ms + MS_PER_DAY > lo_ms
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,20 @@ def list_files(root: Path, topic: str = USAGE_TOPIC) -> list[UsageFile]:
     files = []
     for path in root.glob(DATA_GLOB):
         match = FILE_RE.match(path.name)
-        if match and match["topic"] == topic:
-            files.append(UsageFile(str(path), int(match["partition"]), int(match["first"]), int(match["last"])))
+        day_ms = folder_day_ms(path.parent.name)
+        if match and match["topic"] == topic and day_ms is not None:
+            files.append(UsageFile(str(path), int(match["partition"]), int(match["first"]), int(match["last"]), day_ms))
     return sorted(files, key=lambda f: (f.partition, f.first, f.path))
+
+
+def by_day(files: Sequence[UsageFile]) -> list[list[UsageFile]]:
+    """`files` grouped by their `date=` folder, oldest day first. Copies of a record share its window,
+    hence its folder: a duplicate is always found within one day's files, so the dedupe never has to
+    hold more than a day of record ids."""
+    days: dict[int, list[UsageFile]] = {}
+    for file in files:
+        days.setdefault(file.day_ms, []).append(file)
+    return [days[day] for day in sorted(days)]
 
 
 def connect() -> Any:
@@ -128,10 +144,33 @@ def _sql_list(values: Sequence[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
-def aggregate(root: Path, requests: Sequence[UsageRequest], leases: Sequence[Lease] = ()) -> dict[str, UsageResult]:
+@dataclass(frozen=True)
+class ScanInput:
+    """What one scan needs, whichever engine runs it: the files in rank order (the earliest copy of a
+    record counts) and which of them count, the tenants' windows and bucket grains, the pricing
+    segment starts, and the ledger's leases whose idle-metered time counts for them."""
+
+    files: tuple[UsageFile, ...]
+    selected: tuple[bool, ...]
+    tenants: tuple[tuple[str, int, int, int], ...]  # (tenant, window lo, window hi, bucket grain ms)
+    segments: tuple[tuple[str, int], ...]  # (tenant, segment start)
+    leases: tuple[Lease, ...] = ()
+
+
+# (tenant, plan, model, lease_id, lease_aggregated, segment start, allocated, busy, energy, records):
+# lease_aggregated 1 is a (tenant, plan, model, segment) sum, 0 a (tenant, lease, plan, model) one
+GroupedRow = tuple[str, str, str, Any, int, int, int, int, int, int]
+Attribution = tuple[str, str, int]  # (tenant, lease, idle GPU-ms that count for the lease)
+Engine = Callable[[ScanInput], tuple[list[GroupedRow], list[Attribution]]]
+
+
+def aggregate(
+    root: Path, requests: Sequence[UsageRequest], leases: Sequence[Lease] = (), engine: Engine | None = None
+) -> dict[str, UsageResult]:
     """The quantities of each request, keyed by `request.key`; requests that share the same
     offset ranges are answered by one scan. `leases`: the ledger's leases of the requests' tenants
-    over their windows, whose idle-metered time counts for them (`attribute_idle`)."""
+    over their windows, whose idle-metered time counts for them (`attribute_idle`). `engine` runs
+    each scan (DuckDB here unless told otherwise; `billing.usage.spark_engine` is the other)."""
     results = {request.key: UsageResult() for request in requests}
     if not requests:
         return results
@@ -143,7 +182,7 @@ def aggregate(root: Path, requests: Sequence[UsageRequest], leases: Sequence[Lea
         round_ = seen[(ranges, request.tenant_id)] = seen.get((ranges, request.tenant_id), -1) + 1
         groups.setdefault((ranges, round_), []).append(request)
     for group in groups.values():
-        _aggregate_group(files, group[0].ranges, group, results, leases)
+        _aggregate_group(files, group[0].ranges, group, results, leases, engine or duckdb_grouped)
     return results
 
 
@@ -153,17 +192,40 @@ def _aggregate_group(
     group: list[UsageRequest],
     results: dict[str, UsageResult],
     leases: Sequence[Lease],
+    engine: Engine,
 ) -> None:
     if len({r.tenant_id for r in group}) != len(group):
         raise ValueError("one scan answers at most one request per tenant")
+    lo, hi = min(r.start_ms for r in group), max(r.end_ms for r in group)
     # a record counts in the range holding its earliest copy: scan every file up to the
     # ranges' end so that copies in earlier files are seen, then keep the selected ones
-    scanned, selected = _files_in(files, ranges)
+    scanned, selected = _files_in(files, ranges, lo, hi)
     if not any(selected):
         return
-    tenants = [(r.tenant_id, r.start_ms, r.end_ms, _grain(r)) for r in group]
-    segments = [(r.tenant_id, start) for r in group for start in r.segment_starts]
-    with _Scan(scanned, selected, tenants, segments, leases) as scan:
+    names = {r.tenant_id for r in group}
+    scan = ScanInput(
+        tuple(scanned),
+        tuple(selected),
+        tuple((r.tenant_id, r.start_ms, r.end_ms, _grain(r)) for r in group),
+        tuple((r.tenant_id, start) for r in group for start in r.segment_starts),
+        tuple(lease for lease in leases if lease.tenant_id in names),
+    )
+    rows, attribution = engine(scan)
+    by_tenant = {r.tenant_id: results[r.key] for r in group}
+    for tenant, plan, model, lease_id, lease_aggregated, seg_start, allocated, busy, energy, count in rows:
+        result = by_tenant[tenant]
+        if lease_aggregated:  # the (tenant, plan, model, segment) set
+            result.usage.append(UsageQuantity(tenant, plan, model, seg_start, allocated, busy, energy, count))
+            result.records += count
+        else:
+            result.leases.append(LeaseQuantity(lease_id, plan, model, allocated, seg_start))
+    for tenant, lease_id, attributed in attribution:
+        by_tenant[tenant].attributed[lease_id] = attributed
+
+
+def duckdb_grouped(scan_input: ScanInput) -> tuple[list[GroupedRow], list[Attribution]]:
+    """The DuckDB engine: one streaming pass over the counted rows, grouped, placed into segments."""
+    with _Scan(scan_input) as scan:
         # 1) group the counted rows by a time bucket that no segment boundary cuts (per tenant,
         #    the gcd of its boundaries: an hour for most calendars), streaming, no join per row;
         # 2) place the few bucket rows into pricing segments with an ASOF join.
@@ -185,16 +247,7 @@ def _aggregate_group(
             GROUP BY ALL
             """
         )
-    by_tenant = {r.tenant_id: results[r.key] for r in group}
-    for tenant, plan, model, lease_id, lease_aggregated, seg_start, allocated, busy, energy, count in rows:
-        result = by_tenant[tenant]
-        if lease_aggregated:  # the (tenant, plan, model, segment) set
-            result.usage.append(UsageQuantity(tenant, plan, model, seg_start, allocated, busy, energy, count))
-            result.records += count
-        else:
-            result.leases.append(LeaseQuantity(lease_id, plan, model, allocated, seg_start))
-    for tenant, lease_id, attributed in scan.attribution:
-        by_tenant[tenant].attributed[lease_id] = attributed
+        return [tuple(row) for row in rows], scan.attribution
 
 
 def _grain(request: UsageRequest) -> int:
@@ -208,44 +261,42 @@ def _grain(request: UsageRequest) -> int:
 class _Scan:
     """One DuckDB connection over the scanned files, with the tables the queries join:
     `files` (rank, selected), `tenants` (id, window range, bucket grain), `segs` (segment starts)
-    and `shared` (hashes of record ids seen more than once: the only rows compared by id)."""
+    and `shared` (hashes of record ids seen more than once: the only rows compared by id).
 
-    def __init__(
-        self,
-        scanned: Sequence[UsageFile],
-        selected: Sequence[bool],
-        tenants: Sequence[tuple[str, int, int, int]],
-        segments: Sequence[tuple[str, int]],
-        leases: Sequence[Lease] = (),
-    ) -> None:
-        self.all_selected = all(selected)
+    `shared` is found one `date=` day at a time (copies of a record share its day), so the
+    memory of the dedupe is a day's record ids whatever the length of the period."""
+
+    def __init__(self, scan: ScanInput) -> None:
+        tenants = scan.tenants
+        self.all_selected = all(scan.selected)
         self.lo = min(t[1] for t in tenants)
         self.hi = max(t[2] for t in tenants)
         self.con = connect()
         self.any_attributed = False
-        self.attribution: list[tuple[str, str, int]] = []  # (tenant, lease, attributed GPU-ms)
+        self.attribution: list[Attribution] = []
         try:
             self.con.execute("CREATE TEMP TABLE files(filename VARCHAR, file_rank BIGINT, selected BOOLEAN)")
             self.con.executemany(
                 "INSERT INTO files VALUES (?, ?, ?)",
-                [(f.path, i, s) for i, (f, s) in enumerate(zip(scanned, selected))],
+                [(f.path, i, s) for i, (f, s) in enumerate(zip(scan.files, scan.selected))],
             )
             self.con.execute("CREATE TEMP TABLE tenants(tenant_id VARCHAR, lo BIGINT, hi BIGINT, grain BIGINT)")
             self.con.executemany("INSERT INTO tenants VALUES (?, ?, ?, ?)", list(tenants))
             self.con.execute("CREATE TEMP TABLE segs(tenant_id VARCHAR, seg_start BIGINT)")
-            if segments:
-                self.con.executemany("INSERT INTO segs VALUES (?, ?)", list(segments))
-            self.con.execute("SET VARIABLE paths = ?", [[f.path for f in scanned]])
-            names = {tenant for tenant, *_ in tenants}
-            mine = [lease for lease in leases if lease.tenant_id in names]
-            if mine and attribute_idle(self.con, mine, self.lo, self.hi):
+            if scan.segments:
+                self.con.executemany("INSERT INTO segs VALUES (?, ?)", list(scan.segments))
+            self.con.execute("SET VARIABLE paths = ?", [[f.path for f in scan.files]])
+            if scan.leases and attribute_idle(self.con, scan.leases, self.lo, self.hi):
                 self.any_attributed = True
                 self.attribution = self._attribution()
-            self.con.execute(
-                f"CREATE TEMP TABLE shared AS SELECT h FROM "
-                f"(SELECT hash(record_id) AS h FROM {self._raw('u.record_id')}) "
-                "GROUP BY h HAVING count(*) > 1"
-            )
+            self.con.execute("CREATE TEMP TABLE shared(h UBIGINT)")
+            for day in by_day(scan.files):
+                self.con.execute("SET VARIABLE paths = ?", [[f.path for f in day]])
+                self.con.execute(
+                    f"INSERT INTO shared SELECT h FROM (SELECT hash(record_id) AS h FROM {self._raw('u.record_id')}) "
+                    "GROUP BY h HAVING count(*) > 1"
+                )
+            self.con.execute("SET VARIABLE paths = ?", [[f.path for f in scan.files]])
             self.any_shared = bool(self.con.execute("SELECT count(*) FROM shared").fetchone()[0])
         except Exception as exc:  # duckdb.Error: a damaged or foreign file
             self.con.close()
@@ -257,7 +308,7 @@ class _Scan:
     def __exit__(self, *exc: object) -> None:
         self.con.close()
 
-    def _attribution(self) -> list[tuple[str, str, int]]:
+    def _attribution(self) -> list[Attribution]:
         """Per (tenant, lease): the attributed GPU-ms that count here (earliest copy, selected files,
         the tenant's window)."""
         return [
@@ -277,15 +328,15 @@ class _Scan:
         ]
 
     def _raw(self, columns: str = "u.*") -> str:
-        """Usage and adjustment rows of the request tenants inside their windows, from the scanned files
-        (an equality join on tenant, then the window filter: a range join per row costs twice as much),
-        and the idle rows attributed to their ledger leases."""
+        """Usage and adjustment rows of the request tenants inside their windows, from the files the
+        variable `paths` names (an equality join on tenant, then the window filter: a range join per
+        row costs twice as much), and the idle rows attributed to their ledger leases."""
         source = "read_parquet(getvariable('paths'), filename = true, hive_partitioning = false)"
         if self.any_attributed:
             source = f"""(
                 SELECT {_ROW_COLUMNS}, filename FROM {source} WHERE kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}')
                 UNION ALL
-                SELECT {_ROW_COLUMNS}, filename FROM attributed
+                SELECT {_ROW_COLUMNS}, filename FROM attributed WHERE list_contains(getvariable('paths'), filename)
             )"""
         return f"""(
             SELECT {columns} FROM {source} u
@@ -422,13 +473,16 @@ def attribute_idle(con: Any, leases: Sequence[Lease], lo_ms: int, hi_ms: int) ->
     return bool(con.execute("SELECT count(*) FROM attributed").fetchone()[0])
 
 
-def _files_in(files: list[UsageFile], ranges: Sequence[OffsetRange]) -> tuple[list[UsageFile], list[bool]]:
-    """The files to scan for `ranges` (everything up to their end, for the earliest-copy rule) and which count."""
+def _files_in(
+    files: list[UsageFile], ranges: Sequence[OffsetRange], lo_ms: int, hi_ms: int
+) -> tuple[list[UsageFile], list[bool]]:
+    """The files to scan for `ranges` over windows in [lo_ms, hi_ms) (everything up to the ranges' end,
+    for the earliest-copy rule, in the days of the windows: copies share a day) and which count."""
     ends: Cutoff = {}
     for offset_range in ranges:
         for partition, offset in offset_range.end.items():
             ends[partition] = max(ends.get(partition, 0), offset)
-    scanned = [f for f in files if f.first < ends.get(f.partition, 0)]
+    scanned = [f for f in files if f.first < ends.get(f.partition, 0) and f.overlaps(lo_ms, hi_ms)]
     return scanned, [any(r.holds(f) for r in ranges) for f in scanned]
 
 
@@ -449,18 +503,19 @@ def explain(root: Path, query: dict[str, Any], leases: Sequence[Lease] = ()) -> 
     if measure not in ("allocated_gpu_ms", "energy_mj"):
         raise UsageDataError("this line is not a usage quantity (money-only lines have no usage behind them)")
     ranges = [OffsetRange.from_json(r) for r in query["ranges"]]
-    scanned, selected = _files_in(list_files(root), ranges)
+    tenant = str(query["tenant_id"])
+    lo, hi = int(query["service_start_ms"]), int(query["service_end_ms"])
+    scanned, selected = _files_in(list_files(root), ranges, lo, hi)
     if not any(selected) or not query["segments"]:
         return Explanation(0, 0, [], 0)
-    tenant = str(query["tenant_id"])
-    tenants = [(tenant, int(query["service_start_ms"]), int(query["service_end_ms"]), MS_PER_MINUTE)]
+    mine = tuple(lease for lease in leases if lease.tenant_id == tenant)
     conditions = [
         " OR ".join(f"(window_start_ms >= {int(s)} AND window_start_ms < {int(e)})" for s, e in query["segments"])
     ]
     for column in ("plan", "model"):
         if query.get(column) is not None:
             conditions.append(f"{column} = {_sql_list([str(query[column])])[1:-1]}")
-    with _Scan(scanned, selected, tenants, [], leases) as scan:
+    with _Scan(ScanInput(tuple(scanned), tuple(selected), ((tenant, lo, hi, MS_PER_MINUTE),), (), mine)) as scan:
         rows = scan.fetch(
             f"""
             SELECT gpu_uuid, lease_id, count(*)::BIGINT, sum({measure})::BIGINT FROM {scan.counted_rows()}
