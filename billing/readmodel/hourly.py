@@ -13,22 +13,37 @@ zone; the month close runs it after rating.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session
 
 from billing.common.periods import period_bounds
 from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, now_ms
 from billing.ledger.models import RollupRun, Tenant, UsageHourly
 from billing.usage.errors import UsageDataError
-from billing.usage.reader import attribute_idle, connect, list_files, read_cutoff
+from billing.usage.reader import UsageFile, attribute_idle, by_day, connect, list_files, read_cutoff
 from schemas.leases import Lease
-from schemas.units import MS_PER_HOUR
+from schemas.units import MS_PER_DAY, MS_PER_HOUR
 
 BATCH = 50_000
+# (tenant, gpu, model, plan, hour start ms, allocated GPU-ms, busy GPU-ms, energy mJ, records)
+HourlyRow = tuple[str, str, str, str, int, int, int, int, int]
+HOURLY_COLUMNS = (
+    "tenant_id",
+    "gpu_uuid",
+    "model",
+    "plan",
+    "hour_start_ms",
+    "allocated_gpu_ms",
+    "busy_gpu_ms",
+    "energy_mj",
+    "records",
+)
 
 
 @dataclass(frozen=True)
@@ -50,23 +65,41 @@ def period_span(ledger: Ledger, period: str) -> tuple[int, int]:
     return start - start % MS_PER_HOUR, end + (-end % MS_PER_HOUR)
 
 
+def hourly_batches(
+    usage_root: Path, start_ms: int, end_ms: int, leases: Sequence[Lease] = ()
+) -> Iterator[list[HourlyRow]]:
+    """The hourly rows of [start_ms, end_ms) from the files the sink has made durable, in batches of
+    at most BATCH rows, one UTC day at a time: copies of a record share its day, so each day is
+    deduplicated and summed on its own and neither DuckDB nor Python ever holds more than a day.
+    Idle time inside the ledger's `leases` moves to the lease's tenant and plan, as the invoices
+    count it (`attribute_idle`)."""
+    cutoff = read_cutoff(usage_root)
+    files = [f for f in list_files(usage_root) if f.first < cutoff.get(f.partition, 0) and f.overlaps(start_ms, end_ms)]
+    for day in by_day(files):
+        lo, hi = max(start_ms, day[0].day_ms), min(end_ms, day[0].day_ms + MS_PER_DAY)
+        mine = [lease for lease in leases if lease.start_ms < hi and (lease.end_ms is None or lease.end_ms > lo)]
+        yield from _day_batches(day, lo, hi, mine)
+
+
 def hourly_rows(
     usage_root: Path, start_ms: int, end_ms: int, leases: Sequence[Lease] = ()
-) -> tuple[list[tuple[object, ...]], int]:
-    """(tenant, gpu, model, plan, hour, allocated, busy, energy, records) rows of [start_ms, end_ms), and the
-    number of records counted, from the files the sink has made durable. Idle time inside the ledger's
-    `leases` moves to the lease's tenant and plan, as the invoices count it (`attribute_idle`)."""
-    cutoff = read_cutoff(usage_root)
-    files = [f for f in list_files(usage_root) if f.first < cutoff.get(f.partition, 0)]
-    if not files:
-        return [], 0
+) -> tuple[list[HourlyRow], int]:
+    """All the hourly rows of [start_ms, end_ms) in one list, sorted, and the records they count: for
+    tests and small windows; `rebuild` streams `hourly_batches` instead."""
+    rows = sorted(row for batch in hourly_batches(usage_root, start_ms, end_ms, leases) for row in batch)
+    return rows, sum(int(row[8]) for row in rows)
+
+
+def _day_batches(
+    day: Sequence[UsageFile], lo_ms: int, hi_ms: int, leases: Sequence[Lease]
+) -> Iterator[list[HourlyRow]]:
     con = connect()
     try:
         con.execute("CREATE TEMP TABLE files(filename VARCHAR, file_rank BIGINT)")
-        con.executemany("INSERT INTO files VALUES (?, ?)", [(f.path, i) for i, f in enumerate(files)])
-        con.execute("SET VARIABLE paths = ?", [[f.path for f in files]])
+        con.executemany("INSERT INTO files VALUES (?, ?)", [(f.path, i) for i, f in enumerate(day)])
+        con.execute("SET VARIABLE paths = ?", [[f.path for f in day]])
         moved = ""
-        if leases and attribute_idle(con, leases, start_ms, end_ms):
+        if leases and attribute_idle(con, leases, lo_ms, hi_ms):
             # the lease's part of an idle record counts for its tenant, and the idle row loses it (a record
             # moved whole leaves the idle hour's record count too)
             moved = """
@@ -82,12 +115,12 @@ def hourly_rows(
                 SELECT record_id, tenant_id, gpu_uuid, model, plan, window_start_ms, allocated_gpu_ms, busy_gpu_ms,
                        energy_mj, 1 AS n, filename
                 FROM read_parquet(getvariable('paths'), filename = true, hive_partitioning = false){moved}
-            ) WHERE window_start_ms >= {int(start_ms)} AND window_start_ms < {int(end_ms)}""")
+            ) WHERE window_start_ms >= {int(lo_ms)} AND window_start_ms < {int(hi_ms)}""")
         con.execute(
             "CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM raw) "
             "GROUP BY h HAVING count(*) > 1"
         )
-        rows = con.execute(f"""
+        con.execute(f"""
             WITH counted AS (
                 SELECT * EXCLUDE (filename) FROM raw WHERE hash(record_id) NOT IN (SELECT h FROM shared)
                 UNION ALL
@@ -100,46 +133,62 @@ def hourly_rows(
                    sum(allocated_gpu_ms)::BIGINT, sum(busy_gpu_ms)::BIGINT, sum(energy_mj)::BIGINT, sum(n)::BIGINT
             FROM counted GROUP BY tenant_id, gpu_uuid, plan, hour
             HAVING sum(n) <> 0 OR sum(allocated_gpu_ms) <> 0 OR sum(energy_mj) <> 0
-            ORDER BY hour, tenant_id, gpu_uuid, plan
-            """).fetchall()
+            """)
+        while batch := con.fetchmany(BATCH):
+            yield batch
     except Exception as exc:  # duckdb.Error: a damaged or foreign file
         raise UsageDataError(f"cannot read the usage Parquet: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
-    return rows, sum(int(r[8]) for r in rows)
 
 
 def rebuild(ledger: Ledger, usage_root: Path, label: str, start_ms: int, end_ms: int) -> RollupReport:
-    """Replace the hourly rows of [start_ms, end_ms) (whole hours) with the Parquet's, in one transaction."""
+    """Replace the hourly rows of [start_ms, end_ms) (whole hours) with the Parquet's, in one transaction.
+    The rows stream from DuckDB into the database's bulk path (PostgreSQL COPY; SQLite batches), a
+    batch at a time: the period never sits in a Python list."""
     if start_ms % MS_PER_HOUR or end_ms % MS_PER_HOUR or end_ms <= start_ms:
         raise UsageDataError("a rollup covers whole hours")
     with ledger.transaction() as session:
         leases = leases_overlapping(session, start_ms, end_ms)
-    rows, records = hourly_rows(usage_root, start_ms, end_ms, leases)
-    columns: Sequence[str] = (
-        "tenant_id",
-        "gpu_uuid",
-        "model",
-        "plan",
-        "hour_start_ms",
-        "allocated_gpu_ms",
-        "busy_gpu_ms",
-        "energy_mj",
-        "records",
-    )
+    cutoff = {str(p): o for p, o in read_cutoff(usage_root).items()}
     with ledger.transaction() as session:
         session.execute(
             delete(UsageHourly).where(UsageHourly.hour_start_ms >= start_ms, UsageHourly.hour_start_ms < end_ms)
         )
-        for i in range(0, len(rows), BATCH):
-            session.execute(insert(UsageHourly), [dict(zip(columns, row)) for row in rows[i : i + BATCH]])
+        rows, records = bulk_load(session, hourly_batches(usage_root, start_ms, end_ms, leases))
         run = session.get(RollupRun, label)
-        cutoff = {str(p): o for p, o in read_cutoff(usage_root).items()}
         if run is None:
-            session.add(RollupRun(period=label, cutoff=cutoff, rows=len(rows), built_ms=now_ms()))
+            session.add(RollupRun(period=label, cutoff=cutoff, rows=rows, built_ms=now_ms()))
         else:
-            run.cutoff, run.rows, run.built_ms = cutoff, len(rows), now_ms()
-    return RollupReport(label, start_ms, end_ms, len(rows), records)
+            run.cutoff, run.rows, run.built_ms = cutoff, rows, now_ms()
+    if ledger.engine.dialect.name == "postgresql":
+        with ledger.transaction() as session:  # fresh planner statistics for the hours just replaced
+            session.execute(text("ANALYZE usage_hourly"))
+    return RollupReport(label, start_ms, end_ms, rows, records)
+
+
+def bulk_load(session: Session, batches: Iterable[list[HourlyRow]]) -> tuple[int, int]:
+    """Append `batches` to usage_hourly in the session's transaction through the driver's bulk path;
+    (rows, records) written."""
+    driver: Any = session.connection().connection.driver_connection
+    columns = ", ".join(HOURLY_COLUMNS)
+    rows = records = 0
+    if session.get_bind().dialect.name == "postgresql":
+        with driver.cursor() as cursor, cursor.copy(f"COPY usage_hourly ({columns}) FROM STDIN") as copy:
+            for batch in batches:
+                for row in batch:
+                    copy.write_row(row)
+                rows, records = rows + len(batch), records + sum(int(row[8]) for row in batch)
+        return rows, records
+    cursor = driver.cursor()
+    try:
+        insert_sql = f"INSERT INTO usage_hourly ({columns}) VALUES ({', '.join('?' * len(HOURLY_COLUMNS))})"
+        for batch in batches:
+            cursor.executemany(insert_sql, batch)
+            rows, records = rows + len(batch), records + sum(int(row[8]) for row in batch)
+    finally:
+        cursor.close()
+    return rows, records
 
 
 def rollup_period(ledger: Ledger, usage_root: Path, period: str) -> RollupReport:
