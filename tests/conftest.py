@@ -13,6 +13,7 @@ import pytest
 
 from deploy.local.kafka_broker import BrokerHandle, BrokerUnavailable, start_broker
 from deploy.local.postgres import PostgresServer, PostgresUnavailable, start_postgres
+from deploy.local.s3_store import S3Store, S3StoreUnavailable, start_s3_store
 from deploy.local.stripe_peers import (
     StripePeer,
     StripePeerUnavailable,
@@ -51,6 +52,27 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.fail(f"the real PostgreSQL server could not start: {exc}", pytrace=False)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[S3Store]:
+    """The real S3-compatible object store (SeaweedFS on loopback, deploy/local/s3_store.py), started
+    only when a test asks for it; one that cannot start fails every test that needs it."""
+    try:
+        store = start_s3_store()
+    except S3StoreUnavailable as exc:
+        pytest.fail(f"the real S3 object store (SeaweedFS) could not start: {exc.one_line()}", pytrace=False)
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3_lake(s3_store: S3Store, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty usage lake `s3://wattmeter/<unique prefix>` on the real store, with this
+    process's environment pointing at the store (WATTMETER_S3_ENDPOINT and the AWS variables)."""
+    for name, value in s3_store.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_store.url(f"lake-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
@@ -126,6 +148,7 @@ _PARTS_BY_FIXTURE = {
     "stripe_mock": "stripe",
     "localstripe": "stripe",
     "chromium": "browser",
+    "s3_store": "s3",
 }
 
 

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # lowest first; a package may import its own layer's packages only where listed as peers
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("schemas",),
+    ("lake",),  # the usage lake's storage (a folder or a bucket), shared by the sink and billing
     ("billing.common",),
     ("billing.pricing",),
     ("billing.ledger",),
@@ -25,7 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("billing.web",),
     ("billing.cli", "billing.cli_runner"),
 )
-APART = {"agents": {"schemas"}, "streams": {"schemas"}}  # the agent and the stream processors: contracts only
+# the agent: contracts only; the stream processors: contracts and the lake's storage
+APART = {"agents": {"schemas"}, "streams": {"schemas", "lake"}}
 
 
 def _place(module: str) -> tuple[int, str] | None:
@@ -60,7 +62,7 @@ def _is_cli(module: str) -> bool:
 
 def _violations(root: Path = ROOT) -> list[str]:
     out = []
-    for top in ("schemas", "agents", "streams", "billing"):
+    for top in ("schemas", "lake", "agents", "streams", "billing"):
         for path in sorted((root / top).rglob("*.py")):
             if "migrations" in path.parts:
                 continue
@@ -69,13 +71,15 @@ def _violations(root: Path = ROOT) -> list[str]:
                 head = imported.split(".")[0]
                 where = f"{path.relative_to(root)}:{line} imports {imported}"
                 if top in APART:
-                    if head in ("schemas", "agents", "streams", "billing", "deploy") and head not in APART[top] | {top}:
+                    if head in ("schemas", "lake", "agents", "streams", "billing", "deploy") and head not in APART[
+                        top
+                    ] | {top}:
                         out.append(where)
                     continue
                 if head in ("agents", "streams", "deploy", "bench", "tests"):
                     out.append(where)
                     continue
-                if head not in ("schemas", "billing"):
+                if head not in ("schemas", "lake", "billing"):
                     continue
                 mine = (len(LAYERS) - 1, "") if _is_cli(module) else _place(module)
                 theirs = _place(imported)
