@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("command", choices=["worker", "sink"], help="which process to run")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP_SERVERS)")
-    parser.add_argument("--usage-dir", type=Path, help="sink: Parquet root (default $WATTMETER_USAGE_DIR)")
+    parser.add_argument(
+        "--usage-dir", help="sink: the usage lake, a folder or s3://bucket/prefix (default $WATTMETER_USAGE_DIR)"
+    )
     parser.add_argument("--data-dir", type=Path, help="worker: local state folder")
     parser.add_argument("--window-ms", type=int, help="worker: tumbling window length (default 60000)")
     parser.add_argument("--lateness-ms", type=int, help="worker: allowed lateness (default 5000)")
@@ -95,6 +97,7 @@ def run_sink(settings: StreamsSettings, watch: BrokerWatch, stop: threading.Even
         settings.sink_batch_seconds,
         group_id=settings.sink_group,
         watch=watch,
+        session_timeout_s=settings.session_timeout_s,
     ).run(stop)
     return 0
 

@@ -15,7 +15,8 @@ class StreamsSettings:
     bootstrap: str = field(default_factory=lambda: os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     app_id: str = field(default_factory=lambda: os.environ.get("WATTMETER_STREAMS_APP_ID", "wattmeter-streams"))
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("WATTMETER_STREAMS_DATA", ".wattmeter/streams")))
-    usage_dir: Path = field(default_factory=lambda: Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")))
+    # the usage lake: a folder or s3://bucket/prefix (lake.store)
+    usage_dir: str = field(default_factory=lambda: os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage"))
     # the rollup's settings default to RollupConfig's
     window_ms: int = field(default_factory=lambda: int(os.environ.get("WATTMETER_WINDOW_MS", RollupConfig.window_ms)))
     lateness_ms: int = field(
@@ -32,7 +33,7 @@ class StreamsSettings:
     processing_guarantee: str = field(
         default_factory=lambda: os.environ.get("WATTMETER_PROCESSING_GUARANTEE", "at_least_once")
     )
-    # how soon a dead worker's partitions move to the others (Kafka group session timeout)
+    # how soon a dead worker's or sink's partitions move to the others (Kafka group session timeout)
     session_timeout_s: float = field(default_factory=lambda: float(os.environ.get("WATTMETER_SESSION_TIMEOUT_S", "30")))
     # table store: memory:// (restored from the changelog on start) or rocksdb:// where
     # faust-streaming's RocksDB driver (rocksdict) is installed, for fast restarts of big state

@@ -11,12 +11,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from pathlib import Path
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
+from lake.store import LakeLocation
 from schemas.topics import USAGE_RECORDS
 from schemas.usage import UsageRecord
 from schemas.validate import InvalidMessage, parse_json
@@ -64,12 +64,13 @@ class SinkRunner:
     def __init__(
         self,
         bootstrap: str,
-        root: Path,
+        root: LakeLocation,
         batch_records: int = 50_000,
         batch_seconds: float = 5.0,
         group_id: str = "wattmeter-parquet-sink",
         topic: str = USAGE_RECORDS,
         watch: BrokerWatch | None = None,
+        session_timeout_s: float = 30.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.watch = watch
@@ -78,6 +79,7 @@ class SinkRunner:
         self.batch_records = batch_records
         self.batch_seconds = batch_seconds
         self.group_id = group_id
+        self.session_timeout_ms = int(session_timeout_s * 1000)  # how soon a dead sink's partitions move
         self.topic = topic
         self.rejected = 0
         self.duplicates = 0
@@ -139,6 +141,8 @@ class SinkRunner:
                     fetch_max_bytes=64 * 1024 * 1024,
                     reconnect_backoff_max_ms=1000,  # back within a second of the broker
                     bootstrap_timeout_ms=10_000,
+                    session_timeout_ms=self.session_timeout_ms,
+                    heartbeat_interval_ms=max(1000, self.session_timeout_ms // 3),
                 )
             except KafkaError as exc:  # the port answers, the broker not yet (starting up)
                 log.debug("sink consumer not ready: %r", exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,9 +13,12 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from deploy.local.fleet import FleetPlan, publish_leases, publish_samples
+from agents.kafka_sink import KafkaSampleSink
+from deploy.local.fleet import FleetPlan, fleet_samples, publish_leases, publish_samples
 from deploy.local.kafka_broker import create_topics, start_jar_broker
 from deploy.local.pipeline import ServiceProcess, service_env, start_sink, start_worker, wait_for
+from deploy.local.s3_store import S3Store
+from lake.store import LakeStore
 from schemas.leases import Lease
 from schemas.topics import GPU_SAMPLES, GPU_SAMPLES_DLQ, USAGE_RECORDS
 from streams.leases import LeaseIndex
@@ -75,11 +79,13 @@ def reference_rows(plan: FleetPlan) -> list[tuple]:
     return sorted(rows)
 
 
-def parquet_rows(usage_dir: Path, gpus: set[str]) -> list[tuple]:
-    files = [str(p) for p in usage_dir.glob("date=*/*.parquet")]
+def parquet_rows(usage_dir: Path | str, gpus: set[str]) -> list[tuple]:
+    """The compared columns of every record of `gpus` in the lake (a folder or s3://bucket/prefix)."""
+    lake = LakeStore(usage_dir)
+    files = [f.path for f in lake.files() if f.folder.startswith("date=") and f.name.endswith(".parquet")]
     if not files:
         return []
-    table = ds.dataset(files, format="parquet").to_table(columns=list(COMPARED))
+    table = ds.dataset(files, format="parquet", filesystem=lake.fs).to_table(columns=list(COMPARED))
     return sorted(row for row in zip(*(table[c].to_pylist() for c in COMPARED)) if row[4] in gpus)
 
 
@@ -167,6 +173,64 @@ def test_sigkilled_workers_and_sink_give_the_undisturbed_totals(fault_broker, tm
     assert [r for r, n in Counter(r[0] for r in got).items() if n > 1] == []  # no record twice
     assert got == expected  # to the millisecond and millijoule
     assert sum(r[8] for r in got) == sum(r[8] for r in expected)
+
+
+def publish_slowly(bootstrap: str, plan: FleetPlan, slices: int, pause_s: float) -> None:
+    """The plan's samples in `slices` bursts, `pause_s` apart, as a fleet sends them over time."""
+    samples = list(fleet_samples(plan))
+    sink = KafkaSampleSink(bootstrap)
+    try:
+        step = -(-len(samples) // slices)
+        for first in range(0, len(samples), step):
+            for sample in samples[first : first + step]:
+                sink.send(sample)
+            sink.flush()
+            time.sleep(pause_s)
+    finally:
+        sink.close()
+
+
+def test_a_sink_sigkilled_while_writing_to_s3_gives_the_undisturbed_totals(fault_broker, tmp_path, s3_store: S3Store):
+    """The sink on the real object store: no rename there, each file one PUT of its final key and the
+    manifest after it. SIGKILLed three times mid-run, it still ends with every record exactly once."""
+    plan = fleet("s3kill", ticks=3600)
+    publish_leases(fault_broker.bootstrap, plan.leases)
+    feeder = threading.Thread(target=publish_slowly, args=(fault_broker.bootstrap, plan, 30, 1.5), daemon=True)
+    expected = reference_rows(plan)
+    gpus = set(plan.gpu_uuids())
+    lake = s3_store.url(f"s3kill-{tmp_path.name}")
+    env = {**run_env(fault_broker, "s3killed", tmp_path), **s3_store.env(), "WATTMETER_USAGE_DIR": lake}
+    env["WATTMETER_SINK_SECONDS"] = "0.2"
+    env["WATTMETER_SINK_BATCH"] = "25"  # many small batches, so that kills land between them and inside them
+    reader_env = pytest.MonkeyPatch()
+    for name, value in s3_store.env().items():
+        reader_env.setenv(name, value)
+    rng = random.Random(9)
+    worker = start_worker(env, tmp_path / "worker.log")
+    sink = start_sink(env, tmp_path / "sink-0.log")
+    feeder.start()  # the samples arrive over ~45 s, so the sink's writes span the kills
+    kills: list[int] = []
+    try:
+        while sum(0 < n < len(expected) for n in kills) < 3 and len(kills) < 8:
+            before = len(parquet_rows(lake, gpus))
+            if before >= len(expected):
+                break
+            wait_for(lambda before=before: len(parquet_rows(lake, gpus)) > before, 120, "sink progress", (worker, sink))
+            time.sleep(rng.uniform(0.0, 0.3))
+            kills.append(len(parquet_rows(lake, gpus)))
+            print(f"{time.strftime('%X')} sink kill {len(kills)} at {kills[-1]} of {len(expected)} records", flush=True)
+            sink.kill()  # SIGKILL, mid-PUT or between a file and its manifest
+            sink = start_sink(env, tmp_path / f"sink-{len(kills)}.log")
+        wait_for(lambda: len(parquet_rows(lake, gpus)) >= len(expected), 240, "all usage rows", (worker, sink))
+        time.sleep(2)  # anything duplicated would show up now
+        got = parquet_rows(lake, gpus)
+    finally:
+        worker.stop()
+        sink.stop()
+        reader_env.undo()
+    assert sum(0 < n < len(expected) for n in kills) >= 3, kills  # three kills landed mid-run
+    assert [r for r, n in Counter(r[0] for r in got).items() if n > 1] == []  # no record twice
+    assert got == expected  # to the millisecond and millijoule
 
 
 def test_two_workers_give_the_same_totals_as_one(fault_broker, tmp_path):
