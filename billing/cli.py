@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 from billing.common.errors import BillingError
@@ -516,9 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--actor", default=default_actor(), help="who is acting, for the audit log (default $USER)")
     common.add_argument(
         "--usage-dir",
-        type=Path,
-        default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
-        help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)",
+        default=os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage"),
+        help="the usage lake the sink writes: a folder or s3://bucket/prefix, endpoint $WATTMETER_S3_ENDPOINT "
+        "(default $WATTMETER_USAGE_DIR or .wattmeter/usage)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -21,7 +21,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -32,6 +31,7 @@ from billing.ledger.db import Ledger, audit, now_ms
 from billing.ledger.models import INVOICE_DRAFT, INVOICE_FINALIZED, Invoice, MonthClose
 from billing.payments.client import Stripe
 from billing.payments.stripe_sync import push
+from lake.store import LakeLocation
 
 STEPS = ("started", "rated", "reviewed", "finalized", "pushed", "reconciled")
 FAULT_ENV = "WATTMETER_FAULT"
@@ -130,7 +130,7 @@ def review_lines(drafts: list[Invoice]) -> list[str]:
 
 def close_period(
     ledger: Ledger,
-    usage_root: Path,
+    usage_root: LakeLocation,
     period: str,
     actor: str,
     *,

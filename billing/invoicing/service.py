@@ -20,7 +20,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -61,6 +60,7 @@ from billing.pricing.rating import (
 )
 from billing.pricing.segments import CardSpan, PricingSegment, pricing_segments
 from billing.usage.reader import Cutoff, Explanation, OffsetRange, UsageRequest, UsageResult, aggregate, read_cutoff
+from lake.store import LakeLocation
 
 INVOICE_SEQUENCE = "invoice"
 CREDIT_NOTE_SEQUENCE = "credit_note"
@@ -643,7 +643,7 @@ def _withdraw_draft(session: Session, actor: str, plan: _TenantPlan, outcome: Te
 
 def run_period(
     ledger: Ledger,
-    usage_root: Path,
+    usage_root: LakeLocation,
     period: str,
     actor: str,
     tenant_ids: Sequence[str] | None = None,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, text
@@ -27,6 +26,7 @@ from billing.ledger.db import Ledger, now_ms
 from billing.ledger.models import RollupRun, Tenant, UsageHourly
 from billing.usage.errors import UsageDataError
 from billing.usage.reader import UsageFile, attribute_idle, by_day, connect, list_files, read_cutoff
+from lake.store import LakeLocation
 from schemas.leases import Lease
 from schemas.units import MS_PER_DAY, MS_PER_HOUR
 
@@ -66,7 +66,7 @@ def period_span(ledger: Ledger, period: str) -> tuple[int, int]:
 
 
 def hourly_batches(
-    usage_root: Path, start_ms: int, end_ms: int, leases: Sequence[Lease] = ()
+    usage_root: LakeLocation, start_ms: int, end_ms: int, leases: Sequence[Lease] = ()
 ) -> Iterator[list[HourlyRow]]:
     """The hourly rows of [start_ms, end_ms) from the files the sink has made durable, in batches of
     at most BATCH rows, one UTC day at a time: copies of a record share its day, so each day is
@@ -78,11 +78,11 @@ def hourly_batches(
     for day in by_day(files):
         lo, hi = max(start_ms, day[0].day_ms), min(end_ms, day[0].day_ms + MS_PER_DAY)
         mine = [lease for lease in leases if lease.start_ms < hi and (lease.end_ms is None or lease.end_ms > lo)]
-        yield from _day_batches(day, lo, hi, mine)
+        yield from _day_batches(day, lo, hi, mine, usage_root)
 
 
 def hourly_rows(
-    usage_root: Path, start_ms: int, end_ms: int, leases: Sequence[Lease] = ()
+    usage_root: LakeLocation, start_ms: int, end_ms: int, leases: Sequence[Lease] = ()
 ) -> tuple[list[HourlyRow], int]:
     """All the hourly rows of [start_ms, end_ms) in one list, sorted, and the records they count: for
     tests and small windows; `rebuild` streams `hourly_batches` instead."""
@@ -91,9 +91,9 @@ def hourly_rows(
 
 
 def _day_batches(
-    day: Sequence[UsageFile], lo_ms: int, hi_ms: int, leases: Sequence[Lease]
+    day: Sequence[UsageFile], lo_ms: int, hi_ms: int, leases: Sequence[Lease], lake: LakeLocation
 ) -> Iterator[list[HourlyRow]]:
-    con = connect()
+    con = connect(lake)
     try:
         con.execute("CREATE TEMP TABLE files(filename VARCHAR, file_rank BIGINT)")
         con.executemany("INSERT INTO files VALUES (?, ?)", [(f.path, i) for i, f in enumerate(day)])
@@ -142,7 +142,7 @@ def _day_batches(
         con.close()
 
 
-def rebuild(ledger: Ledger, usage_root: Path, label: str, start_ms: int, end_ms: int) -> RollupReport:
+def rebuild(ledger: Ledger, usage_root: LakeLocation, label: str, start_ms: int, end_ms: int) -> RollupReport:
     """Replace the hourly rows of [start_ms, end_ms) (whole hours) with the Parquet's, in one transaction.
     The rows stream from DuckDB into the database's bulk path (PostgreSQL COPY; SQLite batches), a
     batch at a time: the period never sits in a Python list."""
@@ -191,6 +191,6 @@ def bulk_load(session: Session, batches: Iterable[list[HourlyRow]]) -> tuple[int
     return rows, records
 
 
-def rollup_period(ledger: Ledger, usage_root: Path, period: str) -> RollupReport:
+def rollup_period(ledger: Ledger, usage_root: LakeLocation, period: str) -> RollupReport:
     start, end = period_span(ledger, period)
     return rebuild(ledger, usage_root, period, start, end)

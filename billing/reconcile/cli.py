@@ -48,9 +48,8 @@ def add_reconcile_commands(subparsers: Any, common: argparse.ArgumentParser | No
         parser.add_argument("--actor", default=default_actor(), help="who is acting (reconciling writes nothing)")
         parser.add_argument(
             "--usage-dir",
-            type=Path,
-            default=Path(os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage")),
-            help="Parquet root written by the sink (default $WATTMETER_USAGE_DIR or .wattmeter/usage)",
+            default=os.environ.get("WATTMETER_USAGE_DIR", ".wattmeter/usage"),
+            help="the usage lake the sink writes: a folder or s3://bucket/prefix (default $WATTMETER_USAGE_DIR)",
         )
     parser.add_argument("--period", required=True, help="a month, YYYY-MM (in each tenant's time zone)")
     parser.add_argument("--tenant", action="append", help="only this tenant (repeatable)")

@@ -20,7 +20,6 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -76,7 +75,16 @@ from billing.reconcile.waterfall import (
     money_leg,
     quantity_leg,
 )
-from billing.usage.reader import Cutoff, OffsetRange, UsageRequest, UsageResult, aggregate, read_cutoff
+from billing.usage.reader import (
+    Cutoff,
+    OffsetRange,
+    UsageRequest,
+    UsageResult,
+    aggregate,
+    lake_exists,
+    read_cutoff,
+)
+from lake.store import LakeLocation
 
 Progress = Callable[[str], None]
 _CHUNK = 500
@@ -342,7 +350,7 @@ def _clip(lease: Lease, start_ms: int, end_ms: int, now: int) -> int:
 
 def reconcile(
     ledger: Ledger,
-    usage_root: Path | str,
+    usage_root: LakeLocation,
     period: str,
     stripe: Stripe | None = None,
     *,
@@ -358,10 +366,10 @@ def reconcile(
         parse_period(period)
     except (InvoicingError, PeriodError) as exc:
         raise ReconcileError(str(exc)) from None
-    root = Path(usage_root)
-    if not root.is_dir():
+    root = usage_root
+    if not lake_exists(root):
         raise ReconcileError(
-            f"no usage data at {root}: give the sink's Parquet root (--usage-dir or $WATTMETER_USAGE_DIR)"
+            f"no usage data at {root}: give the sink's usage lake (--usage-dir or $WATTMETER_USAGE_DIR)"
         )
     now = clock_ms() if now_ms is None else now_ms
     cutoff: Cutoff = read_cutoff(root)

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -44,6 +43,7 @@ from billing.ledger.models import (
 )
 from billing.reconcile.waterfall import Reconciliation
 from billing.reports.errors import ReportError
+from lake.store import LakeLocation
 
 STATUSES = (INVOICE_DRAFT, INVOICE_FINALIZED, INVOICE_VOID)
 SYNC_DONE = ("finalized", "reported")
@@ -180,7 +180,7 @@ class ReconcileCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def fingerprint(ledger: Ledger, usage_root: Path) -> Hashable:
+    def fingerprint(ledger: Ledger, usage_root: LakeLocation) -> Hashable:
         from billing.usage.reader import read_cutoff
 
         with ledger.transaction() as session:
@@ -190,7 +190,7 @@ class ReconcileCache:
             ).one()
         return (tuple(sorted(read_cutoff(usage_root).items())), audit, tuple(stripe))
 
-    def get(self, ledger: Ledger, usage_root: Path, period: str) -> Reconciliation:
+    def get(self, ledger: Ledger, usage_root: LakeLocation, period: str) -> Reconciliation:
         from billing.reconcile.errors import ReconcileError
         from billing.reconcile.service import reconcile
 
@@ -227,7 +227,9 @@ _TENANT_FIELDS = (
 )
 
 
-def _reconciliation_summary(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCache) -> dict[str, Any]:
+def _reconciliation_summary(
+    ledger: Ledger, usage_root: LakeLocation, period: str, cache: ReconcileCache
+) -> dict[str, Any]:
     """The period's reconciliation as the overview shows it; one that cannot run says why, in `error`."""
     try:
         recon = reconciliation_json(cache.get(ledger, usage_root, period))
@@ -252,7 +254,7 @@ def _reconciliation_summary(ledger: Ledger, usage_root: Path, period: str, cache
     }
 
 
-def overview(ledger: Ledger, usage_root: Path, period: str, cache: ReconcileCache = CACHE) -> dict[str, Any]:
+def overview(ledger: Ledger, usage_root: LakeLocation, period: str, cache: ReconcileCache = CACHE) -> dict[str, Any]:
     """The month at a glance (see the module docstring); bad input raises ReportError."""
     from billing.common.periods import parse_period
 

@@ -28,12 +28,12 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from billing.pricing.rating import LeaseQuantity, UsageQuantity
 from billing.usage.errors import UsageDataError
-from schemas.lake import DATA_GLOB, FILE_RE, MANIFESTS_DIR, folder_day_ms
+from lake.store import LakeError, LakeLocation, LakeStore
+from schemas.lake import FILE_RE, MANIFESTS_DIR, folder_day_ms
 from schemas.leases import Lease
 from schemas.units import MS_PER_DAY, MS_PER_MINUTE
 from schemas.usage import KIND_ADJUSTMENT, KIND_IDLE, KIND_USAGE
@@ -94,33 +94,60 @@ class UsageResult:
     attributed: dict[str, int] = field(default_factory=dict)
 
 
-def read_cutoff(root: Path, topic: str = USAGE_TOPIC) -> Cutoff:
+def read_cutoff(root: LakeLocation, topic: str = USAGE_TOPIC) -> Cutoff:
     """The sink's manifests: per partition, the next offset it will write (everything below is durable)."""
-    manifests = Path(root) / MANIFESTS_DIR
+    lake = _open(root)
     cutoff: Cutoff = {}
-    if not manifests.is_dir():
-        return cutoff
-    for path in sorted(manifests.glob(f"{topic}-*.json")):
-        partition = int(path.stem.rsplit("-", 1)[1])
+    for file in sorted(lake.files(MANIFESTS_DIR), key=lambda f: f.name):
+        if not (file.name.startswith(f"{topic}-") and file.name.endswith(".json")):
+            continue
+        partition = int(file.name[: -len(".json")].rsplit("-", 1)[1])
         try:
-            cutoff[partition] = int(json.loads(path.read_text())["next_offset"])
+            cutoff[partition] = int(json.loads(lake.read_bytes(file.path) or b"")["next_offset"])
         except (ValueError, KeyError) as exc:
-            raise UsageDataError(f"{path}: unreadable sink manifest ({exc})") from None
+            raise UsageDataError(f"{file.path}: unreadable sink manifest ({exc})") from None
     return cutoff
 
 
-def list_files(root: Path, topic: str = USAGE_TOPIC) -> list[UsageFile]:
-    """Every data file of `topic`, in (partition, first offset) order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UsageDataError(f"no usage data at {root}: run the streams sink first (wattmeter-streams sink)")
+def list_files(root: LakeLocation, topic: str = USAGE_TOPIC) -> list[UsageFile]:
+    """Every data file of `topic`, in (partition, first offset) order, each named as a DuckDB
+    connection from `connect(lake)` reads it."""
+    lake = _open(root)
+    if not lake.exists():
+        raise UsageDataError(f"no usage data at {lake.location}: run the streams sink first (wattmeter-streams sink)")
     files = []
-    for path in root.glob(DATA_GLOB):
-        match = FILE_RE.match(path.name)
-        day_ms = folder_day_ms(path.parent.name)
+    for file in lake.files():
+        match = FILE_RE.match(file.name)
+        day_ms = folder_day_ms(file.folder)
         if match and match["topic"] == topic and day_ms is not None:
-            files.append(UsageFile(str(path), int(match["partition"]), int(match["first"]), int(match["last"]), day_ms))
+            files.append(
+                UsageFile(
+                    lake.duckdb_path(file.path),
+                    int(match["partition"]),
+                    int(match["first"]),
+                    int(match["last"]),
+                    day_ms,
+                )
+            )
     return sorted(files, key=lambda f: (f.partition, f.first, f.path))
+
+
+def lake_exists(root: LakeLocation) -> bool:
+    """Whether the lake at `root` holds anything yet."""
+    return _open(root).exists()
+
+
+def _remote(root: LakeLocation) -> str | None:
+    """The lake's location when DuckDB must be handed its file system (a bucket), else None."""
+    lake = _open(root)
+    return lake.location if lake.remote else None
+
+
+def _open(root: LakeLocation) -> LakeStore:
+    try:
+        return LakeStore(root)
+    except LakeError as exc:
+        raise UsageDataError(str(exc)) from None
 
 
 def by_day(files: Sequence[UsageFile]) -> list[list[UsageFile]]:
@@ -133,11 +160,14 @@ def by_day(files: Sequence[UsageFile]) -> list[list[UsageFile]]:
     return [days[day] for day in sorted(days)]
 
 
-def connect() -> Any:
-    """A DuckDB connection for reading the lake (two threads: billing shares a host with the sink)."""
+def connect(lake: LakeLocation | None = None) -> Any:
+    """A DuckDB connection for reading the lake at `lake` (two threads: billing shares a host with the sink)."""
     import duckdb
 
-    return duckdb.connect(config={"threads": 2})
+    con = duckdb.connect(config={"threads": 2})
+    if lake is not None:
+        _open(lake).attach(con)
+    return con
 
 
 def _sql_list(values: Sequence[str]) -> str:
@@ -155,6 +185,7 @@ class ScanInput:
     tenants: tuple[tuple[str, int, int, int], ...]  # (tenant, window lo, window hi, bucket grain ms)
     segments: tuple[tuple[str, int], ...]  # (tenant, segment start)
     leases: tuple[Lease, ...] = ()
+    lake: str | None = None  # where the files are, when not a local folder (s3://bucket/prefix)
 
 
 # (tenant, plan, model, lease_id, lease_aggregated, segment start, allocated, busy, energy, records):
@@ -165,7 +196,7 @@ Engine = Callable[[ScanInput], tuple[list[GroupedRow], list[Attribution]]]
 
 
 def aggregate(
-    root: Path, requests: Sequence[UsageRequest], leases: Sequence[Lease] = (), engine: Engine | None = None
+    root: LakeLocation, requests: Sequence[UsageRequest], leases: Sequence[Lease] = (), engine: Engine | None = None
 ) -> dict[str, UsageResult]:
     """The quantities of each request, keyed by `request.key`; requests that share the same
     offset ranges are answered by one scan. `leases`: the ledger's leases of the requests' tenants
@@ -175,6 +206,7 @@ def aggregate(
     if not requests:
         return results
     files = list_files(root)
+    remote = _remote(root)
     groups: dict[tuple[str, int], list[UsageRequest]] = {}
     seen: dict[tuple[str, str], int] = {}
     for request in requests:  # one scan per offset ranges, each tenant at most once in it
@@ -182,7 +214,7 @@ def aggregate(
         round_ = seen[(ranges, request.tenant_id)] = seen.get((ranges, request.tenant_id), -1) + 1
         groups.setdefault((ranges, round_), []).append(request)
     for group in groups.values():
-        _aggregate_group(files, group[0].ranges, group, results, leases, engine or duckdb_grouped)
+        _aggregate_group(files, group[0].ranges, group, results, leases, engine or duckdb_grouped, remote)
     return results
 
 
@@ -193,6 +225,7 @@ def _aggregate_group(
     results: dict[str, UsageResult],
     leases: Sequence[Lease],
     engine: Engine,
+    remote: str | None,
 ) -> None:
     if len({r.tenant_id for r in group}) != len(group):
         raise ValueError("one scan answers at most one request per tenant")
@@ -209,6 +242,7 @@ def _aggregate_group(
         tuple((r.tenant_id, r.start_ms, r.end_ms, _grain(r)) for r in group),
         tuple((r.tenant_id, start) for r in group for start in r.segment_starts),
         tuple(lease for lease in leases if lease.tenant_id in names),
+        remote,
     )
     rows, attribution = engine(scan)
     by_tenant = {r.tenant_id: results[r.key] for r in group}
@@ -271,7 +305,7 @@ class _Scan:
         self.all_selected = all(scan.selected)
         self.lo = min(t[1] for t in tenants)
         self.hi = max(t[2] for t in tenants)
-        self.con = connect()
+        self.con = connect(scan.lake)
         self.any_attributed = False
         self.attribution: list[Attribution] = []
         try:
@@ -496,7 +530,7 @@ class Explanation:
     files: int
 
 
-def explain(root: Path, query: dict[str, Any], leases: Sequence[Lease] = ()) -> Explanation:
+def explain(root: LakeLocation, query: dict[str, Any], leases: Sequence[Lease] = ()) -> Explanation:
     """Re-run a line's recorded usage query over the Parquet: the same counted rows (with the idle
     time attributed to the ledger's `leases`), summed over the line's time ranges, plan and model."""
     measure = query.get("measure")
@@ -515,7 +549,8 @@ def explain(root: Path, query: dict[str, Any], leases: Sequence[Lease] = ()) -> 
     for column in ("plan", "model"):
         if query.get(column) is not None:
             conditions.append(f"{column} = {_sql_list([str(query[column])])[1:-1]}")
-    with _Scan(ScanInput(tuple(scanned), tuple(selected), ((tenant, lo, hi, MS_PER_MINUTE),), (), mine)) as scan:
+    scan_input = ScanInput(tuple(scanned), tuple(selected), ((tenant, lo, hi, MS_PER_MINUTE),), (), mine, _remote(root))
+    with _Scan(scan_input) as scan:
         rows = scan.fetch(
             f"""
             SELECT gpu_uuid, lease_id, count(*)::BIGINT, sum({measure})::BIGINT FROM {scan.counted_rows()}

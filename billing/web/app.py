@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 
 from billing.ledger.db import Ledger
 from billing.web.deps import SecurityHeaders, WebContext, install_error_handlers
+from lake.store import LakeLocation
 
 STATIC = Path(__file__).parent / "portal" / "static"
 
@@ -30,7 +31,7 @@ class WattmeterApp(FastAPI):
         return SecurityHeaders(super().build_middleware_stack())
 
 
-def create_app(ledger: Ledger, usage_root: Path, webhook_secret: str | None = None) -> FastAPI:
+def create_app(ledger: Ledger, usage_root: LakeLocation, webhook_secret: str | None = None) -> FastAPI:
     from billing.web import api, reports_api
     from billing.web.portal import operator, pages
 
@@ -42,7 +43,7 @@ def create_app(ledger: Ledger, usage_root: Path, webhook_secret: str | None = No
         redoc_url=None,
         redirect_slashes=False,
     )
-    app.state.wattmeter = WebContext(ledger, Path(usage_root))
+    app.state.wattmeter = WebContext(ledger, usage_root)
     install_error_handlers(app)
     app.include_router(api.router, prefix="/api/v1")
     app.include_router(reports_api.router, prefix="/api/v1")

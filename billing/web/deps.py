@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -18,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing.ledger.db import Ledger
 from billing.web.auth import AuthError, Forbidden, NotFound, Principal, authenticate
+from lake.store import LakeLocation
 
 COOKIE = "wattmeter_key"
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
@@ -70,7 +70,7 @@ class SecurityHeaders:
 @dataclass(frozen=True)
 class WebContext:
     ledger: Ledger
-    usage_root: Path
+    usage_root: LakeLocation
 
 
 def context(request: Request) -> WebContext:
