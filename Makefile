@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 CACHE_DIR ?= $(or $(WATTMETER_CACHE_DIR),$(HOME)/.cache/wattmeter)
 STRIPE_MOCK := $(CACHE_DIR)/bin/stripe-mock
+WEED := $(CACHE_DIR)/bin/weed
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv
 
-.PHONY: demo test bench install lock lint system-deps browser-deps stripe-mock broker-start broker-stop clean
+.PHONY: demo test bench install lock lint system-deps browser-deps stripe-mock seaweedfs broker-start broker-stop clean
 
 ## install: the virtualenv holds exactly the versions in requirements.lock (uv pip sync), then wattmeter itself
 $(STAMP): pyproject.toml $(LOCK)
@@ -65,6 +66,15 @@ $(STRIPE_MOCK):
 
 stripe-mock: $(STRIPE_MOCK)
 
+## seaweedfs: the S3-compatible object store the tests and the bench start (deploy/local/s3_store.py), built once
+## into the cache at the version pinned there; its go.mod has a replace directive, so `go install` refuses it and
+## the build is `go mod download` + `go build` (deploy/local/s3_store.py ensure_weed, about 6 min the first time)
+$(WEED):
+	@command -v go >/dev/null || { echo "make: go not found: install Go 1.22+ (https://go.dev/dl/) to build SeaweedFS"; exit 2; }
+	$(PY) -m deploy.local.s3_store path
+
+seaweedfs: $(STAMP) $(WEED)
+
 ## demo: local broker + simulated fleet + Faust worker + Parquet sink + invoices
 demo: $(STAMP) system-deps $(STRIPE_MOCK)
 	$(PY) -m deploy.local.demo
@@ -76,11 +86,11 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 ## test: lint, then the whole suite against real parts started by the suite itself
-test: lint system-deps browser-deps $(STRIPE_MOCK)
+test: lint system-deps browser-deps $(STRIPE_MOCK) $(WEED)
 	$(PY) -m pytest -q
 
 ## bench: every benchmark; writes bench/results.json and prints a table
-bench: $(STAMP) system-deps $(STRIPE_MOCK)
+bench: $(STAMP) system-deps $(STRIPE_MOCK) $(WEED)
 	$(PY) -m bench.run
 
 broker-start: $(STAMP)

@@ -2,8 +2,8 @@
 DuckDB computing the same grouped sums over the same files in the same run.
 
 The load is a month (November 2026) of one-minute usage records for 232 GPUs (10,022,400
-records) rented by 20 tenants on daily leases, written once in the sink's own layout
-(hive folders, offset-named files, manifests) and cached under .wattmeter/.
+records; `LOAD_43M`: 1,000 GPUs, 43.2 M) rented by 20 tenants on daily leases, written once in
+the sink's own layout (a folder per day, offset-named files, manifests) and cached under .wattmeter/.
 
 Each side runs in a fresh process so that its peak memory (ru_maxrss) is its own.
 """
@@ -15,101 +15,129 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.results import BenchResult
 from schemas.units import MS_PER_MINUTE
 
 ROOT = Path(__file__).resolve().parents[1]
-LOAD_DIR = ROOT / ".wattmeter" / "bench-usage-10m"
 PERIOD = "2026-11"
 PERIOD_START_MS = 1_793_491_200_000  # 2026-11-01T00:00:00Z
-MINUTES = 30 * 24 * 60
-GPUS = 232
+DAYS = 30
+MINUTES = DAYS * 24 * 60
 TENANTS = 20
 MODELS = ("H100", "A100", "L40S")
-FILES_PER_PARTITION = 10
 PARTITIONS = 4
 CARD = ROOT / "billing" / "ratecards" / "demo.toml"
 
 
-def write_load(root: Path = LOAD_DIR) -> int:
-    """Write the load once (about a minute); returns the record count."""
+@dataclass(frozen=True)
+class Load:
+    """A month of one-minute usage records for `gpus` GPUs, in the sink's layout (one `date=` folder
+    per UTC day, one offset-named file per usage.records partition and day, manifests), cached."""
+
+    gpus: int
+    folder: str
+
+    @property
+    def root(self) -> Path:
+        return ROOT / ".wattmeter" / self.folder
+
+    @property
+    def records(self) -> int:
+        return self.gpus * MINUTES
+
+
+LOAD_10M = Load(232, "bench-usage-10m-days")  # 10,022,400 records
+LOAD_43M = Load(1000, "bench-usage-43m-days")  # 43,200,000 records: a month of 1,000 GPUs
+GPUS = LOAD_10M.gpus
+LOAD_DIR = LOAD_10M.root
+
+
+def write_load(load: Load = LOAD_10M) -> int:
+    """Write the load once (about a minute per 10 M records); returns the record count."""
+    import numpy as np
+
+    root = load.root
+    marker = root / "_complete.json"
+    if marker.exists():
+        return int(json.loads(marker.read_text())["records"])
+    (root / "_manifests").mkdir(parents=True, exist_ok=True)
+    offsets = [0] * PARTITIONS
+    rng = np.random.default_rng(7)
+    gpus = np.arange(load.gpus, dtype=np.int64)
+    for day in range(DAYS):
+        minute = np.repeat(np.arange(day * 1440, (day + 1) * 1440, dtype=np.int64), load.gpus)
+        gpu = np.tile(gpus, 1440)
+        for partition in range(PARTITIONS):  # usage.records is keyed by tenant
+            mine = (gpu % TENANTS) % PARTITIONS == partition
+            first = offsets[partition]
+            offsets[partition] += int(mine.sum())
+            folder = root / f"date=2026-11-{day + 1:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"usage.records-p{partition}-{first:020d}-{offsets[partition] - 1:020d}.parquet"
+            _write_chunk(folder / name, gpu[mine], minute[mine], rng, first)
+    for partition, offset in enumerate(offsets):
+        (root / "_manifests" / f"usage.records-{partition}.json").write_text(json.dumps({"next_offset": offset}))
+    marker.write_text(json.dumps({"records": load.records}))
+    return load.records
+
+
+def _write_chunk(path: Path, gpu: Any, minute: Any, rng: Any, first_offset: int) -> None:
+    """One file of the load: the records of (gpu[i], minute[i]), offsets from `first_offset`."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from schemas.parquet import usage_arrow_schema
 
-    marker = root / "_complete.json"
-    if marker.exists():
-        return int(json.loads(marker.read_text())["records"])
     schema = usage_arrow_schema()
-    total = GPUS * MINUTES
-    chunks = PARTITIONS * FILES_PER_PARTITION
-    per_chunk = -(-total // chunks)
-    (root / "_manifests").mkdir(parents=True, exist_ok=True)
-    offsets = [0] * PARTITIONS
-    rng = np.random.default_rng(7)
-    for chunk in range(chunks):
-        index = np.arange(chunk * per_chunk, min(total, (chunk + 1) * per_chunk), dtype=np.int64)
-        gpu = index % GPUS
-        minute = index // GPUS
-        start = PERIOD_START_MS + minute * MS_PER_MINUTE
-        tenant = gpu % TENANTS
-        day = minute // 1440
-        n = len(index)
-        energy = rng.integers(12_000_000, 42_000_000, n, dtype=np.int64)
-        busy = rng.integers(0, 60_001, n, dtype=np.int64)
-        strings = {
-            "record_id": pa.array(np.char.add(np.char.add(gpu.astype("U4"), "-"), minute.astype("U6"))),
-            "kind": pa.array(["usage"] * n),
-            "tenant_id": pa.array(np.char.add("tenant-", tenant.astype("U2"))),
-            "lease_id": pa.array(
-                np.char.add(np.char.add(np.char.add("lease-", gpu.astype("U4")), "-"), day.astype("U2"))
-            ),
-            "plan": pa.array(np.where(gpu % 5 == 0, "valley", "on_demand")),
-            "node_id": pa.array(np.char.add("node-", (gpu // 8).astype("U3"))),
-            "gpu_uuid": pa.array(np.char.add("GPU-", gpu.astype("U4"))),
-            "model": pa.array(np.array(MODELS)[gpu % len(MODELS)]),
-            "tou_period": pa.array(["peak"] * n),
-        }
-        ints = {
-            "window_start_ms": start,
-            "window_end_ms": start + MS_PER_MINUTE,
-            "allocated_gpu_ms": np.full(n, MS_PER_MINUTE, dtype=np.int64),
-            "busy_gpu_ms": busy,
-            "energy_mj": energy,
-            "avg_power_mw": energy // 60,
-            "peak_power_mw": energy // 50,
-            "sample_count": np.full(n, 60, dtype=np.int64),
-            "observed_ms": np.full(n, MS_PER_MINUTE, dtype=np.int64),
-            "unmetered_ms": np.zeros(n, dtype=np.int64),
-            "source_offset_min": index,
-            "source_offset_max": index,
-        }
-        columns = {**strings, **{k: pa.array(v) for k, v in ints.items()}}
-        columns["source_partition"] = pa.array(np.zeros(n, dtype=np.int32))
-        columns["schema_version"] = pa.array(np.ones(n, dtype=np.int16))
-        table = pa.table([columns[f.name] for f in schema], schema=schema)
-        partition = chunk % PARTITIONS
-        first, last = offsets[partition], offsets[partition] + n - 1
-        offsets[partition] = last + 1
-        folder = root / "date=2026-11-01"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(
-            table, folder / f"usage.records-p{partition}-{first:020d}-{last:020d}.parquet", row_group_size=128 * 1024
-        )
-    for partition, offset in enumerate(offsets):
-        (root / "_manifests" / f"usage.records-{partition}.json").write_text(json.dumps({"next_offset": offset}))
-    marker.write_text(json.dumps({"records": total}))
-    return total
+    n = len(gpu)
+    index = np.arange(first_offset, first_offset + n, dtype=np.int64)
+    start = PERIOD_START_MS + minute * MS_PER_MINUTE
+    tenant = gpu % TENANTS
+    day = minute // 1440
+    energy = rng.integers(12_000_000, 42_000_000, n, dtype=np.int64)
+    busy = rng.integers(0, 60_001, n, dtype=np.int64)
+    strings = {
+        "record_id": pa.array(np.char.add(np.char.add(gpu.astype("U4"), "-"), minute.astype("U6"))),
+        "kind": pa.array(["usage"] * n),
+        "tenant_id": pa.array(np.char.add("tenant-", tenant.astype("U2"))),
+        "lease_id": pa.array(np.char.add(np.char.add(np.char.add("lease-", gpu.astype("U4")), "-"), day.astype("U2"))),
+        "plan": pa.array(np.where(gpu % 5 == 0, "valley", "on_demand")),
+        "node_id": pa.array(np.char.add("node-", (gpu // 8).astype("U3"))),
+        "gpu_uuid": pa.array(np.char.add("GPU-", gpu.astype("U4"))),
+        "model": pa.array(np.array(MODELS)[gpu % len(MODELS)]),
+        "tou_period": pa.array(["peak"] * n),
+    }
+    ints = {
+        "window_start_ms": start,
+        "window_end_ms": start + MS_PER_MINUTE,
+        "allocated_gpu_ms": np.full(n, MS_PER_MINUTE, dtype=np.int64),
+        "busy_gpu_ms": busy,
+        "energy_mj": energy,
+        "avg_power_mw": energy // 60,
+        "peak_power_mw": energy // 50,
+        "sample_count": np.full(n, 60, dtype=np.int64),
+        "observed_ms": np.full(n, MS_PER_MINUTE, dtype=np.int64),
+        "unmetered_ms": np.zeros(n, dtype=np.int64),
+        "source_offset_min": index,
+        "source_offset_max": index,
+    }
+    columns = {**strings, **{k: pa.array(v) for k, v in ints.items()}}
+    columns["source_partition"] = pa.array(np.zeros(n, dtype=np.int32))
+    columns["schema_version"] = pa.array(np.ones(n, dtype=np.int16))
+    table = pa.table([columns[f.name] for f in schema], schema=schema)
+    pq.write_table(table, path, row_group_size=128 * 1024)
 
 
 WATTMETER_SIDE = """
 import resource, sys, time, json
 from pathlib import Path
 from billing.ledger.db import Ledger
+from schemas.units import MS_PER_DAY
 from billing.ledger.store import add_contract, store_rate_card, upsert_tenant
 from billing.pricing.ratecards import load_rate_card
 from billing.invoicing.service import run_period

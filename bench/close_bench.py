@@ -242,11 +242,13 @@ RECONCILE_BASELINE = (
 )
 
 
-def seed_leases(url: str) -> int:
+def seed_leases(url: str, gpus: int | None = None) -> int:
     """billing_bench's tenants and the leases its usage records name (one per GPU and day, on the
     plan the records carry), so that the quantity leg has the ledger's leases to check; the
     number of leases. Done before billing_bench's rating, which takes the lease starts from here."""
     from bench.billing_bench import GPUS, MINUTES
+
+    gpus = GPUS if gpus is None else gpus
     from billing.leases.importers import LeaseRow
     from billing.leases.service import import_leases
     from billing.ledger.db import Ledger
@@ -262,7 +264,7 @@ def seed_leases(url: str) -> int:
             "valley" if gpu % 5 == 0 else "on_demand",
             f"lease-{gpu}-{day}",
         )
-        for gpu in range(GPUS)
+        for gpu in range(gpus)
         for day in range(MINUTES // 1440)
     ]
     ledger = Ledger(url)
