@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import agent_bench, api_bench, billing_bench, close_bench, lease_bench, slice_throughput, streams_bench
+from bench import (
+    agent_bench,
+    api_bench,
+    billing_bench,
+    close_bench,
+    fleet_bench,
+    lease_bench,
+    slice_throughput,
+    streams_bench,
+)
 from bench.results import RESULTS_PATH, table, write_results
 from deploy.local.kafka_broker import BrokerUnavailable, start_broker
 
@@ -27,6 +36,7 @@ def main() -> int:
         results += billing_bench.run()
         results += close_bench.run()  # push to stripe-mock, reconcile the 10 M records
         results += api_bench.run()  # a tenant's month over HTTP, 8.76 M hourly rows, beside DuckDB
+        results += fleet_bench.run()  # 43.2 M records: rate, reconcile, rollup; the sink on S3
     finally:
         broker.stop()
     write_results(results)
