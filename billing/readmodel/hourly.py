@@ -25,7 +25,7 @@ from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, now_ms
 from billing.ledger.models import RollupRun, Tenant, UsageHourly
 from billing.usage.errors import UsageDataError
-from billing.usage.reader import UsageFile, attribute_idle, by_day, connect, list_files, read_cutoff
+from billing.usage.reader import Cutoff, UsageFile, attribute_idle, by_day, connect, list_files, read_cutoff
 from lake.store import LakeLocation
 from schemas.leases import Lease
 from schemas.units import MS_PER_DAY, MS_PER_HOUR
@@ -66,14 +66,18 @@ def period_span(ledger: Ledger, period: str) -> tuple[int, int]:
 
 
 def hourly_batches(
-    usage_root: LakeLocation, start_ms: int, end_ms: int, leases: Sequence[Lease] = ()
+    usage_root: LakeLocation,
+    start_ms: int,
+    end_ms: int,
+    leases: Sequence[Lease] = (),
+    cutoff: Cutoff | None = None,
 ) -> Iterator[list[HourlyRow]]:
     """The hourly rows of [start_ms, end_ms) from the files the sink has made durable, in batches of
     at most BATCH rows, one UTC day at a time: copies of a record share its day, so each day is
     deduplicated and summed on its own and neither DuckDB nor Python ever holds more than a day.
     Idle time inside the ledger's `leases` moves to the lease's tenant and plan, as the invoices
-    count it (`attribute_idle`)."""
-    cutoff = read_cutoff(usage_root)
+    count it (`attribute_idle`). `cutoff`: the files to count (default: the manifests' now)."""
+    cutoff = read_cutoff(usage_root) if cutoff is None else cutoff
     files = [f for f in list_files(usage_root) if f.first < cutoff.get(f.partition, 0) and f.overlaps(start_ms, end_ms)]
     for day in by_day(files):
         lo, hi = max(start_ms, day[0].day_ms), min(end_ms, day[0].day_ms + MS_PER_DAY)
@@ -150,17 +154,18 @@ def rebuild(ledger: Ledger, usage_root: LakeLocation, label: str, start_ms: int,
         raise UsageDataError("a rollup covers whole hours")
     with ledger.transaction() as session:
         leases = leases_overlapping(session, start_ms, end_ms)
-    cutoff = {str(p): o for p, o in read_cutoff(usage_root).items()}
+    cutoff = read_cutoff(usage_root)  # read once: the run records the cut-off its rows were built from
     with ledger.transaction() as session:
         session.execute(
             delete(UsageHourly).where(UsageHourly.hour_start_ms >= start_ms, UsageHourly.hour_start_ms < end_ms)
         )
-        rows, records = bulk_load(session, hourly_batches(usage_root, start_ms, end_ms, leases))
+        rows, records = bulk_load(session, hourly_batches(usage_root, start_ms, end_ms, leases, cutoff))
+        recorded = {str(p): o for p, o in cutoff.items()}
         run = session.get(RollupRun, label)
         if run is None:
-            session.add(RollupRun(period=label, cutoff=cutoff, rows=rows, built_ms=now_ms()))
+            session.add(RollupRun(period=label, cutoff=recorded, rows=rows, built_ms=now_ms()))
         else:
-            run.cutoff, run.rows, run.built_ms = cutoff, rows, now_ms()
+            run.cutoff, run.rows, run.built_ms = recorded, rows, now_ms()
     if ledger.engine.dialect.name == "postgresql":
         with ledger.transaction() as session:  # fresh planner statistics for the hours just replaced
             session.execute(text("ANALYZE usage_hourly"))
