@@ -13,6 +13,7 @@ from typing import Any
 from billing.common.errors import BillingError
 from billing.common.instants import ms_to_iso
 from billing.ledger.db import Ledger, default_actor
+from billing.usage.engines import add_engine_argument, engine_named
 
 DESCRIPTION = """\
 The wattmeter billing service: tenants, rate cards, contracts, leases, credits, invoices.
@@ -294,7 +295,10 @@ def cmd_run(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.invoicing.service import run_period
 
     bar = _progress(args, "rating")
-    report = run_period(ledger, args.usage_dir, args.period, args.actor, args.tenant or None, progress=bar)
+    engine = engine_named(args.engine)
+    report = run_period(
+        ledger, args.usage_dir, args.period, args.actor, args.tenant or None, progress=bar, engine=engine
+    )
     if bar:
         bar.close()
     rows: list[dict[str, Any]] = [
@@ -562,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="rate a period into draft invoices")
     run.add_argument("--period", required=True, help="a month, YYYY-MM (in each tenant's time zone)")
     run.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    add_engine_argument(run)
     run.set_defaults(handler=cmd_run)
 
     invoices = sub.add_parser("invoices", parents=[common], help="list, show, finalize or void invoices")

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from billing.ledger.db import Ledger
+from billing.usage.engines import add_engine_argument, engine_named
 
 
 def add_close_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -31,6 +32,7 @@ def add_close_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
     close.add_argument("--period", required=True, help="YYYY-MM")
     close.add_argument("--yes", action="store_true", help="finalize the reviewed drafts without asking")
     close.add_argument("--no-stripe", action="store_true", help="do not push (and do not compare with Stripe)")
+    add_engine_argument(close)
     close.add_argument(
         "--no-stripe-compare",
         action="store_true",
@@ -93,13 +95,16 @@ def run_close_command(args: argparse.Namespace, ledger: Ledger) -> int:
     if not args.no_stripe and os.environ.get("WATTMETER_STRIPE_API_KEY"):
         stripe = Stripe(StripeSettings.from_env(), notice=lambda line: print(f"  {line}", file=sys.stderr))
     bars = _bars(args)
+    engine = engine_named(args.engine)
 
     def reconcile() -> Any:
         from billing.reconcile.service import reconcile as run_reconcile
 
         compare = None if args.no_stripe_compare else stripe
         skipped = "--no-stripe-compare" if args.no_stripe_compare else None
-        result = run_reconcile(ledger, args.usage_dir, args.period, stripe=compare, stripe_skipped=skipped)
+        result = run_reconcile(
+            ledger, args.usage_dir, args.period, stripe=compare, stripe_skipped=skipped, engine=engine
+        )
         if args.report_dir:
             from pathlib import Path
 
@@ -121,6 +126,7 @@ def run_close_command(args: argparse.Namespace, ledger: Ledger) -> int:
             approve=_approve(args),
             bars=bars,
             reconcile=reconcile,
+            engine=engine,
         )
     except CloseStopped as exc:
         print(str(exc), file=sys.stderr)

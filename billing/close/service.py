@@ -31,6 +31,7 @@ from billing.ledger.db import Ledger, audit, now_ms
 from billing.ledger.models import INVOICE_DRAFT, INVOICE_FINALIZED, Invoice, MonthClose
 from billing.payments.client import Stripe
 from billing.payments.stripe_sync import push
+from billing.usage.reader import Engine
 from lake.store import LakeLocation
 
 STEPS = ("started", "rated", "reviewed", "finalized", "pushed", "reconciled")
@@ -138,6 +139,7 @@ def close_period(
     approve: Callable[[list[Invoice]], bool],
     bars: Bars,
     reconcile: Callable[[], Any] | None = None,
+    engine: Engine | None = None,
 ) -> CloseSummary:
     """Close `period`. `approve(drafts)` is the review gate (True: finalize them). `reconcile()` returns an
     object with `.unexplained` and `.flags` lists of one-line strings (billing.reconcile)."""
@@ -152,7 +154,7 @@ def close_period(
         bars.say(f"[1/5] rate {period}")
         bar = bars.bar("rate", 0)
         try:
-            report = run_period(ledger, usage_root, period, actor, progress=bar)
+            report = run_period(ledger, usage_root, period, actor, progress=bar, engine=engine)
         finally:
             bar.close()
         summary.flagged += report.flags

@@ -59,7 +59,16 @@ from billing.pricing.rating import (
     tier_quantity,
 )
 from billing.pricing.segments import CardSpan, PricingSegment, pricing_segments
-from billing.usage.reader import Cutoff, Explanation, OffsetRange, UsageRequest, UsageResult, aggregate, read_cutoff
+from billing.usage.reader import (
+    Cutoff,
+    Engine,
+    Explanation,
+    OffsetRange,
+    UsageRequest,
+    UsageResult,
+    aggregate,
+    read_cutoff,
+)
 from lake.store import LakeLocation
 
 INVOICE_SEQUENCE = "invoice"
@@ -648,8 +657,11 @@ def run_period(
     actor: str,
     tenant_ids: Sequence[str] | None = None,
     progress: Progress | None = None,
+    *,
+    engine: Engine | None = None,
 ) -> RunReport:
-    """Rate every tenant with a contract in `period` into its draft invoice (or corrections)."""
+    """Rate every tenant with a contract in `period` into its draft invoice (or corrections);
+    `engine` runs the usage scans (`aggregate`'s default, DuckDB, unless told otherwise)."""
     parse_period(period)
     cutoff = read_cutoff(usage_root)
     report = RunReport(period, cutoff)
@@ -681,7 +693,7 @@ def run_period(
         )
     if progress:
         progress(f"aggregating usage for {len(plans)} tenants")
-    results = aggregate(usage_root, requests, leases) if plans else {}
+    results = aggregate(usage_root, requests, leases, engine=engine) if plans else {}
     for plan in plans:
         if progress:
             progress(plan.tenant.tenant_id)

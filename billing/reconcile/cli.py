@@ -25,6 +25,7 @@ from typing import Any
 
 from billing.cli_runner import run_command
 from billing.ledger.db import Ledger, default_actor
+from billing.usage.engines import add_engine_argument, engine_named
 
 PROG = "wattmeter-billing reconcile"
 
@@ -53,6 +54,7 @@ def add_reconcile_commands(subparsers: Any, common: argparse.ArgumentParser | No
         )
     parser.add_argument("--period", required=True, help="a month, YYYY-MM (in each tenant's time zone)")
     parser.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    add_engine_argument(parser)
     parser.add_argument("--csv", type=Path, help="write one row per tenant x cause to this CSV file")
     parser.add_argument("--html", type=Path, help="write a self-contained HTML report to this file")
     parser.add_argument(
@@ -78,7 +80,13 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
 
     stripe, skipped = _stripe(args)
     result = reconcile(
-        ledger, args.usage_dir, args.period, stripe, tenant_ids=args.tenant or None, stripe_skipped=skipped
+        ledger,
+        args.usage_dir,
+        args.period,
+        stripe,
+        tenant_ids=args.tenant or None,
+        stripe_skipped=skipped,
+        engine=engine_named(args.engine),
     )
     if args.csv:
         report.write_csv(result, args.csv)

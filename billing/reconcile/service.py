@@ -77,6 +77,7 @@ from billing.reconcile.waterfall import (
 )
 from billing.usage.reader import (
     Cutoff,
+    Engine,
     OffsetRange,
     UsageRequest,
     UsageResult,
@@ -358,10 +359,12 @@ def reconcile(
     now_ms: int | None = None,
     stripe_skipped: str | None = None,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> Reconciliation:
     """Reconcile `period` (YYYY-MM, a month in each tenant's time zone): metered <-> invoiced <->
     collected per tenant. `stripe` None: the collected leg uses wattmeter's mirror of Stripe's
-    webhooks (a flag says so, with `stripe_skipped` as the reason). Bad input raises ReconcileError."""
+    webhooks (a flag says so, with `stripe_skipped` as the reason). `engine` runs the usage scan
+    (`aggregate`'s default, DuckDB, unless told otherwise). Bad input raises ReconcileError."""
     try:
         parse_period(period)
     except (InvoicingError, PeriodError) as exc:
@@ -419,7 +422,7 @@ def reconcile(
             if facts
             else []
         )
-    results = aggregate(root, requests.requests, ledger_leases) if requests.requests and cutoff else {}
+    results = aggregate(root, requests.requests, ledger_leases, engine) if requests.requests and cutoff else {}
 
     metered_ids = {row.lease_id for result_ in results.values() for row in result_.leases}
     with ledger.transaction() as session:
