@@ -258,20 +258,41 @@ def _aggregate_group(
 
 
 def duckdb_grouped(scan_input: ScanInput) -> tuple[list[GroupedRow], list[Attribution]]:
-    """The DuckDB engine: one streaming pass over the counted rows, grouped, placed into segments."""
+    """The DuckDB engine: the counted rows grouped one `date=` day at a time, the days' groups
+    summed, then placed into segments.
+
+    1) Per day, group the counted rows by a time bucket that no segment boundary cuts (per tenant,
+       the gcd of its boundaries and of a day: an hour for most calendars, so a bucket never spans
+       two days) and by lease. Copies of a record share its day, so each day's dedupe is whole, and
+       DuckDB holds one day's rows at a time: the scan's memory does not grow with the period.
+    2) Sum the days' lease groups (sums, counts and the last window recombine exactly) and place
+       the few bucket and lease rows into pricing segments with an ASOF join."""
     with _Scan(scan_input) as scan:
-        # 1) group the counted rows by a time bucket that no segment boundary cuts (per tenant,
-        #    the gcd of its boundaries: an hour for most calendars), streaming, no join per row;
-        # 2) place the few bucket rows into pricing segments with an ASOF join.
-        rows = scan.fetch(
-            f"""
-            WITH grouped AS (
-                SELECT tenant_id, plan, model, lease_id, GROUPING(lease_id) AS lease_aggregated,
-                       bucket, sum(allocated_gpu_ms) AS allocated, sum(busy_gpu_ms) AS busy,
-                       sum(energy_mj) AS energy, count(*) AS records, max(window_start_ms) AS last_window
+        scan.execute(
+            "CREATE TEMP TABLE day_groups(tenant_id VARCHAR, plan VARCHAR, model VARCHAR, lease_id VARCHAR, "
+            "lease_aggregated INTEGER, bucket BIGINT, allocated HUGEINT, busy HUGEINT, energy HUGEINT, "
+            "records BIGINT, last_window BIGINT)"
+        )
+        for day in by_day(scan_input.files):
+            scan.use(day)
+            scan.execute(
+                f"""
+                INSERT INTO day_groups
+                SELECT tenant_id, plan, model, lease_id, GROUPING(lease_id), bucket, sum(allocated_gpu_ms),
+                       sum(busy_gpu_ms), sum(energy_mj), count(*), max(window_start_ms)
                 FROM (SELECT c.*, c.window_start_ms - c.window_start_ms % c.grain AS bucket
                       FROM {scan.counted_rows()} c)
                 GROUP BY GROUPING SETS ((tenant_id, plan, model, bucket), (tenant_id, lease_id, plan, model))
+                """
+            )
+        rows = scan.fetch(
+            """
+            WITH grouped AS (
+                SELECT tenant_id, plan, model, lease_id, lease_aggregated, bucket, sum(allocated) AS allocated,
+                       sum(busy) AS busy, sum(energy) AS energy, sum(records) AS records,
+                       max(last_window) AS last_window
+                FROM day_groups
+                GROUP BY tenant_id, plan, model, lease_id, lease_aggregated, bucket
             )
             SELECT g.tenant_id, g.plan, g.model, g.lease_id, g.lease_aggregated, s.seg_start,
                    sum(g.allocated)::BIGINT, sum(g.busy)::BIGINT, sum(g.energy)::BIGINT, sum(g.records)::BIGINT
@@ -325,7 +346,7 @@ class _Scan:
                 self.attribution = self._attribution()
             self.con.execute("CREATE TEMP TABLE shared(h UBIGINT)")
             for day in by_day(scan.files):
-                self.con.execute("SET VARIABLE paths = ?", [[f.path for f in day]])
+                self.use(day)
                 self.con.execute(
                     f"INSERT INTO shared SELECT h FROM (SELECT hash(record_id) AS h FROM {self._raw('u.record_id')}) "
                     "GROUP BY h HAVING count(*) > 1"
@@ -406,6 +427,16 @@ class _Scan:
                 QUALIFY row_number() OVER (PARTITION BY r.record_id ORDER BY f.file_rank) = 1
             ) WHERE selected
         )"""
+
+    def use(self, files: Sequence[UsageFile]) -> None:
+        """Read only `files` from now on (the variable `paths` of every subquery)."""
+        self.con.execute("SET VARIABLE paths = ?", [[f.path for f in files]])
+
+    def execute(self, sql: str) -> None:
+        try:
+            self.con.execute(sql)
+        except Exception as exc:  # duckdb.Error
+            raise UsageDataError(f"cannot read the usage Parquet: {str(exc).splitlines()[0]}") from None
 
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         try:
@@ -550,13 +581,21 @@ def explain(root: LakeLocation, query: dict[str, Any], leases: Sequence[Lease] =
         if query.get(column) is not None:
             conditions.append(f"{column} = {_sql_list([str(query[column])])[1:-1]}")
     scan_input = ScanInput(tuple(scanned), tuple(selected), ((tenant, lo, hi, MS_PER_MINUTE),), (), mine, _remote(root))
-    with _Scan(scan_input) as scan:
+    with _Scan(scan_input) as scan:  # a day at a time, as duckdb_grouped does
+        scan.execute("CREATE TEMP TABLE day_groups(gpu_uuid VARCHAR, lease_id VARCHAR, n BIGINT, q HUGEINT)")
+        for day in by_day(scanned):
+            scan.use(day)
+            scan.execute(
+                f"""
+                INSERT INTO day_groups
+                SELECT gpu_uuid, lease_id, count(*), sum({measure}) FROM {scan.counted_rows()}
+                WHERE {" AND ".join(f"({c})" for c in conditions)}
+                GROUP BY gpu_uuid, lease_id
+                """
+            )
         rows = scan.fetch(
-            f"""
-            SELECT gpu_uuid, lease_id, count(*)::BIGINT, sum({measure})::BIGINT FROM {scan.counted_rows()}
-            WHERE {" AND ".join(f"({c})" for c in conditions)}
-            GROUP BY gpu_uuid, lease_id ORDER BY gpu_uuid, lease_id
-            """
+            "SELECT gpu_uuid, lease_id, sum(n)::BIGINT, sum(q)::BIGINT FROM day_groups "
+            "GROUP BY gpu_uuid, lease_id ORDER BY gpu_uuid, lease_id"
         )
     per_gpu = [(str(g), str(lease), int(n), int(q)) for g, lease, n, q in rows]
     return Explanation(sum(q for *_, q in per_gpu), sum(n for _, _, n, _ in per_gpu), per_gpu, sum(selected))
