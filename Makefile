@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 CACHE_DIR ?= $(or $(WATTMETER_CACHE_DIR),$(HOME)/.cache/wattmeter)
-STRIPE_MOCK := $(CACHE_DIR)/bin/stripe-mock
 WEED := $(CACHE_DIR)/bin/weed
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
@@ -58,13 +57,11 @@ browser-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "make: /usr/bin/chromium missing and there is no apt-get: install Chromium at /usr/bin/chromium"; exit 2; fi
 
-## stripe-mock: Stripe's official mock (Go), built once into the cache (like the Kafka jars); the tests start it
-## (deploy/local/stripe_peers.py, which also runs this `go install` when the binary is missing)
-$(STRIPE_MOCK):
-	@command -v go >/dev/null || { echo "make: go not found: install Go 1.22+ (https://go.dev/dl/) to build stripe-mock"; exit 2; }
-	GOBIN=$(abspath $(dir $(STRIPE_MOCK))) go install github.com/stripe/stripe-mock@latest
-
-stripe-mock: $(STRIPE_MOCK)
+## stripe-mock: Stripe's official mock (Go) at the version pinned in deploy/local/stripe_peers.py, built once
+## into the cache with `go install` (like the Kafka jars); the tests start it
+stripe-mock: $(STAMP)
+	@command -v go >/dev/null || test -n "$$WATTMETER_STRIPE_MOCK" || { echo "make: go not found: install Go 1.22+ (https://go.dev/dl/) to build stripe-mock"; exit 2; }
+	@$(PY) -m deploy.local.stripe_peers stripe-mock-path >/dev/null
 
 ## seaweedfs: the S3-compatible object store the tests and the bench start (deploy/local/s3_store.py), built once
 ## into the cache at the version pinned there; its go.mod has a replace directive, so `go install` refuses it and
@@ -76,7 +73,7 @@ $(WEED):
 seaweedfs: $(STAMP) $(WEED)
 
 ## demo: local broker + simulated fleet + Faust worker + Parquet sink + invoices
-demo: $(STAMP) system-deps $(STRIPE_MOCK)
+demo: $(STAMP) system-deps stripe-mock
 	$(PY) -m deploy.local.demo
 
 ## lint: ruff (format and lint) and mypy (strict on schemas/ and the pure cores)
@@ -86,11 +83,11 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 ## test: lint, then the whole suite against real parts started by the suite itself
-test: lint system-deps browser-deps $(STRIPE_MOCK) $(WEED)
+test: lint system-deps browser-deps stripe-mock $(WEED)
 	$(PY) -m pytest -q
 
 ## bench: every benchmark; writes bench/results.json and prints a table
-bench: $(STAMP) system-deps $(STRIPE_MOCK) $(WEED)
+bench: $(STAMP) system-deps stripe-mock $(WEED)
 	$(PY) -m bench.run
 
 broker-start: $(STAMP)

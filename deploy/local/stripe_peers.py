@@ -4,7 +4,7 @@
 against Stripe's OpenAPI spec (paths, parameter names, types, enums) and answers with fixture
 objects; it keeps no state (a finalized invoice still reads ``draft``). It is what tells us that
 a call is one the real API accepts. The binary is built once with
-``GOBIN=$WATTMETER_CACHE_DIR/bin go install github.com/stripe/stripe-mock@latest`` (``make
+``GOBIN=$WATTMETER_CACHE_DIR/bin/stripe-mock-v0.203.0 go install github.com/stripe/stripe-mock@v0.203.0`` (``make
 stripe-mock``; the cache is ``~/.cache/wattmeter`` by default, as for the Kafka jars; ``ensure_stripe_mock()``
 does the same when it is missing) and runs
 as ``stripe-mock -http-addr 127.0.0.1:<free port> -https-addr 127.0.0.1:`` (``-http-addr`` alone
@@ -112,8 +112,9 @@ from deploy.local.process import ChildProcess, PartUnavailable, file_lock, free_
 ROOT = Path(__file__).resolve().parents[2]
 # built once into the cache, like the Kafka jars
 BIN_DIR = Path(os.environ.get("WATTMETER_CACHE_DIR") or Path.home() / ".cache" / "wattmeter") / "bin"
-STRIPE_MOCK_BIN = BIN_DIR / "stripe-mock"
-STRIPE_MOCK_PACKAGE = "github.com/stripe/stripe-mock@latest"
+STRIPE_MOCK_VERSION = "v0.203.0"  # the stripe-mock every machine tests against (a lock for a Go tool)
+STRIPE_MOCK_BIN = BIN_DIR / f"stripe-mock-{STRIPE_MOCK_VERSION}" / "stripe-mock"
+STRIPE_MOCK_PACKAGE = f"github.com/stripe/stripe-mock@{STRIPE_MOCK_VERSION}"
 GO_HINT = "install Go 1.22+ (https://go.dev/dl/), then `make stripe-mock`"
 LOCALSTRIPE_SERIES = "1.15"
 LOCALSTRIPE_HINT = "pip install 'localstripe~=1.15.10' (wattmeter's dev extra)"
@@ -170,9 +171,9 @@ def _executable(path: Path) -> bool:
 
 
 def ensure_stripe_mock() -> Path:
-    """The stripe-mock binary: ``$WATTMETER_STRIPE_MOCK``, else ``$WATTMETER_CACHE_DIR/bin/stripe-mock``, else
-    ``stripe-mock`` on PATH, else built once into ``$WATTMETER_CACHE_DIR/bin`` with ``go install`` (under a
-    file lock; about 25 s with an empty Go module cache)."""
+    """The stripe-mock binary: ``$WATTMETER_STRIPE_MOCK``, else STRIPE_MOCK_VERSION built once into
+    ``$WATTMETER_CACHE_DIR/bin/stripe-mock-<version>`` with ``go install`` (under a file lock; about 25 s with
+    an empty Go module cache). A stripe-mock on PATH is not used: its version is unknown."""
     override = os.environ.get("WATTMETER_STRIPE_MOCK")
     if override:
         if _executable(Path(override)):
@@ -180,27 +181,23 @@ def ensure_stripe_mock() -> Path:
         raise StripePeerUnavailable(f"$WATTMETER_STRIPE_MOCK={override} is not an executable file")
     if _executable(STRIPE_MOCK_BIN):
         return STRIPE_MOCK_BIN
-    on_path = shutil.which("stripe-mock")
-    if on_path:
-        return Path(on_path)
     go = shutil.which("go")
     if go is None:
-        raise StripePeerUnavailable(
-            f"stripe-mock not found (neither {STRIPE_MOCK_BIN} nor on PATH) and `go` is not installed: {GO_HINT}"
-        )
+        raise StripePeerUnavailable(f"stripe-mock not found at {STRIPE_MOCK_BIN} and `go` is not installed: {GO_HINT}")
     with file_lock(BIN_DIR / ".stripe-mock.lock"):
         if _executable(STRIPE_MOCK_BIN):  # built meanwhile by another process
             return STRIPE_MOCK_BIN
         command = [go, "install", STRIPE_MOCK_PACKAGE]
         try:
+            gobin = str(STRIPE_MOCK_BIN.parent)
             done = subprocess.run(
-                command, env={**os.environ, "GOBIN": str(BIN_DIR)}, capture_output=True, text=True, timeout=600
+                command, env={**os.environ, "GOBIN": gobin}, capture_output=True, text=True, timeout=600
             )
         except subprocess.TimeoutExpired:
             raise StripePeerUnavailable(f"`go install {STRIPE_MOCK_PACKAGE}` did not finish within 600 s") from None
         if done.returncode != 0 or not _executable(STRIPE_MOCK_BIN):
             raise StripePeerUnavailable(
-                f"`GOBIN={BIN_DIR} go install {STRIPE_MOCK_PACKAGE}` failed (exit {done.returncode}): "
+                f"`GOBIN={STRIPE_MOCK_BIN.parent} go install {STRIPE_MOCK_PACKAGE}` failed (exit {done.returncode}): "
                 "it needs Go 1.22+ and the Go module proxy (or a filled module cache)",
                 (done.stdout + done.stderr)[-3000:],
             )
