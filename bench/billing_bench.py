@@ -40,6 +40,7 @@ class Load:
 
     gpus: int
     folder: str
+    days: int = DAYS  # the first `days` days of November
 
     @property
     def root(self) -> Path:
@@ -47,11 +48,12 @@ class Load:
 
     @property
     def records(self) -> int:
-        return self.gpus * MINUTES
+        return self.gpus * self.days * 24 * 60
 
 
 LOAD_10M = Load(232, "bench-usage-10m-days")  # 10,022,400 records
 LOAD_43M = Load(1000, "bench-usage-43m-days")  # 43,200,000 records: a month of 1,000 GPUs
+LOAD_WEEK = Load(1000, "bench-usage-1000gpu-7d", days=7)  # 10,080,000 records: a week of the same fleet
 GPUS = LOAD_10M.gpus
 LOAD_DIR = LOAD_10M.root
 
@@ -68,7 +70,7 @@ def write_load(load: Load = LOAD_10M) -> int:
     offsets = [0] * PARTITIONS
     rng = np.random.default_rng(7)
     gpus = np.arange(load.gpus, dtype=np.int64)
-    for day in range(DAYS):
+    for day in range(load.days):
         minute = np.repeat(np.arange(day * 1440, (day + 1) * 1440, dtype=np.int64), load.gpus)
         gpu = np.tile(gpus, 1440)
         for partition in range(PARTITIONS):  # usage.records is keyed by tenant
@@ -141,8 +143,10 @@ from schemas.units import MS_PER_DAY
 from billing.ledger.store import add_contract, store_rate_card, upsert_tenant
 from billing.pricing.ratecards import load_rate_card
 from billing.invoicing.service import run_period
+from billing.usage.engines import engine_named
 db, usage, card_path = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 tenants, period_start = int(sys.argv[4]), int(sys.argv[5])
+engine = engine_named(sys.argv[6] if len(sys.argv) > 6 else "duckdb")
 ledger = Ledger(db)
 card = load_rate_card(Path(card_path))
 with ledger.transaction() as s:
@@ -151,13 +155,15 @@ with ledger.transaction() as s:
         upsert_tenant(s, "bench", f"tenant-{t}", currency=card.currency, timezone="UTC", tax_jurisdiction="*")
         add_contract(s, "bench", f"tenant-{t}", card.name, period_start - MS_PER_DAY * 60)
 began = time.perf_counter()
-report = run_period(ledger, usage, "2026-11", "bench")
+report = run_period(ledger, usage, "2026-11", "bench", engine=engine)
 elapsed = time.perf_counter() - began
 with ledger.transaction() as s:
     from sqlalchemy import func, select
-    from billing.ledger.models import InvoiceLineRow
+    from billing.ledger.models import Invoice, InvoiceLineRow
     lines = s.scalar(select(func.count()).select_from(InvoiceLineRow))
-print(json.dumps({"seconds": elapsed, "lines": lines, "invoices": len(report.outcomes),
+    from decimal import Decimal
+    total = str(sum((invoice.total for invoice in s.query(Invoice)), Decimal(0)))  # SQLite's sum() is a float
+print(json.dumps({"seconds": elapsed, "lines": lines, "invoices": len(report.outcomes), "total": total,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

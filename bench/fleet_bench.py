@@ -1,6 +1,7 @@
 """Fleet-scale benchmarks (issue 17): rating, reconciling and rolling up a month of 1,000 GPUs
 (43.2 M minute records) in bounded memory, each beside DuckDB's bare grouped sums over the same
-files, and beside the same command on 10 M records (peak RSS must not grow with the period); the
+files, and beside the same command on a week of the same fleet (10.08 M records: peak RSS must not
+grow with the days of the period); the
 sink writing to the real S3-compatible store beside the sink writing to a folder.
 
 Every side runs in a fresh process (billing_bench's launcher), so its peak RSS is its own.
@@ -18,8 +19,8 @@ from typing import Any
 from bench.billing_bench import (
     CARD,
     DUCKDB_SIDE,
-    LOAD_10M,
     LOAD_43M,
+    LOAD_WEEK,
     PERIOD,
     PERIOD_START_MS,
     TENANTS,
@@ -48,11 +49,32 @@ print(json.dumps({"seconds": elapsed, "rows": report.rows, "records": report.rec
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
-MEMORY_TARGET = "ratio <= 2 (within 2x of DuckDB); peak RSS <= 1 GiB and <= 1.25x the 10 M figure"
+MEMORY_TARGET = "ratio <= 2 (within 2x of DuckDB); peak RSS <= 1 GiB and <= 1.25x the week's figure"
 
 
-def _rate(url: str, load: Load) -> dict[str, Any]:
-    return _side(WATTMETER_SIDE, url, str(load.root), str(CARD), str(TENANTS), str(PERIOD_START_MS))
+def _rate(url: str, load: Load, engine: str = "duckdb") -> dict[str, Any]:
+    return _side(WATTMETER_SIDE, url, str(load.root), str(CARD), str(TENANTS), str(PERIOD_START_MS), engine)
+
+
+def spark_bench(on_duckdb: dict[str, Any]) -> list[BenchResult]:
+    """Rating a week of 1,000 GPUs (10.08 M records) with the usage scan on Spark (local[2]), beside the
+    DuckDB engine's rating of the same load in this run (`on_duckdb`); the invoices must come out the same."""
+    with tempfile.TemporaryDirectory(prefix="wattmeter-spark-bench-") as tmp:
+        on_spark = _rate(f"sqlite:///{tmp}/spark.db", LOAD_WEEK, "spark")
+    if (on_spark["lines"], on_spark["total"]) != (on_duckdb["lines"], on_duckdb["total"]):
+        raise RuntimeError(f"Spark's invoices differ from DuckDB's: {on_spark} against {on_duckdb}")
+    return [
+        BenchResult(
+            name="spark_aggregate_10m_usage_records_s",
+            value=round(on_spark["seconds"], 3),
+            unit=f"s to rate {LOAD_WEEK.records:,} records into {TENANTS} invoices with the usage scan on Spark "
+            f"local[2] (JVM start included; {on_spark['peak_rss_mib']:.0f} MiB Python driver peak RSS); "
+            f"invoices equal to DuckDB's, total {on_spark['total']}",
+            baseline="the same rating with the DuckDB engine, same load, same run",
+            baseline_value=round(on_duckdb["seconds"], 3),
+            target="reported: Spark is for a lake one machine cannot scan; on 2 cores it only has to agree",
+        )
+    ]
 
 
 def _measure(load: Load) -> dict[str, dict[str, Any]]:
@@ -96,11 +118,11 @@ def _figures(big: dict[str, dict[str, Any]], small: dict[str, dict[str, Any]], r
             BenchResult(
                 name=f"{step}_43m_usage_records_peak_rss",
                 value=round(ours["peak_rss_mib"], 1),
-                unit=f"MiB peak RSS of the {step} process; the same command on 10 M records: "
-                f"{ten['peak_rss_mib']:.1f} MiB ({growth:.2f}x)",
+                unit=f"MiB peak RSS of the {step} process over 30 days; the same command over 7 days of the "
+                f"same 1,000 GPUs ({LOAD_WEEK.records:,} records): {ten['peak_rss_mib']:.1f} MiB ({growth:.2f}x)",
                 baseline="DuckDB grouped sums process over the 43.2 M records, peak RSS",
                 baseline_value=round(baseline["peak_rss_mib"], 1),
-                target="<= 1024 MiB and <= 1.25x the 10 M figure",
+                target="<= 1024 MiB and <= 1.25x the 7-day figure",
             ),
         ]
     return results
@@ -166,10 +188,10 @@ def sink_s3_bench() -> list[BenchResult]:
 
 def run(bootstrap: str | None = None) -> list[BenchResult]:
     began = time.monotonic()
-    small = _measure(LOAD_10M)
+    small = _measure(LOAD_WEEK)
     big = _measure(LOAD_43M)
-    print(f"fleet bench: 10 M and 43.2 M records rated, reconciled, rolled up in {time.monotonic() - began:.0f} s")
-    return _figures(big, small, LOAD_43M.records) + sink_s3_bench()
+    print(f"fleet bench: 10.08 M and 43.2 M records rated, reconciled, rolled up in {time.monotonic() - began:.0f} s")
+    return _figures(big, small, LOAD_43M.records) + spark_bench(small["rate"]) + sink_s3_bench()
 
 
 if __name__ == "__main__":
