@@ -49,7 +49,12 @@ print(json.dumps({"seconds": elapsed, "rows": report.rows, "records": report.rec
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
-MEMORY_TARGET = "ratio <= 2 (within 2x of DuckDB); peak RSS <= 1 GiB and <= 1.25x the week's figure"
+TIME_TARGETS = {
+    "rate": "within 2x of DuckDB (ratio <= 2)",
+    "reconcile": "within 3x of DuckDB (ratio <= 3), as at 10 M (close_bench): it reads the Parquet twice, for what "
+    "is complete and for what was consumed",
+    "rollup": "within 3x of DuckDB (ratio <= 3): it also writes every hourly row into the ledger in one transaction",
+}
 
 
 def _rate(url: str, load: Load, engine: str = "duckdb") -> dict[str, Any]:
@@ -113,7 +118,7 @@ def _figures(big: dict[str, dict[str, Any]], small: dict[str, dict[str, Any]], r
                 baseline="DuckDB alone: the same grouped sums (tenant, plan, model, peak/valley; per lease) over "
                 "the same files, no dedupe, same run",
                 baseline_value=round(baseline["seconds"], 3),
-                target="within 2x of DuckDB (ratio <= 2)",
+                target=TIME_TARGETS[step],
             ),
             BenchResult(
                 name=f"{step}_43m_usage_records_peak_rss",
