@@ -9,6 +9,8 @@ GPU_SAMPLES = "gpu.samples"
 GPU_SAMPLES_DLQ = "gpu.samples.dlq"
 GPU_LEASES = "gpu.leases"
 USAGE_RECORDS = "usage.records"
+# lease notices for tenants' own automation, keyed by lease id: compaction keeps a lease's latest event
+GPU_LEASE_EVENTS = "gpu.lease.events"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,11 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(GPU_SAMPLES_DLQ, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
     TopicSpec(
         GPU_LEASES,
+        1,
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
+    ),
+    TopicSpec(
+        GPU_LEASE_EVENTS,
         1,
         {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
     ),

@@ -81,6 +81,8 @@ class Tenant(Base):
     # how Stripe hears of this tenant's usage: "invoices" (wattmeter's invoices are pushed) or
     # "meters" (usage is reported to Stripe Billing meters and Stripe prices it)
     stripe_mode: Mapped[str] = mapped_column(String(16), default="invoices", server_default="invoices")
+    # the owner's own use (its training): metered like any tenant, never invoiced nor pushed to Stripe
+    internal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class RateCard(Base):
@@ -126,6 +128,94 @@ class Lease(Base):
     plan: Mapped[str] = mapped_column(String(32))
     start_ms: Mapped[int] = mapped_column(BigInteger)
     end_ms: Mapped[int | None] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    # who set end_ms: "tenant" (its own end, billed as always) or "owner" (a preemption); None while open
+    ended_by: Mapped[str | None] = mapped_column(String(16))
+    noticed_ms: Mapped[int | None] = mapped_column(BigInteger)  # when the owner's preemption notice was given
+    offer_id: Mapped[str | None] = mapped_column(String(128))  # the capacity offer it was sold in
+
+
+class CapacityOffer(Base):
+    """GPUs the owner offers for rent over [start_ms, end_ms), on some plans, taken back on `notice_ms` notice."""
+
+    __tablename__ = "capacity_offers"
+
+    offer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    gpus: Mapped[list[Any]] = mapped_column(JSON)  # GPU uuids (a pool label is resolved when the offer opens)
+    pool: Mapped[str | None] = mapped_column(String(128))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    plans: Mapped[list[Any]] = mapped_column(JSON)
+    notice_ms: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # open | closed
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    closed_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class GpuPoolMember(Base):
+    """A GPU's pool label, so that an offer can name a pool instead of listing uuids."""
+
+    __tablename__ = "gpu_pool_members"
+
+    pool: Mapped[str] = mapped_column(String(128), primary_key=True)
+    gpu_uuid: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class MaintenanceWindow(Base):
+    """An outage the owner announced ahead: leased time in it does not count against an SLA."""
+
+    __tablename__ = "maintenance_windows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gpus: Mapped[list[Any]] = mapped_column(JSON)
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    announced_ms: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class WebhookEndpoint(Base):
+    """Where a tenant's notices go, and the secret they are signed with."""
+
+    __tablename__ = "webhook_endpoints"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class TenantEvent(Base):
+    """An event for a tenant (a preemption notice, a budget alert): written in the transaction that
+    causes it, then sent to Kafka (`kafka_published_ms`) and to the tenant's webhook (`WebhookDelivery`)."""
+
+    __tablename__ = "tenant_events"
+    __table_args__ = (Index("ix_tenant_events_kafka", "kafka_published_ms"),)
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    key: Mapped[str] = mapped_column(String(128))  # the compacted topic's key (a lease id)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    kafka_published_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class WebhookDelivery(Base):
+    """One event's delivery to its tenant's endpoint: pending until acknowledged (2xx), retried with backoff."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_ms"),)
+
+    event_id: Mapped[str] = mapped_column(ForeignKey("tenant_events.event_id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
+    url: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed (gave up: shown, retried by hand)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_ms: Mapped[int] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    delivered_ms: Mapped[int | None] = mapped_column(BigInteger)
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
