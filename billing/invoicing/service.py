@@ -86,7 +86,7 @@ def _prefix(sequence: str) -> str:
 class TenantOutcome:
     tenant_id: str
     period: str
-    status: str  # created | updated | unchanged | issued | no contract | no invoice | withdrawn
+    status: str  # created | updated | unchanged | issued | no contract | no invoice | withdrawn | internal
     invoice_id: int | None = None
     number: str | None = None
     currency: str = ""
@@ -98,7 +98,7 @@ class TenantOutcome:
 
 
 NO_INVOICE_WHY = "no usage, no commitment, no correction"
-IDLE_STATUSES = ("unchanged", "issued", "no contract", "no invoice")
+IDLE_STATUSES = ("unchanged", "issued", "no contract", "no invoice", "internal")
 
 
 @dataclass
@@ -660,7 +660,8 @@ def run_period(
     *,
     engine: Engine | None = None,
 ) -> RunReport:
-    """Rate every tenant with a contract in `period` into its draft invoice (or corrections);
+    """Rate every tenant with a contract in `period` into its draft invoice (or corrections), except
+    internal tenants (the owner's own use: outcome "internal", never invoiced, so never pushed to Stripe);
     `engine` runs the usage scans (`aggregate`'s default, DuckDB, unless told otherwise)."""
     parse_period(period)
     cutoff = read_cutoff(usage_root)
@@ -675,6 +676,9 @@ def run_period(
         tenants = list(session.scalars(query))
         plans = []
         for tenant in tenants:
+            if tenant.internal:  # the owner's own use: metered, never invoiced
+                report.outcomes.append(TenantOutcome(tenant.tenant_id, period, "internal"))
+                continue
             plan = _plan_tenant(session, tenant, period, cutoff)
             if plan is None:
                 report.outcomes.append(TenantOutcome(tenant.tenant_id, period, "no contract"))

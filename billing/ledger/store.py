@@ -44,12 +44,14 @@ def upsert_tenant(
     tax_jurisdiction: str = "*",
     contact_email: str | None = None,
     stripe_mode: str | None = None,
+    internal: bool | None = None,
 ) -> Tenant:
     """Add a tenant, or change one; the currency of a tenant with invoices never changes.
     `stripe_mode`: "invoices" (wattmeter's invoices are pushed to Stripe, the default) or "meters"
     (usage goes to Stripe Billing meters); None keeps the tenant's. The id (of a new tenant), the
     name (when given) and the time zone follow billing.ledger.tenant_rules; `name` None keeps the
-    tenant's, or is the id for a new one."""
+    tenant's, or is the id for a new one. `internal` True: the owner's own use, metered and never
+    invoiced (None keeps the tenant's; a new tenant is not internal)."""
     currency = currency.upper()
     minor_units(currency)  # refuses an unknown currency
     check_timezone(timezone)
@@ -65,6 +67,7 @@ def upsert_tenant(
         "tax_jurisdiction": tax_jurisdiction,
         "contact_email": contact_email if contact_email is not None else (tenant.contact_email if tenant else None),
         "stripe_mode": stripe_mode or (tenant.stripe_mode if tenant else "invoices"),
+        "internal": internal if internal is not None else (tenant.internal if tenant else False),
     }
     if fields["stripe_mode"] not in STRIPE_MODES:
         raise LedgerError(f"stripe mode must be one of {', '.join(STRIPE_MODES)}, not {stripe_mode!r}")

@@ -71,6 +71,20 @@ def test_hand_computed_invoice_and_second_run_is_a_no_op(billing_db_url: str, us
         assert session.scalar(select(func.count()).select_from(AuditEntry)) == audits  # nothing written
 
 
+def test_an_internal_tenant_is_metered_and_never_invoiced(billing_db_url: str, usage: UsageWriter):
+    """The owner's own training is a tenant marked internal: its usage is in the lake like anyone's,
+    and the month's run gives it no invoice (so nothing of it reaches Stripe)."""
+    usage.write(minutes("owner", MON_NOV_2 + 5 * HOUR, 120, gpu="GPU-9", energy_mj=36_000_000))
+    usage.write(minutes("acme", MON_NOV_2 + 5 * HOUR, 60, energy_mj=36_000_000))
+    ledger = ledger_with(billing_db_url, tenants={"acme": {}, "owner": {"internal": True}})
+    report = run_period(ledger, usage.root, "2026-11", "test")
+    assert sorted((o.tenant_id, o.status) for o in report.outcomes) == [("acme", "created"), ("owner", "internal")]
+    with ledger.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Invoice).where(Invoice.tenant_id == "owner")) == 0
+    again = run_period(ledger, usage.root, "2026-11", "test")
+    assert again.nothing_to_do
+
+
 def test_new_usage_regenerates_the_draft_deterministically(billing_db_url: str, usage: UsageWriter):
     usage.write(minutes("acme", MON_NOV_2 + 8 * HOUR, 30))
     ledger = ledger_with(billing_db_url)
