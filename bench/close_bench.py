@@ -250,6 +250,7 @@ def seed_leases(url: str, gpus: int | None = None) -> int:
 
     gpus = GPUS if gpus is None else gpus
     from billing.leases.importers import LeaseRow
+    from billing.leases.offers import open_offer
     from billing.leases.service import import_leases
     from billing.ledger.db import Ledger
     from billing.ledger.store import upsert_tenant
@@ -271,6 +272,12 @@ def seed_leases(url: str, gpus: int | None = None) -> int:
     with ledger.transaction() as session:
         for t in range(TENANTS):  # as billing_bench's rating side makes them (it upserts them again)
             upsert_tenant(session, "bench", f"tenant-{t}", currency="USD", timezone="UTC", tax_jurisdiction="*")
+        valley_gpus = sorted({row.gpu_uuid for row in rows if row.plan == "valley"})
+        if valley_gpus:  # the valley plan is sold inside a capacity offer (billing.leases.offers)
+            end = PERIOD_START_MS + (MINUTES // 1440 + 1) * day_ms
+            open_offer(
+                session, "bench-valley", start_ms=PERIOD_START_MS, end_ms=end, notice_ms=120_000, gpus=valley_gpus
+            )
         import_leases(session, rows, "bench")
     ledger.dispose()
     return len(rows)

@@ -47,3 +47,19 @@ class InvalidHorizon(LeaseError):
 
 class PublishFailed(LeaseError):
     """`gpu.leases` did not acknowledge a timeline; the outbox rows stay pending."""
+
+
+class InvalidOffer(LeaseError):
+    """A capacity offer that cannot exist: no GPUs, an empty window, an unknown plan, a negative notice."""
+
+
+class UnknownOffer(NotFound, LeaseError):
+    """No capacity offer has this id."""
+
+
+class OfferConflict(Conflict, LeaseError):
+    """An offer with this id exists with different fields, or is closed."""
+
+
+class OutsideOffer(Conflict, LeaseError):
+    """A lease on a valley or interruptible plan that no open offer covers."""

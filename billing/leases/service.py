@@ -37,6 +37,7 @@ from billing.leases.errors import (
     UnknownTenant,
 )
 from billing.leases.importers import LeaseRow
+from billing.leases.offers import OfferIndex
 from billing.ledger import models
 from billing.ledger.db import audit, default_actor, now_ms
 from schemas.leases import PLANS, Lease
@@ -127,7 +128,7 @@ def _overlap(asked: Lease, other: Lease) -> LeaseOverlap:
     )
 
 
-def _lock_gpus(session: Session, gpus: Iterable[str]) -> None:
+def lock_gpus(session: Session, gpus: Iterable[str]) -> None:
     """PostgreSQL: serialize writers per GPU until the transaction ends (sorted: no deadlock)."""
     if session.get_bind().dialect.name != "postgresql":
         return  # SQLite: BEGIN IMMEDIATE holds the database's write lock already
@@ -136,7 +137,7 @@ def _lock_gpus(session: Session, gpus: Iterable[str]) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-def _add_outbox(session: Session, gpus: Iterable[str]) -> None:
+def add_outbox(session: Session, gpus: Iterable[str]) -> None:
     created = now_ms()
     session.add_all(models.LeaseOutbox(gpu_uuid=gpu, created_ms=created, published_ms=None) for gpu in sorted(gpus))
 
@@ -163,13 +164,14 @@ def open_lease(
     _check_fields(asked)
     if session.get(models.Tenant, tenant_id) is None:
         raise UnknownTenant(f"unknown tenant {tenant_id!r}")
-    _lock_gpus(session, [gpu_uuid])
+    lock_gpus(session, [gpu_uuid])
     held_row = session.get(models.Lease, asked.lease_id)
     if held_row is not None:
         held = _contract(held_row)
         if held == asked:
             return held
         raise _id_conflict(held, asked)
+    offer_id = OfferIndex(session).offer_for(asked)
     conditions = [models.Lease.gpu_uuid == gpu_uuid, or_(models.Lease.end_ms.is_(None), models.Lease.end_ms > start_ms)]
     if end_ms is not None:
         conditions.append(models.Lease.start_ms < end_ms)
@@ -185,6 +187,7 @@ def open_lease(
             start_ms=start_ms,
             end_ms=end_ms,
             created_ms=now_ms(),
+            offer_id=offer_id,
         )
     )
     audit(
@@ -198,8 +201,9 @@ def open_lease(
         start_ms=start_ms,
         end_ms=end_ms,
         plan=plan,
+        offer_id=offer_id,
     )
-    _add_outbox(session, [gpu_uuid])
+    add_outbox(session, [gpu_uuid])
     session.flush()
     return asked
 
@@ -210,7 +214,7 @@ def end_lease(session: Session, lease_id: str, end_ms: int, actor: str | None = 
     row = session.get(models.Lease, lease_id)
     if row is None:
         raise UnknownLease(f"unknown lease {lease_id!r}")
-    _lock_gpus(session, [row.gpu_uuid])
+    lock_gpus(session, [row.gpu_uuid])
     row = session.get(models.Lease, lease_id, populate_existing=True, with_for_update=True)
     assert row is not None  # leases are never deleted
     if row.end_ms is not None:
@@ -224,8 +228,9 @@ def end_lease(session: Session, lease_id: str, end_ms: int, actor: str | None = 
             f"lease {lease_id}: end {format_ms(end_ms)} is not after its start {format_ms(row.start_ms)}"
         )
     row.end_ms = end_ms  # an open lease only shrinks: it cannot come to overlap another
+    row.ended_by = "tenant"  # billed as always (the owner's end is billing.market.preemption)
     audit(session, actor or default_actor(), "lease.end", "lease", lease_id, gpu_uuid=row.gpu_uuid, end_ms=end_ms)
-    _add_outbox(session, [row.gpu_uuid])
+    add_outbox(session, [row.gpu_uuid])
     session.flush()
     return _contract(row)
 
@@ -303,7 +308,7 @@ def import_leases(session: Session, rows: Sequence[LeaseRow], actor: str | None 
         )
         asked.append((row, lease))
     gpus = sorted({lease.gpu_uuid for _, lease in asked})
-    _lock_gpus(session, gpus)
+    lock_gpus(session, gpus)
     tenant_ids = sorted({lease.tenant_id for _, lease in asked})
     known_tenants: set[str] = set()
     for chunk in _chunks(tenant_ids):
@@ -322,6 +327,8 @@ def import_leases(session: Session, rows: Sequence[LeaseRow], actor: str | None 
             by_gpu[r.gpu_uuid].append(_contract(r))
         timelines.update((gpu, _GpuTimeline(leases)) for gpu, leases in by_gpu.items())
 
+    offers = OfferIndex(session)
+    offer_of: dict[str, str | None] = {}
     created: list[tuple[LeaseRow, Lease]] = []
     first_line: dict[str, int] = {}
     unchanged = 0
@@ -345,6 +352,7 @@ def import_leases(session: Session, rows: Sequence[LeaseRow], actor: str | None 
             other = timeline.overlapping(lease)
             if other is not None:
                 raise _overlap(lease, other)
+            offer_of[lease.lease_id] = offers.offer_for(lease)
         except LeaseError as exc:
             raise type(exc)(f"{row.where}: {exc}") from None
         timeline.add(lease)
@@ -367,6 +375,7 @@ def import_leases(session: Session, rows: Sequence[LeaseRow], actor: str | None 
                 start_ms=lease.start_ms,
                 end_ms=lease.end_ms,
                 created_ms=stamp,
+                offer_id=offer_of[lease.lease_id],
             )
             for _, lease in created
         )
@@ -384,6 +393,6 @@ def import_leases(session: Session, rows: Sequence[LeaseRow], actor: str | None 
                 plan=lease.plan,
                 source=row.where,
             )
-        _add_outbox(session, changed)
+        add_outbox(session, changed)
         session.flush()
     return ImportResult(tuple(lease.lease_id for _, lease in created), unchanged, tuple(changed))

@@ -4,10 +4,12 @@ billing ledger and published through its outbox, node samples through the agent'
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agents.backends.simulated import SimulatedBackend
 from agents.clock import SimulatedClock
@@ -16,6 +18,9 @@ from agents.sampler import Sampler
 from schemas.leases import Lease
 from schemas.samples import NodeSample
 from schemas.units import MS_PER_MINUTE
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 FLEET_ACTOR = "fleet-simulator"
 
@@ -89,6 +94,7 @@ def publish_leases(
                 if session.get(Tenant, tenant_id) is None:  # defaults: USD, UTC, jurisdiction "*"
                     upsert_tenant(session, FLEET_ACTOR, tenant_id)
             session.flush()
+            open_valley_offer(session, leases)
             for lease in leases:
                 open_lease(
                     session,
@@ -103,6 +109,25 @@ def publish_leases(
         if now_ms is None:
             now_ms = min((lease.start_ms for lease in leases), default=wall_ms())
         return publish_pending(ledger, bootstrap, lease_horizon_ms(), now_ms)
+
+
+VALLEY_NOTICE_MS = 120_000  # AWS Spot's two minutes
+
+
+def open_valley_offer(session: Session, leases: list[Lease]) -> str | None:
+    """The capacity offer the simulated owner sells its valley leases in: the GPUs of the leases on
+    offer plans, from their first start to a day after their last end; None when there are none."""
+    from billing.leases.offers import OFFER_PLANS, open_offer
+
+    sold = [lease for lease in leases if lease.plan in OFFER_PLANS]
+    if not sold:
+        return None
+    start = min(lease.start_ms for lease in sold)
+    end = max(lease.end_ms or lease.start_ms for lease in sold) + 24 * 3_600_000
+    gpus = sorted({lease.gpu_uuid for lease in sold})
+    offer_id = "valley-" + hashlib.sha256(f"{start}/{end}/{','.join(gpus)}".encode()).hexdigest()[:12]
+    open_offer(session, offer_id, start_ms=start, end_ms=end, notice_ms=VALLEY_NOTICE_MS, gpus=gpus, actor=FLEET_ACTOR)
+    return offer_id
 
 
 def fleet_samples(plan: FleetPlan) -> Iterator[NodeSample]:

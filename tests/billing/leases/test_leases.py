@@ -32,6 +32,7 @@ from billing.leases.errors import (
     UnknownTenant,
 )
 from billing.leases.importers import LeaseRow, parse_csv, parse_jsonl, parse_time, read_lease_file
+from billing.leases.offers import open_offer
 from billing.leases.service import (
     default_lease_id,
     end_lease,
@@ -54,6 +55,7 @@ SCHEMA = json.loads((ROOT / "schemas" / "jsonschema" / "gpu_lease_timeline.v1.js
 HOUR = 3_600_000
 DAY = 24 * HOUR
 MIB = 1024 * 1024
+GPUS = ("gpu-1", "gpu-2", "gpu-3")
 
 
 def add_tenant(session, tenant_id: str) -> None:
@@ -73,23 +75,22 @@ def add_tenant(session, tenant_id: str) -> None:
 
 @pytest.fixture
 def ledger(billing_db_url: str):
-    """A migrated ledger with tenants acme and globex (billing_db_url: SQLite and PostgreSQL)."""
+    """A migrated ledger with tenants acme and globex, and gpu-1..3 offered for the valley plans
+    (billing_db_url: SQLite and PostgreSQL)."""
     ledger = Ledger(billing_db_url)
     with ledger.transaction() as session:
         for tenant in ("acme", "globex"):
             if session.get(Tenant, tenant) is None:
                 add_tenant(session, tenant)
+        open_offer(session, "test-valley", start_ms=T0 - 30 * DAY, end_ms=T0 + 400 * DAY, notice_ms=0, gpus=GPUS)
     yield ledger
     ledger.dispose()
 
 
 def counts(ledger: Ledger) -> tuple[int, int, int]:
-    """(leases, audit entries, outbox rows)."""
+    """(leases, audit entries about leases, outbox rows)."""
     with ledger.transaction() as session:
-        return tuple(
-            session.scalar(select(func.count()).select_from(model))
-            for model in (LeaseRowModel, AuditEntry, LeaseOutbox)
-        )
+        return counts_in(session)
 
 
 def outbox_gpus(ledger: Ledger) -> list[str]:
@@ -117,17 +118,18 @@ def test_open_end_and_list(ledger):
     with ledger.transaction() as session:
         assert list_leases(session, active_at_ms=T0 + 2 * HOUR) == []
         entries = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
-    assert [(e.actor, e.action, e.entity_id) for e in entries] == [
+    assert [(e.actor, e.action, e.entity_id) for e in entries][1:] == [
         ("ops", "lease.open", a.lease_id),
         ("ops", "lease.open", "g-1"),
         ("ops", "lease.end", a.lease_id),
     ]
-    assert entries[1].detail == {
+    assert entries[2].detail == {
         "tenant_id": "globex",
         "gpu_uuid": "gpu-2",
         "start_ms": T0,
         "end_ms": T0 + HOUR,
         "plan": "valley",
+        "offer_id": "test-valley",
     }
     assert outbox_gpus(ledger) == ["gpu-1", "gpu-2", "gpu-1"]
 
@@ -160,8 +162,10 @@ def test_a_change_its_audit_entry_and_its_outbox_row_commit_together(ledger):
 
 
 def counts_in(session) -> tuple[int, int, int]:
+    """(leases, audit entries about leases, outbox rows) in the session's transaction."""
     return tuple(
-        session.scalar(select(func.count()).select_from(model)) for model in (LeaseRowModel, AuditEntry, LeaseOutbox)
+        session.scalar(select(func.count()).select_from(model).where(*where))
+        for model, where in ((LeaseRowModel, ()), (AuditEntry, (AuditEntry.entity == "lease",)), (LeaseOutbox, ()))
     )
 
 
@@ -552,14 +556,14 @@ def closed_port() -> int:
 
 @pytest.mark.broker
 def test_publish_sends_current_timelines_and_marks_exactly_what_it_read(ledger, kafka_broker, run_id, monkeypatch):
-    real_producer = outbox._producer
+    real_producer = outbox.make_producer
     producers = []  # the real KafkaProducers publish_pending made
 
     def counted(*args):
         producers.append(real_producer(*args))
         return producers[-1]
 
-    monkeypatch.setattr(outbox, "_producer", counted)
+    monkeypatch.setattr(outbox, "make_producer", counted)
     gpu1, gpu2 = f"gpu-1-{run_id}", f"gpu-2-{run_id}"
     with ledger.transaction() as session:
         lease = open_lease(session, "acme", gpu1, T0)
@@ -611,7 +615,7 @@ def test_rows_added_during_a_publish_stay_pending(pg_url, kafka_broker, run_id, 
     ledger, other = Ledger(pg_url), Ledger(pg_url)
     gpu, late = f"gpu-1-{run_id}", f"gpu-late-{run_id}"
     sent: list[bytes] = []
-    real_producer = outbox._producer
+    real_producer = outbox.make_producer
 
     class Meddling:
         """The real KafkaProducer, whose first send lets another process commit a lease first."""
@@ -629,7 +633,7 @@ def test_rows_added_during_a_publish_stay_pending(pg_url, kafka_broker, run_id, 
         def __getattr__(self, name):
             return getattr(self.producer, name)
 
-    monkeypatch.setattr(outbox, "_producer", lambda *args: Meddling(real_producer(*args)))
+    monkeypatch.setattr(outbox, "make_producer", lambda *args: Meddling(real_producer(*args)))
     try:
         with ledger.transaction() as session:
             for tenant in ("acme", "globex"):
@@ -685,7 +689,9 @@ def test_cli_open_end_list_import_without_publishing(ledger, billing_db_url, tmp
     ]
     assert outbox.pending_count(ledger) == 3
     with ledger.transaction() as session:
-        assert {e.actor for e in session.scalars(select(AuditEntry))} == {"cli-test"}
+        assert {e.actor for e in session.scalars(select(AuditEntry).where(AuditEntry.entity == "lease"))} == {
+            "cli-test"
+        }
 
 
 # ---------------------------------------------------------------------------- real broker
@@ -712,6 +718,7 @@ def test_a_crash_between_commit_and_publish_is_caught_up_by_the_next_publish(kaf
         add_tenant(session, tenant)
         # long over: trimmed from the published timeline, which then says it is complete from its end
         open_lease(session, tenant, gpu1, now - 30 * DAY, now - 29 * DAY, lease_id=f"old-{run_id}")
+        open_offer(session, f"o-{run_id}", start_ms=now - DAY, end_ms=now + DAY, notice_ms=0, gpus=[gpu2])
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
