@@ -98,6 +98,7 @@ def cmd_tenants(args: argparse.Namespace, ledger: Ledger) -> int:
                 tax_jurisdiction=args.tax_jurisdiction,
                 contact_email=args.email,
                 stripe_mode=args.stripe_mode,
+                internal=args.internal,
             )
             rows = [tenant]
         else:
@@ -112,6 +113,7 @@ def cmd_tenants(args: argparse.Namespace, ledger: Ledger) -> int:
                 "contact_email": t.contact_email,
                 "stripe_mode": t.stripe_mode,
                 "stripe_customer_id": t.stripe_customer_id,
+                "internal": t.internal,
             }
             for t in rows
         ]
@@ -125,7 +127,8 @@ def _tenant_line(d: dict[str, Any]) -> str:
 
     safe = {key: printable(str(value)) for key, value in d.items()}
     where = f"{safe['currency']} {safe['timezone']:<20} tax {safe['tax_jurisdiction']:<8}"
-    return f"{safe['tenant_id']:<16} {where} {safe['name']}"
+    internal = " (internal: the owner's own use, never invoiced)" if d.get("internal") else ""
+    return f"{safe['tenant_id']:<16} {where} {safe['name']}{internal}"
 
 
 def cmd_ratecards(args: argparse.Namespace, ledger: Ledger) -> int:
@@ -538,6 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["invoices", "meters"],
         help="push invoices to Stripe (default) or report usage to Stripe Billing meters",
     )
+    tenants.add_argument(
+        "--internal",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the owner's own use (its training): metered like any tenant, never invoiced or pushed to Stripe",
+    )
     tenants.set_defaults(handler=cmd_tenants)
 
     cards = sub.add_parser("ratecards", parents=[common], help="load, list or show rate cards")
@@ -594,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from billing.close.cli import add_close_commands
     from billing.leases.cli import add_lease_commands
+    from billing.market.cli import add_market_commands
     from billing.payments.cli import add_stripe_commands
     from billing.reconcile.cli import add_reconcile_commands
     from billing.reports.cli import add_yield_commands
@@ -601,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     from billing.web.statement_cli import add_statement_commands
 
     add_lease_commands(sub)
+    add_market_commands(sub, common)
     add_stripe_commands(sub, common)
     add_reconcile_commands(sub, common)
     add_close_commands(sub, common)

@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("billing.pricing",),
     ("billing.ledger",),
     ("billing.usage", "billing.leases"),
+    ("billing.market",),
     ("billing.invoicing",),
     ("billing.payments", "billing.readmodel"),
     ("billing.reconcile", "billing.statements"),

@@ -4,6 +4,7 @@
   leases end LEASE_ID --at TIME
   leases list [--tenant T] [--gpu UUID] [--active-at TIME] [--json]
   leases import FILE [--format csv|jsonl]
+  leases preempt [LEASE_ID ...] [--gpu UUID] [--offer ID] [--at TIME]
   leases publish
 
 TIME is ISO 8601 (no offset means UTC) or integer ms since the epoch. Every command that
@@ -95,6 +96,14 @@ def add_lease_commands(subparsers: Any) -> argparse.ArgumentParser:
     imported.add_argument("--format", choices=FORMATS, help="default: from the file's extension")
     no_publish(imported)
 
+    preempted = sub.add_parser("preempt", help="the owner takes GPUs back: end leases after notice, notify tenants")
+    preempted.add_argument("lease_ids", nargs="*", help="leases to preempt")
+    preempted.add_argument("--gpu", help="preempt the live lease on this GPU")
+    preempted.add_argument("--offer", help="preempt every live lease sold in this offer")
+    preempted.add_argument("--at", help="when the leases end (default: the notice + the offer's notice period)")
+    preempted.add_argument("--noticed-at", help="when the notice was given (default: now); recording a past preemption")
+    no_publish(preempted)
+
     sub.add_parser("publish", help="send the timelines of GPUs with pending outbox rows to gpu.leases")
     return leases
 
@@ -182,6 +191,33 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
             behind = _behind_horizon(session, [lease.lease_id], horizon_ms)
         _fault_after_commit()
         print(_describe(lease))
+    elif command == "preempt":
+        from billing.market.cli import deliver_once
+        from billing.market.preemption import preempt
+
+        with ledger.transaction() as session:
+            done = preempt(
+                session,
+                lease_ids=tuple(args.lease_ids),
+                gpu=args.gpu,
+                offer_id=args.offer,
+                at_ms=_time("--at", args.at),
+                noticed_ms=_time("--noticed-at", args.noticed_at),
+                actor=actor,
+            )
+        _fault_after_commit()
+        for p in done:
+            print(
+                f"lease {p.lease_id} ({p.tenant_id}, GPU {p.gpu_uuid}) preempted: ends {format_ms(p.ends_ms)}, "
+                f"notice {p.notice_ms // 1000} s (promised {p.promised_notice_ms // 1000} s), event {p.event_id}"
+            )
+        if not done:
+            print("nothing to preempt")
+        if not args.no_publish and done:
+            _publish(ledger, horizon_ms)
+            sent, delivered, failed = deliver_once(ledger)
+            print(f"notice: {sent} event(s) on gpu.lease.events, {delivered} webhook(s) delivered, {failed} to retry")
+        return 0
     elif command == "import":
         rows = read_lease_file(args.file, args.format)
         with ledger.transaction() as session:

@@ -140,7 +140,7 @@ def current_timelines(session: Session, gpus: Sequence[str], now_ms: int, horizo
     return timelines
 
 
-def _producer(bootstrap: str, bootstrap_timeout_s: float = BOOTSTRAP_TIMEOUT_S) -> Any:
+def make_producer(bootstrap: str, bootstrap_timeout_s: float = BOOTSTRAP_TIMEOUT_S) -> Any:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -175,7 +175,7 @@ def send_timelines(producer: Any, topic: str, timelines: Sequence[GpuLeaseTimeli
         raise PublishFailed(f"{topic} did not acknowledge a lease timeline ({exc!r}); the outbox keeps it") from None
 
 
-def _lock_publisher(session: Session) -> None:
+def lock_publisher(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PUBLISH_LOCK})
 
@@ -207,7 +207,7 @@ def publish_pending(
     try:
         while True:
             with ledger.transaction() as session:
-                _lock_publisher(session)
+                lock_publisher(session)
                 rows = session.execute(
                     select(models.LeaseOutbox.id, models.LeaseOutbox.gpu_uuid)
                     .where(models.LeaseOutbox.published_ms.is_(None))
@@ -219,7 +219,7 @@ def publish_pending(
                 at = wall_ms() if now_ms is None else now_ms
                 timelines = current_timelines(session, [gpu for _, gpu in rows], at, horizon_ms)
                 if producer is None:
-                    producer = _producer(bootstrap, bootstrap_timeout_s)
+                    producer = make_producer(bootstrap, bootstrap_timeout_s)
                 send_timelines(producer, topic, timelines)
                 ids = [row_id for row_id, _ in rows]
                 for start in range(0, len(ids), _CHUNK):
