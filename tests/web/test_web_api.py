@@ -249,6 +249,18 @@ def test_windows_and_bad_input(world: World) -> None:
 
 def test_leases_by_the_operator(world: World) -> None:
     with world.client("operator") as op:
+        valley = {"tenant_id": "initech", "gpu_uuid": "GPU-NEW", "plan": "valley", "start": "2026-12-01T00:00:00Z"}
+        refused = op.post(API + "/leases", json=valley)
+        assert refused.status_code == 409 and "is in no open capacity offer" in refused.json()["error"]
+        offer = {"offer_id": "dec", "gpus": ["GPU-NEW"], "start": "2026-12-01", "end": "2100-01-01", "notice_s": 120}
+        offered = op.post(API + "/offers", json=offer)
+        assert offered.status_code == 201, offered.text
+        assert offered.json()["plans"] == ["interruptible", "valley"] and offered.json()["notice_s"] == 120
+        assert op.post(API + "/offers", json=offer).json() == offered.json()  # the same request: no change
+        conflict = op.post(API + "/offers", json={**offer, "notice_s": 30})
+        assert conflict.status_code == 409 and "exists with different fields" in conflict.json()["error"]
+        bad = op.post(API + "/offers", json={**offer, "offer_id": "x", "gpus": []})
+        assert bad.status_code == 422 and "name GPUs or a pool" in bad.json()["error"]
         opened = op.post(
             API + "/leases",
             json={
@@ -278,6 +290,19 @@ def test_leases_by_the_operator(world: World) -> None:
         assert [lease["lease_id"] for lease in listed["leases"]] == ["lease-new"]
         ended = op.post(API + "/leases/lease-new/end", json={"end": "2026-12-10T00:00:00Z"})
         assert ended.status_code == 200 and ended.json()["end"] == "2026-12-10T00:00:00.000Z"
+        listed_offers = op.get(API + "/offers", params={"status": "open"}).json()["offers"]
+        assert [o["offer_id"] for o in listed_offers] == ["dec"]
+        later = {**valley, "start": "2099-01-01T00:00:00Z", "lease_id": "lease-later"}
+        assert op.post(API + "/leases", json=later).status_code == 201
+        preempted = op.post(API + "/leases/preempt", json={"offer_id": "dec", "at": "2099-06-01T00:00:00Z"})
+        assert preempted.status_code == 200, preempted.text
+        (notice,) = preempted.json()["preempted"]
+        assert (notice["lease_id"], notice["ends_at"]) == ("lease-later", "2099-06-01T00:00:00.000Z")
+        unknown = op.post(API + "/leases/preempt", json={"lease_ids": ["nope"]})
+        assert unknown.status_code == 409 and "unknown lease 'nope'" in unknown.json()["error"]
+        closed = op.post(API + "/offers/dec/close")
+        assert closed.status_code == 200 and closed.json()["status"] == "closed"
+        assert op.post(API + "/offers/nope/close").status_code == 404
         assert op.post(API + "/leases/lease-new/end", json={"end": "2026-12-10T00:00:00Z"}).status_code == 200
         assert op.post(API + "/leases/lease-new/end", json={"end": "2026-12-11T00:00:00Z"}).status_code == 409
         assert op.get(API + "/leases", params={"gpu": "GPU-NEW", "active_at": "2026-12-10T00:00:00Z"}).json() == {
@@ -293,9 +318,9 @@ def test_leases_by_the_operator(world: World) -> None:
         plan = op.post(API + "/leases", json={"tenant_id": "acme", "gpu_uuid": "G", "start": 0, "plan": "free"})
         assert plan.status_code == 422 and plan.json()["error"].startswith("plan: ")
         by_tenant = op.get(API + "/leases", params={"tenant": "initech"}).json()["leases"]
-        assert {lease["lease_id"] for lease in by_tenant} == {"lease-initech-GPU-I1", "lease-new"}
+        assert {lease["lease_id"] for lease in by_tenant} == {"lease-initech-GPU-I1", "lease-new", "lease-later"}
     finance = get(world, "finance", "/leases", tenant="initech")
-    assert {lease["lease_id"] for lease in finance["leases"]} == {"lease-initech-GPU-I1", "lease-new"}
+    assert {lease["lease_id"] for lease in finance["leases"]} == {"lease-initech-GPU-I1", "lease-new", "lease-later"}
 
 
 def test_hours_no_contract_covers_are_unpriced(tmp_path: Path) -> None:
