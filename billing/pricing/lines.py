@@ -19,18 +19,31 @@ from typing import Literal
 
 from billing.pricing.errors import PricingError
 
-LineKind = Literal["gpu_time", "gpu_time_rounding", "energy", "discount", "commitment_true_up", "tax", "credit"]
+LineKind = Literal[
+    "gpu_time",
+    "gpu_time_rounding",
+    "energy",
+    "preemption_credit",
+    "sla_credit",
+    "discount",
+    "commitment_true_up",
+    "tax",
+    "credit",
+]
 KIND_ORDER: tuple[LineKind, ...] = (
     "gpu_time",
     "gpu_time_rounding",
     "energy",
+    "preemption_credit",
+    "sla_credit",
     "discount",
     "commitment_true_up",
     "tax",
     "credit",
 )
 USAGE_KINDS = frozenset({"gpu_time", "gpu_time_rounding", "energy"})
-PRETAX_KINDS = USAGE_KINDS | {"discount", "commitment_true_up"}
+MARKET_CREDIT_KINDS = frozenset({"preemption_credit", "sla_credit"})  # the valley market's (billing.pricing.rating)
+PRETAX_KINDS = USAGE_KINDS | MARKET_CREDIT_KINDS | {"discount", "commitment_true_up"}
 
 
 def line_kind(text: str, position: int) -> LineKind:

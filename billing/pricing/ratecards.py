@@ -25,6 +25,7 @@ TOML shape (see billing/ratecards/*.toml)::
                                            { up_to = "100", price = "2.00" }, { price = "1.80" }] }
     [energy_kwh]  <period or "*"> = "0.20"     (or energy_kwh = "0.15" for every period)
     [tax]         "<jurisdiction or *>" = "0.08875"   (a fraction, not a percentage)
+    [interruption] and [sla.<plan>]: the valley market's terms (billing.pricing.market_terms)
 
 `to_dict()` gives the same shape with `effective_from` in UTC ("...Z"), `increment_ms` and
 `minimum_ms` in milliseconds and `commitment` null when there is none; `from_dict(to_dict())`
@@ -60,6 +61,7 @@ from billing.pricing.errors import (
     expect_str,
     expect_table,
 )
+from billing.pricing.market_terms import Interruption, SlaTerms, parse_interruption, parse_sla
 from billing.pricing.money import minor_units, to_minor
 from schemas.leases import PLANS
 from schemas.units import MS_PER_HOUR, MS_PER_MINUTE, MS_PER_SECOND
@@ -128,6 +130,8 @@ class RateCardVersion:
     commitment: Decimal | None = None  # minimum spend per invoice period (after discount, before tax)
     discount_percent: Decimal = Decimal("0")
     tax_rates: Mapping[str, Decimal] = field(default_factory=dict)  # jurisdiction or "*" -> fraction
+    interruption: Interruption | None = None  # what a preemption by the owner costs (billing.pricing.market_terms)
+    sla: Mapping[str, SlaTerms] = field(default_factory=dict)  # plan -> availability promised and credits
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -268,6 +272,9 @@ class RateCardVersion:
             "gpu_hour": gpu_hour,
             "energy_kwh": {period: str(price) for period, price in sorted(self.energy_kwh.items())},
             "tax": {jurisdiction: str(rate) for jurisdiction, rate in sorted(self.tax_rates.items())},
+            # the market's terms only when the card has them: an older card's JSON, and hash, are unchanged
+            **({"interruption": self.interruption.to_dict()} if self.interruption is not None else {}),
+            **({"sla": {plan: terms.to_dict() for plan, terms in sorted(self.sla.items())}} if self.sla else {}),
         }
 
     def canonical_json(self) -> str:
@@ -328,6 +335,10 @@ def _decimal(value: object, path: str, source: str, what: str = "prices") -> Dec
     if not number.is_finite():
         raise RateCardError(f"{source}: {path} = {value!r} is not a finite number")
     return number
+
+
+def _percent(value: object, path: str, source: str) -> Decimal:
+    return _decimal(value, path, source, what="percentages")
 
 
 def _hours(value: object, path: str, source: str) -> Decimal:
@@ -414,6 +425,8 @@ _CARD_KEYS = {
     "gpu_hour",
     "energy_kwh",
     "tax",
+    "interruption",
+    "sla",
 }
 
 
@@ -455,6 +468,12 @@ def _card_from_dict(data: dict[str, Any], source: str) -> RateCardVersion:
             commitment=None if commitment is None else _decimal(commitment, "commitment", source, what="amounts"),
             discount_percent=_decimal(table.get("discount_percent", "0"), "discount_percent", source, "percentages"),
             tax_rates=tax,
+            interruption=(
+                None
+                if "interruption" not in table
+                else parse_interruption(table["interruption"], source, _percent, expect_int)
+            ),
+            sla=parse_sla(table.get("sla", {}), source, _percent),
         )
     except RateCardError as exc:
         message = str(exc)

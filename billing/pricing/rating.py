@@ -24,8 +24,19 @@ currency's minor unit, half to even; every total is a sum of rounded lines):
 - energy: one line per (span, period): kWh = mJ / 3.6e9 x PUE, priced per kWh of the period;
   `quantity_base` is the metered mJ, `quantity` the billed kWh (after PUE). A card with no
   energy prices bills no energy.
-- discount: -discount_percent of the usage lines, one line, by the card in effect at the end of
-  the period (the last span).
+- preemption_credit (docs/market.md): a lease the owner preempted (`preemptions`) is never rounded
+  up (no increment, no minimum). Its usage stays in the lines above; the reader keeps its rows apart
+  too (`UsageQuantity.apart_lease`), and what it used is valued per key as those lines price it
+  (the key's unit price, for a tiered price the marginal one; energy per period), each key rounded
+  once. By the card of its last usage's span (`[interruption]`, `preemption_rule`), a lease preempted
+  within the free time of its start is waived (a line of minus that value), one preempted on short
+  notice gets the card's percent of it; one negative line per lease naming the lease and the rule.
+- sla_credit: per plan with `availability` given and `[sla.<plan>]` on the last card, the credit
+  percent the availability earns (`sla_credit_percent`) of the plan's charge (its gpu_time,
+  gpu_time_rounding and preemption_credit lines: compute, not energy), one negative line per plan:
+  never more than the plan's charge.
+- discount: -discount_percent of the lines above (usage and the market's credits), one line, by the
+  card in effect at the end of the period (the last span).
 - commitment_true_up: if that card has a commitment and usage + discount is below it, the
   difference (also with no usage at all). Not prorated for a partial period.
 - tax: (usage + discount + true-up + corrections) x the tenant jurisdiction's rate, one line;
@@ -61,7 +72,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
@@ -70,6 +81,7 @@ from billing.common.instants import ms_to_iso
 from billing.pricing.errors import PricingError
 from billing.pricing.lines import (
     KIND_ORDER,
+    MARKET_CREDIT_KINDS,
     PRETAX_KINDS,
     USAGE_KINDS,
     InvoiceLine,
@@ -77,6 +89,7 @@ from billing.pricing.lines import (
     LineKind,
     QuantityBasis,
 )
+from billing.pricing.market_terms import Availability, Preemption, availability, preemption_rule, sla_credit_percent
 from billing.pricing.money import minor_units, round_half_even, round_money, to_minor, zero
 from billing.pricing.ratecards import Price, RateCardVersion, Tiered
 from billing.pricing.segments import CardSpan, PricingSegment
@@ -100,6 +113,7 @@ class UsageQuantity:
     busy_gpu_ms: int = 0
     energy_mj: int = 0
     records: int = 0
+    apart_lease: str = ""  # a preempted lease whose usage this row is (priced on its own), else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,11 +336,18 @@ def _gpu_line(
     )
 
 
-def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable[LeaseQuantity]) -> list[InvoiceLine]:
+def _usage_lines(
+    ctx: _Context,
+    usage: Iterable[UsageQuantity],
+    leases: Iterable[LeaseQuantity],
+    preemptions: Mapping[str, Preemption],
+) -> list[InvoiceLine]:
     gpu_ms: dict[tuple[int, str, str, str], int] = defaultdict(int)
     gpu_segments: dict[tuple[int, str, str, str], set[int]] = defaultdict(set)
     energy: dict[tuple[int, str], int] = defaultdict(int)
     energy_segments: dict[tuple[int, str], set[int]] = defaultdict(set)
+    apart_gpu: dict[str, dict[tuple[int, str, str, str], int]] = defaultdict(lambda: defaultdict(int))
+    apart_energy: dict[str, dict[tuple[int, str], int]] = defaultdict(lambda: defaultdict(int))
     for row in usage:
         if row.tenant_id != ctx.tenant_id:
             raise PricingError(f"usage of tenant {row.tenant_id!r} given to the invoice of {ctx.tenant_id!r}")
@@ -339,6 +360,9 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
         gpu_segments[key].add(index)
         energy[(segment.span_index, segment.period)] += row.energy_mj
         energy_segments[(segment.span_index, segment.period)].add(index)
+        if row.apart_lease in preemptions:
+            apart_gpu[row.apart_lease][key] += row.allocated_gpu_ms
+            apart_energy[row.apart_lease][(segment.span_index, segment.period)] += row.energy_mj
 
     # leases: sum rows, then the billing increment and minimum
     totals: dict[str, list[int]] = {}
@@ -367,8 +391,8 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
         allocated, last_start = totals[lease_id]
         if allocated < 0:
             raise PricingError(f"lease {lease_id}: allocated GPU time {allocated} ms is negative")
-        if allocated == 0:
-            continue
+        if allocated == 0 or lease_id in preemptions:
+            continue  # the owner's preemption never rounds a lease up
         index = ctx.segment_of(last_start, f"lease {lease_id}'s last segment")
         segment = ctx.segments[index]
         card = ctx.spans[segment.span_index].card
@@ -456,7 +480,82 @@ def _usage_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable
                 segments=ranges(energy_segments[(span_index, period)]),
             )
         )
+    for lease_id in sorted(apart_gpu):
+        line = _preemption_line(ctx, preemptions[lease_id], apart_gpu[lease_id], apart_energy[lease_id], gpu_ms)
+        if line is not None:
+            lines.append(line)
     return lines
+
+
+def _preemption_line(
+    ctx: _Context,
+    preemption: Preemption,
+    used: Mapping[tuple[int, str, str, str], int],
+    used_energy: Mapping[tuple[int, str], int],
+    pooled_ms: Mapping[tuple[int, str, str, str], int],
+) -> InvoiceLine | None:
+    """The waiver or short-notice credit of one preempted lease (None when no rule applies)."""
+    card = ctx.spans[max(key[0] for key in used)].card
+    ruled = preemption_rule(card.interruption, preemption)
+    if ruled is None or card.interruption is None:
+        return None
+    rule, percent = ruled
+    value = zero(ctx.currency)
+    for key, ms in sorted(used.items()):
+        span_index, model, plan, period = key
+        _, unit_price = _marginal(ctx.spans[span_index].card.gpu_price(model, plan, period), pooled_ms[key])
+        value += round_money(Fraction(ms) * Fraction(unit_price) / MS_PER_HOUR, ctx.currency)
+    for (span_index, period), mj in sorted(used_energy.items()):
+        span_card = ctx.spans[span_index].card
+        if mj and span_card.bills_energy:
+            kwh = Fraction(mj, MJ_PER_KWH) * Fraction(span_card.pue)
+            value += round_money(kwh * Fraction(span_card.energy_price(period)), ctx.currency)
+    rate = -percent.scaleb(-2)
+    amount = -value if rule == "waiver" else round_money(Fraction(value) * Fraction(rate), ctx.currency)
+    if amount == 0:
+        return None
+    terms = card.interruption
+    if rule == "waiver":
+        ran = preemption.ends_ms - preemption.lease_start_ms
+        why = (
+            f"waived: ended {_seconds(ran)} s after its start, free if preempted within "
+            f"{_seconds(terms.free_within_ms)} s"
+        )
+    else:
+        notice = preemption.ends_ms - preemption.noticed_ms
+        why = (
+            f"{_percent_text(percent.scaleb(-2))}% short-notice credit: {_seconds(notice)} s notice of "
+            f"{_seconds(terms.notice_ms)} s promised"
+        )
+    _, model, plan, _ = min(used)
+    description = f"Preempted by the owner, lease {preemption.lease_id}: {why} ({card.label})"
+    return replace(_money_line(ctx, "preemption_credit", description, value, rate, amount), plan=plan, model=model)
+
+
+def _sla_lines(ctx: _Context, lines: Sequence[InvoiceLine], health: Mapping[str, Availability]) -> list[InvoiceLine]:
+    """One credit per plan whose availability is under its card's promise (see the module docstring)."""
+    card = ctx.last_card
+    out = []
+    for plan, measured in sorted(health.items()):
+        terms = card.sla.get(plan)
+        available = availability(measured.leased_ms, measured.unhealthy_ms)
+        percent = sla_credit_percent(terms, available)
+        if terms is None or percent == 0:
+            continue
+        compute = ("gpu_time", "gpu_time_rounding", "preemption_credit")
+        charge = sum((ln.amount for ln in lines if ln.plan == plan and ln.kind in compute), zero(ctx.currency))
+        if charge <= 0:
+            continue
+        rate = -percent.scaleb(-2)
+        amount = max(round_money(Fraction(charge) * Fraction(rate), ctx.currency), -charge)
+        shown = round_half_even(available * 100, 3)
+        description = (
+            f"SLA credit {plan}: availability {shown}% against {terms.availability}% promised "
+            f"({_hours(measured.unhealthy_ms)} of {_hours(measured.leased_ms)} leased GPU-hours unhealthy), "
+            f"{percent}% of the plan's charge ({card.label})"
+        )
+        out.append(replace(_money_line(ctx, "sla_credit", description, charge, rate, amount), plan=plan))
+    return out
 
 
 def _money_line(
@@ -487,9 +586,16 @@ def _money_line(
     )
 
 
-def _pretax_lines(ctx: _Context, usage: Iterable[UsageQuantity], leases: Iterable[LeaseQuantity]) -> list[InvoiceLine]:
-    """Usage lines, then the discount and the commitment true-up of the last card."""
-    lines = _usage_lines(ctx, usage, leases)
+def _pretax_lines(
+    ctx: _Context,
+    usage: Iterable[UsageQuantity],
+    leases: Iterable[LeaseQuantity],
+    preemptions: Mapping[str, Preemption],
+    health: Mapping[str, Availability],
+) -> list[InvoiceLine]:
+    """Usage lines and the market's credits, then the discount and the commitment true-up of the last card."""
+    lines = _usage_lines(ctx, usage, leases, preemptions)
+    lines += _sla_lines(ctx, lines, health)
     card = ctx.last_card
     usage_total = sum((line.amount for line in lines), zero(ctx.currency))
     discount = zero(ctx.currency)
@@ -551,13 +657,17 @@ def rate_tenant(
     service_start_ms: int,
     service_end_ms: int,
     corrections: Iterable[InvoiceLine] = (),
+    preemptions: Mapping[str, Preemption] | None = None,
+    health: Mapping[str, Availability] | None = None,
 ) -> RatedInvoice:
-    """One tenant's invoice for [service_start_ms, service_end_ms). See the module docstring."""
+    """One tenant's invoice for [service_start_ms, service_end_ms). See the module docstring.
+    `preemptions`: the tenant's leases the owner ended, by lease id; `health`: per plan, the leased
+    and unhealthy GPU-ms of the period (the SLA)."""
     ctx = _context(tenant_id, segments, spans, service_start_ms, service_end_ms)
     currency = ctx.currency
     card = ctx.last_card
     tax_rate = card.tax_rate(tax_jurisdiction)  # looked up always: a missing rate is found at once
-    lines = sorted(_pretax_lines(ctx, usage, leases), key=_sort_key)
+    lines = sorted(_pretax_lines(ctx, usage, leases, preemptions or {}, health or {}), key=_sort_key)
     corrected = sorted(corrections, key=_sort_key)
     for line in corrected:
         if line.kind not in PRETAX_KINDS:
@@ -616,8 +726,12 @@ def rate_tenant(
     )
 
 
-def line_key(line: InvoiceLine) -> tuple[str, int, int, str, int, str, str, str, int]:
-    """What identifies a line across ratings of one period (a correction is the difference per key)."""
+LineKey = tuple[str, int, int, str, int, str, str, str, int, str]
+
+
+def line_key(line: InvoiceLine) -> LineKey:
+    """What identifies a line across ratings of one period (a correction is the difference per key).
+    The market's credits are one per lease (or plan) and rule, which their description names."""
     return (
         line.kind,
         line.service_start_ms,
@@ -628,7 +742,15 @@ def line_key(line: InvoiceLine) -> tuple[str, int, int, str, int, str, str, str,
         line.model,
         line.tou_period,
         line.tier or 0,
+        _credit_subject(line) if line.kind in MARKET_CREDIT_KINDS else "",
     )
+
+
+def _credit_subject(line: InvoiceLine) -> str:
+    """A market credit's description without a correction's "Correction for <period>: " prefix."""
+    if line.correction and line.description.startswith("Correction for "):
+        return line.description.split(": ", 1)[1]
+    return line.description
 
 
 def rate_correction(
@@ -641,13 +763,15 @@ def rate_correction(
     service_start_ms: int,
     service_end_ms: int,
     billed: Iterable[InvoiceLine],
+    preemptions: Mapping[str, Preemption] | None = None,
+    health: Mapping[str, Availability] | None = None,
 ) -> list[InvoiceLine]:
     """Correction lines for an earlier period: re-rate its COMPLETE quantities and subtract what
     was billed (`billed`: that period's lines, any kinds; tax and credit lines are ignored).
     Empty when nothing changed. See the module docstring."""
     ctx = _context(tenant_id, segments, spans, service_start_ms, service_end_ms)
-    fresh = {line_key(line): line for line in _pretax_lines(ctx, usage, leases)}
-    before: dict[tuple[str, int, int, str, int, str, str, str, int], list[InvoiceLine]] = defaultdict(list)
+    fresh = {line_key(line): line for line in _pretax_lines(ctx, usage, leases, preemptions or {}, health or {})}
+    before: dict[LineKey, list[InvoiceLine]] = defaultdict(list)
     for line in billed:
         if line.kind in PRETAX_KINDS:
             to_minor(line.amount, ctx.currency)  # a billed amount is whole minor units
