@@ -186,22 +186,30 @@ class ScanInput:
     segments: tuple[tuple[str, int], ...]  # (tenant, segment start)
     leases: tuple[Lease, ...] = ()
     lake: str | None = None  # where the files are, when not a local folder (s3://bucket/prefix)
+    apart: tuple[str, ...] = ()  # leases whose usage rows are also kept apart (preempted: billing.pricing.rating)
 
 
 # (tenant, plan, model, lease_id, lease_aggregated, segment start, allocated, busy, energy, records):
-# lease_aggregated 1 is a (tenant, plan, model, segment) sum, 0 a (tenant, lease, plan, model) one
+# lease_aggregated 1 is a (tenant, plan, model, segment, apart) sum, where lease_id is "apart": the lease
+# for a lease of ScanInput.apart, else ""; 0 a (tenant, lease, plan, model) one
 GroupedRow = tuple[str, str, str, Any, int, int, int, int, int, int]
 Attribution = tuple[str, str, int]  # (tenant, lease, idle GPU-ms that count for the lease)
 Engine = Callable[[ScanInput], tuple[list[GroupedRow], list[Attribution]]]
 
 
 def aggregate(
-    root: LakeLocation, requests: Sequence[UsageRequest], leases: Sequence[Lease] = (), engine: Engine | None = None
+    root: LakeLocation,
+    requests: Sequence[UsageRequest],
+    leases: Sequence[Lease] = (),
+    engine: Engine | None = None,
+    apart: Sequence[str] = (),
 ) -> dict[str, UsageResult]:
     """The quantities of each request, keyed by `request.key`; requests that share the same
     offset ranges are answered by one scan. `leases`: the ledger's leases of the requests' tenants
     over their windows, whose idle-metered time counts for them (`attribute_idle`). `engine` runs
-    each scan (DuckDB here unless told otherwise; `billing.usage.spark_engine` is the other)."""
+    each scan (DuckDB here unless told otherwise; `billing.usage.spark_engine` is the other). `apart`:
+    lease ids whose usage rows come apart from the pooled ones (UsageQuantity.apart_lease), so that
+    the rater can price what a preempted lease used on its own."""
     results = {request.key: UsageResult() for request in requests}
     if not requests:
         return results
@@ -214,7 +222,9 @@ def aggregate(
         round_ = seen[(ranges, request.tenant_id)] = seen.get((ranges, request.tenant_id), -1) + 1
         groups.setdefault((ranges, round_), []).append(request)
     for group in groups.values():
-        _aggregate_group(files, group[0].ranges, group, results, leases, engine or duckdb_grouped, remote)
+        _aggregate_group(
+            files, group[0].ranges, group, results, leases, engine or duckdb_grouped, remote, tuple(sorted(apart))
+        )
     return results
 
 
@@ -226,6 +236,7 @@ def _aggregate_group(
     leases: Sequence[Lease],
     engine: Engine,
     remote: str | None,
+    apart: tuple[str, ...] = (),
 ) -> None:
     if len({r.tenant_id for r in group}) != len(group):
         raise ValueError("one scan answers at most one request per tenant")
@@ -243,13 +254,16 @@ def _aggregate_group(
         tuple((r.tenant_id, start) for r in group for start in r.segment_starts),
         tuple(lease for lease in leases if lease.tenant_id in names),
         remote,
+        apart,
     )
     rows, attribution = engine(scan)
     by_tenant = {r.tenant_id: results[r.key] for r in group}
     for tenant, plan, model, lease_id, lease_aggregated, seg_start, allocated, busy, energy, count in rows:
         result = by_tenant[tenant]
         if lease_aggregated:  # the (tenant, plan, model, segment) set
-            result.usage.append(UsageQuantity(tenant, plan, model, seg_start, allocated, busy, energy, count))
+            result.usage.append(
+                UsageQuantity(tenant, plan, model, seg_start, allocated, busy, energy, count, lease_id or "")
+            )
             result.records += count
         else:
             result.leases.append(LeaseQuantity(lease_id, plan, model, allocated, seg_start))
@@ -267,6 +281,9 @@ def duckdb_grouped(scan_input: ScanInput) -> tuple[list[GroupedRow], list[Attrib
        DuckDB holds one day's rows at a time: the scan's memory does not grow with the period.
     2) Sum the days' lease groups (sums, counts and the last window recombine exactly) and place
        the few bucket and lease rows into pricing segments with an ASOF join."""
+    apart = "''"
+    if scan_input.apart:
+        apart = f"CASE WHEN c.lease_id IN ({_sql_list(scan_input.apart)[1:-1]}) THEN c.lease_id ELSE '' END"
     with _Scan(scan_input) as scan:
         scan.execute(
             "CREATE TEMP TABLE day_groups(tenant_id VARCHAR, plan VARCHAR, model VARCHAR, lease_id VARCHAR, "
@@ -278,11 +295,11 @@ def duckdb_grouped(scan_input: ScanInput) -> tuple[list[GroupedRow], list[Attrib
             scan.execute(
                 f"""
                 INSERT INTO day_groups
-                SELECT tenant_id, plan, model, lease_id, GROUPING(lease_id), bucket, sum(allocated_gpu_ms),
-                       sum(busy_gpu_ms), sum(energy_mj), count(*), max(window_start_ms)
-                FROM (SELECT c.*, c.window_start_ms - c.window_start_ms % c.grain AS bucket
+                SELECT tenant_id, plan, model, coalesce(lease_id, apart), GROUPING(lease_id), bucket,
+                       sum(allocated_gpu_ms), sum(busy_gpu_ms), sum(energy_mj), count(*), max(window_start_ms)
+                FROM (SELECT c.*, c.window_start_ms - c.window_start_ms % c.grain AS bucket, {apart} AS apart
                       FROM {scan.counted_rows()} c)
-                GROUP BY GROUPING SETS ((tenant_id, plan, model, bucket), (tenant_id, lease_id, plan, model))
+                GROUP BY GROUPING SETS ((tenant_id, plan, model, bucket, apart), (tenant_id, lease_id, plan, model))
                 """
             )
         rows = scan.fetch(

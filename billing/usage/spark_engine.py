@@ -124,21 +124,22 @@ raw AS (
            size(collect_set(f.file_day) OVER (PARTITION BY r.record_id)) AS days
     FROM raw r JOIN {files} f ON r.filename = f.uri
 ), counted AS (
-    SELECT *, window_start_ms - window_start_ms % grain AS bucket
-    FROM ranked WHERE selected AND (copy_rank = 1 OR copies = days)
+    SELECT k.*, k.window_start_ms - k.window_start_ms % k.grain AS bucket, coalesce(a.lease_id, '') AS apart
+    FROM ranked k LEFT JOIN {apart} a ON k.lease_id = a.lease_id
+    WHERE k.selected AND (k.copy_rank = 1 OR k.copies = k.days)
 ), grouped AS (
-    SELECT tenant_id, plan, model, lease_id, grouping(lease_id) AS lease_aggregated, bucket,
-           sum(allocated_gpu_ms) AS allocated, sum(busy_gpu_ms) AS busy, sum(energy_mj) AS energy,
+    SELECT tenant_id, plan, model, coalesce(lease_id, apart) AS lease_key, grouping(lease_id) AS lease_aggregated,
+           bucket, sum(allocated_gpu_ms) AS allocated, sum(busy_gpu_ms) AS busy, sum(energy_mj) AS energy,
            count(*) AS records, max(window_start_ms) AS last_window
     FROM counted
-    GROUP BY GROUPING SETS ((tenant_id, plan, model, bucket), (tenant_id, lease_id, plan, model))
+    GROUP BY GROUPING SETS ((tenant_id, plan, model, bucket, apart), (tenant_id, lease_id, plan, model))
 ), placed AS (
-    SELECT g.tenant_id, g.plan, g.model, g.lease_id, g.lease_aggregated, s.seg_start,
+    SELECT g.tenant_id, g.plan, g.model, g.lease_key AS lease_id, g.lease_aggregated, s.seg_start,
            sum(g.allocated) AS allocated, sum(g.busy) AS busy, sum(g.energy) AS energy, sum(g.records) AS records
     FROM (SELECT *, CASE WHEN lease_aggregated = 1 THEN bucket ELSE last_window END AS placed_at FROM grouped) g
     JOIN {segs} s ON g.tenant_id = s.tenant_id AND g.placed_at >= s.seg_start
         AND (s.seg_end IS NULL OR g.placed_at < s.seg_end)
-    GROUP BY g.tenant_id, g.plan, g.model, g.lease_id, g.lease_aggregated, s.seg_start
+    GROUP BY g.tenant_id, g.plan, g.model, g.lease_key, g.lease_aggregated, s.seg_start
 )"""
 
 _ROWS = "SELECT 'rows' AS part, * FROM placed"
@@ -222,6 +223,7 @@ def _statement(spark: Any, scan: ScanInput) -> Any:
         "files": _files_table(spark, scan, read.inputFiles()),
         "tenants": _small(spark, list(scan.tenants), [("tenant_id", str), ("lo", int), ("hi", int), ("grain", int)]),
         "segs": _segments_table(spark, scan.segments),
+        "apart": _small(spark, [(lease,) for lease in scan.apart], [("lease_id", str)]),
     }
     args = {"usage": KIND_USAGE, "adjustment": KIND_ADJUSTMENT, "idle": KIND_IDLE, "lo": lo, "hi": hi}
     if not scan.leases:

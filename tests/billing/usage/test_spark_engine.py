@@ -186,16 +186,22 @@ def requests_of(lake: Lake) -> list[list[UsageRequest]]:
 def test_every_scan_gives_duckdbs_rows_and_the_quantities_are_identical(spark: Any, lake: Lake):
     checked = CheckedSpark()
     full_view, late_views = requests_of(lake)
-    calls = {"full": (full_view, LEASES), "no leases": (full_view, ()), "late": (late_views, LEASES)}
+    apart = ("L-a2-2", "L-i1")  # preempted leases: their usage rows also come apart (billing.pricing.rating)
+    calls = {
+        "full": (full_view, LEASES, ()),
+        "no leases": (full_view, (), ()),
+        "late": (late_views, LEASES, ()),
+        "apart": (full_view, LEASES, apart),
+    }
 
-    def both(requests: list[UsageRequest], leases: tuple[Lease, ...]) -> dict[str, UsageResult]:
-        on_spark = aggregate(lake.root, requests, leases, engine=checked)
-        assert flattened(on_spark) == flattened(aggregate(lake.root, requests, leases))
+    def both(requests: list[UsageRequest], leases: tuple[Lease, ...], apart: tuple[str, ...]) -> dict[str, UsageResult]:
+        on_spark = aggregate(lake.root, requests, leases, engine=checked, apart=apart)
+        assert flattened(on_spark) == flattened(aggregate(lake.root, requests, leases, apart=apart))
         return on_spark
 
     with ThreadPoolExecutor(len(calls)) as pool:  # Spark runs the jobs side by side: most of a tiny job is waiting
         results = dict(zip(calls, pool.map(both, *zip(*calls.values()))))
-    assert checked.scans == 1 + 1 + 2  # the late views and the first generation's are two scans
+    assert checked.scans == 1 + 1 + 2 + 1  # the late views and the first generation's are two scans
     # the lake exercises what it should: idle time moved to late leases, whole and cut at their edges,
     # copies counted once, and copies whose earliest file is not selected not counted at all
     full = results["full"]
@@ -203,6 +209,12 @@ def test_every_scan_gives_duckdbs_rows_and_the_quantities_are_identical(spark: A
     assert full["globex"].attributed == {"L-a2-3": 45_000 + 60_000 + 40_000}
     assert full["initech"].attributed == {"L-i1": 6 * 60_000}
     assert results["no leases"]["acme"].attributed == {}
+    for tenant, lease in (("acme", "L-a2-2"), ("initech", "L-i1")):  # apart rows: the lease's own usage, and
+        split = results["apart"][tenant]  # the pooled rows still sum to the same usage
+        own = sum(r.allocated_gpu_ms for r in split.usage if r.apart_lease == lease)
+        assert own == sum(q.allocated_gpu_ms for q in split.leases if q.lease_id == lease) > 0
+        assert sum(r.allocated_gpu_ms for r in split.usage) == sum(r.allocated_gpu_ms for r in full[tenant].usage)
+    assert {r.apart_lease for r in full["acme"].usage} == {""}
     late = results["late"]
     assert (late["acme/late"].records, late["globex/late"].records, late["initech/late"].records) == (3, 4, 0)
 
