@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from billing.common.periods import parse_period, period_bounds, period_of
 from billing.invoicing.consumption import overlaps, unconsumed
 from billing.invoicing.errors import ImmutableInvoice, InvoicingError
+from billing.invoicing.market_inputs import SETTLE_MS, lease_health, preempted_leases
 from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, audit, now_ms
 from billing.ledger.errors import NotFound
@@ -49,6 +50,7 @@ from billing.ledger.models import (
 )
 from billing.ledger.store import card_spans, credit_balances
 from billing.pricing.lines import InvoiceLine
+from billing.pricing.market_terms import Preemption
 from billing.pricing.rating import (
     CreditGrant,
     LeaseQuantity,
@@ -392,9 +394,14 @@ def _lease_starts(session: Session, leases: list[LeaseQuantity]) -> list[LeaseQu
 
 
 def _build_draft(
-    session: Session, plan: _TenantPlan, results: dict[str, UsageResult], credits: list[CreditGrant]
+    session: Session,
+    plan: _TenantPlan,
+    results: dict[str, UsageResult],
+    credits: list[CreditGrant],
+    preempted: Mapping[str, Preemption],
 ) -> tuple[_Draft, dict[str, Decimal]]:
     tenant = plan.tenant
+    as_of = now_ms() - SETTLE_MS
     draft = _Draft([], [], [], [])
     corrections: list[InvoiceLine] = []
     queries: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -409,6 +416,10 @@ def _build_draft(
             service_start_ms=correction.start_ms,
             service_end_ms=correction.end_ms,
             billed=correction.billed,
+            preemptions=preempted,
+            health=lease_health(
+                session, tenant.tenant_id, correction.start_ms, correction.end_ms, complete.leases, as_of
+            ),
         )
         if not lines:
             continue
@@ -446,6 +457,8 @@ def _build_draft(
         service_start_ms=plan.start_ms,
         service_end_ms=plan.end_ms,
         corrections=corrections,
+        preemptions=preempted,
+        health=lease_health(session, tenant.tenant_id, plan.start_ms, plan.end_ms, result.leases, as_of),
     )
     for line in rated.lines:
         service_period = period_of(line.service_start_ms, tenant.timezone) if line.correction else plan.period
@@ -695,9 +708,19 @@ def run_period(
             if requests
             else []
         )
+        preempted = (
+            preempted_leases(
+                session,
+                min(r.start_ms for r in requests),
+                max(r.end_ms for r in requests),
+                {r.tenant_id for r in requests},
+            )
+            if requests
+            else {}
+        )
     if progress:
         progress(f"aggregating usage for {len(plans)} tenants")
-    results = aggregate(usage_root, requests, leases, engine=engine) if plans else {}
+    results = aggregate(usage_root, requests, leases, engine=engine, apart=sorted(preempted)) if plans else {}
     for plan in plans:
         if progress:
             progress(plan.tenant.tenant_id)
@@ -711,7 +734,7 @@ def run_period(
                 CreditGrant(b.credit_id, b.remaining, b.expires_ms, b.granted_ms)
                 for b in credit_balances(session, tenant.tenant_id, exclude_invoice=invoice.id if invoice else None)
             ]
-            draft, totals = _build_draft(session, plan, results, credits)
+            draft, totals = _build_draft(session, plan, results, credits, preempted)
             if plan.issued is not None:
                 # the period is issued: late usage waits for the tenant's next invoice; credit notes go now
                 draft.consumptions = []

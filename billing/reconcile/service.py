@@ -17,7 +17,7 @@ grouped (tenant, plan, model, segment) and (tenant, lease), never per record.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from billing.common.errors import PeriodError
 from billing.common.periods import parse_period, period_bounds
 from billing.invoicing.errors import InvoicingError
+from billing.invoicing.market_inputs import SETTLE_MS, lease_health, preempted_leases
 from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger
 from billing.ledger.db import now_ms as clock_ms
@@ -49,6 +50,7 @@ from billing.ledger.store import card_spans
 from billing.payments.client import Stripe
 from billing.pricing.errors import PricingError
 from billing.pricing.lines import InvoiceLine
+from billing.pricing.market_terms import Availability, Preemption
 from billing.pricing.segments import CardSpan, PricingSegment, pricing_segments
 from billing.reconcile.errors import ReconcileError
 from billing.reconcile.waterfall import (
@@ -121,6 +123,8 @@ class _TenantFacts:
     sync: StripeInvoiceSync | None = None
     credit_notes: list[tuple[str, Decimal]] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)  # complete | counted | doc<i> -> aggregate request key
+    preempted: Mapping[str, Preemption] = field(default_factory=dict)  # leases the owner ended
+    health: Mapping[str, Availability] = field(default_factory=dict)  # per plan: leased and unhealthy GPU-ms
 
 
 def _stored_invoice(invoice: Invoice) -> StoredInvoice:
@@ -422,11 +426,36 @@ def reconcile(
             if facts
             else []
         )
-    results = aggregate(root, requests.requests, ledger_leases, engine) if requests.requests and cutoff else {}
+        preempted = (
+            preempted_leases(
+                session,
+                min(f.start_ms for f in facts),
+                max(f.end_ms for f in facts),
+                {f.tenant.tenant_id for f in facts},
+            )
+            if facts
+            else {}
+        )
+    results = (
+        aggregate(root, requests.requests, ledger_leases, engine, apart=sorted(preempted))
+        if requests.requests and cutoff
+        else {}
+    )
 
     metered_ids = {row.lease_id for result_ in results.values() for row in result_.leases}
     with ledger.transaction() as session:
         leases = _leases(session, facts, metered_ids)
+        for fact in facts:  # the SLA's inputs, as the invoice was rated with them (billing.invoicing.market_inputs)
+            counted = results.get(fact.keys.get("counted", ""))
+            fact.preempted = preempted  # by lease id: the rater uses the tenant's own
+            fact.health = lease_health(
+                session,
+                fact.tenant.tenant_id,
+                fact.start_ms,
+                fact.end_ms,
+                counted.leases if counted is not None else (),
+                now - SETTLE_MS,
+            )
 
     for fact in facts:
         if progress:
@@ -501,6 +530,9 @@ def _reconcile_tenant(
             )
         )
         return out
+    if tenant.internal:  # the owner's own use: metered, never invoiced
+        out.flags.append(f"tenant {tenant_id}: internal (the owner's own use): metered, never invoiced")
+        return out
     if invoice is None:
         if not complete.usage and fact.spans:  # `run` makes no invoice where there is nothing to bill
             out.flags.append(f"tenant {tenant_id}: nothing metered in {period}, so no invoice")
@@ -540,6 +572,8 @@ def _reconcile_tenant(
         fact.end_ms,
         tuple(fact.spans),
         tuple(fact.segments),
+        fact.preempted,
+        fact.health,
     )
     counted = _quantities(results.get(fact.keys.get("counted", "")))
     destinations = [

@@ -14,7 +14,8 @@ Three legs per tenant and period P:
   for the tenant, is unexplained.
 - money: a waterfall from the exact value of ALL usage of P at the invoice's prices to the stored
   `amount_due`: minus late usage (usage of P the invoice did not count, per document that took it
-  or "not yet invoiced"), plus the lease increment and minimum, discount, commitment true-up,
+  or "not yet invoiced"), plus the lease increment and minimum, minus the owner's preemptions
+  waived or credited and SLA credits (each its own step, per line), discount, commitment true-up,
   corrections of earlier periods, tax, minus credits, plus rounding (each line within half a minor
   unit of its exact value); whatever is left is unexplained. Beside it, the invoice is re-rated
   from what it counted with the pure rating core and compared line by line, and every later
@@ -35,6 +36,7 @@ from fractions import Fraction
 from billing.payments.documents import META_INVOICE, META_POSITION
 from billing.pricing.errors import PricingError
 from billing.pricing.lines import InvoiceLine
+from billing.pricing.market_terms import Availability, Preemption
 from billing.pricing.money import from_minor, minor_units, round_half_even, to_minor
 from billing.pricing.rating import (
     CreditGrant,
@@ -62,6 +64,8 @@ LATE = "late usage carried forward"
 LEASE_ROUNDING = "lease increment and minimum"
 DISCOUNT = "discount"
 TRUE_UP = "commitment true-up"
+PREEMPTED = "preempted by the owner: waived or credited"
+SLA_CREDIT = "SLA credit"
 CORRECTIONS_IN = "corrections of earlier periods"
 TAX = "tax"
 CREDITS = "credits"
@@ -174,6 +178,8 @@ class PeriodPricing:
     end_ms: int
     spans: tuple[CardSpan, ...]
     segments: tuple[PricingSegment, ...]
+    preemptions: Mapping[str, Preemption] = field(default_factory=dict)  # the tenant's leases the owner ended
+    health: Mapping[str, Availability] = field(default_factory=dict)  # per plan: leased and unhealthy GPU-ms
 
 
 @dataclass(frozen=True)
@@ -646,6 +652,8 @@ def money_leg(
                 service_start_ms=pricing.start_ms,
                 service_end_ms=pricing.end_ms,
                 billed=billed,
+                preemptions=pricing.preemptions,
+                health=pricing.health,
             )
         except PricingError as exc:
             unexplained(
@@ -703,6 +711,8 @@ def money_leg(
             service_start_ms=pricing.start_ms,
             service_end_ms=pricing.end_ms,
             corrections=[line for line in invoice.lines if line.correction],
+            preemptions=pricing.preemptions,
+            health=pricing.health,
         )
     except PricingError as exc:
         unexplained(
@@ -743,6 +753,10 @@ def money_leg(
                 f"line {line.position}: GPU time billed beyond what was metered: {line.description}",
                 line.quantity_base,
             )
+        elif line.kind == "preemption_credit":
+            add(PREEMPTED, Fraction(line.amount), f"line {line.position}: {line.description}")
+        elif line.kind == "sla_credit":
+            add(SLA_CREDIT, Fraction(line.amount), f"line {line.position}: {line.description}")
         elif line.kind == "discount":
             add(DISCOUNT, exact_value(line, pue), f"line {line.position}: {line.description}")
         elif line.kind == "commitment_true_up":
