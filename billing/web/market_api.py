@@ -23,6 +23,7 @@ from billing.leases import offers
 from billing.leases.errors import InvalidOffer
 from billing.ledger.errors import Conflict, LedgerError, NotFound
 from billing.market.preemption import preempt
+from billing.web.api import _ID_SCHEMA as ID_SCHEMA
 from billing.web.api import ERRORS, ID_CHECK, Ident, JsonErrors, TimeValue, iso
 from billing.web.auth import FLEET_ROLES, LEASE_WRITE_ROLES, Principal, require_role
 from billing.web.deps import context, error_response, principal
@@ -150,7 +151,7 @@ def post_offer(
 def post_offer_close(
     request: Request,
     who: Annotated[Principal, Depends(principal)],
-    offer_id: Annotated[str, Path(), ID_CHECK],
+    offer_id: Annotated[str, Path(json_schema_extra=ID_SCHEMA), ID_CHECK],
 ) -> OfferOut | Response:
     """Stop selling in an offer (operator keys); its leases run on until they end or are preempted."""
     require_role(who, *LEASE_WRITE_ROLES)
