@@ -29,6 +29,7 @@ class RevenueLine:
     model: str
     amount: Decimal
     quantity_ms: int = 0
+    plan: str = ""
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,11 @@ from billing.ledger.models import (
     INVOICE_DRAFT,
     INVOICE_FINALIZED,
     AuditEntry,
+    CapacityOffer,
     Contract,
     Invoice,
     InvoiceLineRow,
+    Lease,
     RollupRun,
     Tenant,
     UsageHourly,
@@ -39,7 +41,14 @@ from billing.ledger.store import rate_card_versions
 from billing.reports.errors import ReportError
 from billing.reports.fleet_calendar import CalendarSpan, FleetCalendar, calendar_spans
 from billing.reports.revenue import InvoiceRevenue, RevenueLine
-from billing.reports.yield_report import FleetUsage, HourTotal, YieldReport, build_report
+from billing.reports.yield_report import (
+    FleetUsage,
+    HourTotal,
+    OfferWindow,
+    SoldLease,
+    YieldReport,
+    build_report,
+)
 from schemas.units import MS_PER_HOUR as HOUR_MS
 
 DEFAULT_TIMEZONE = "UTC"
@@ -102,7 +111,9 @@ def choose_calendar(
 def fleet_usage(session: Session, start_ms: int, end_ms: int) -> FleetUsage:
     """The window's hourly rows summed per (model, leased, hour), and distinct GPUs, in SQL."""
     in_window = (UsageHourly.hour_start_ms >= start_ms) & (UsageHourly.hour_start_ms < end_ms)
-    leased = case((UsageHourly.tenant_id == "", 0), else_=1)
+    internal = select(Tenant.tenant_id).where(Tenant.internal.is_(True))
+    # 0 idle, 1 rented, 2 the owner's own use (an internal tenant)
+    leased = case((UsageHourly.tenant_id == "", 0), (UsageHourly.tenant_id.in_(internal), 2), else_=1)
     sums = session.execute(
         select(
             UsageHourly.model,
@@ -120,11 +131,32 @@ def fleet_usage(session: Session, start_ms: int, end_ms: int) -> FleetUsage:
     for model, gpu in pairs:
         per_model.setdefault(str(model), set()).add(str(gpu))
     totals = tuple(
-        HourTotal(str(model), bool(is_leased), int(hour), int(allocated or 0), int(busy or 0), int(energy or 0))
-        for model, is_leased, hour, allocated, busy, energy in sums
+        HourTotal(
+            str(model), use == 1, int(hour), int(allocated or 0), int(busy or 0), int(energy or 0), internal=use == 2
+        )
+        for model, use, hour, allocated, busy, energy in sums
     )
     fleet = set().union(*per_model.values()) if per_model else set()
     return FleetUsage(totals, {m: len(ids) for m, ids in sorted(per_model.items())}, len(fleet))
+
+
+def offers_in(session: Session, start_ms: int, end_ms: int) -> tuple[list[OfferWindow], list[SoldLease]]:
+    """The capacity offers overlapping the window, and the leases sold in them."""
+    rows = list(
+        session.scalars(
+            select(CapacityOffer)
+            .where(CapacityOffer.start_ms < end_ms, CapacityOffer.end_ms > start_ms)
+            .order_by(CapacityOffer.offer_id)
+        )
+    )
+    offers = [OfferWindow(row.offer_id, len(row.gpus), row.start_ms, row.end_ms) for row in rows]
+    sold = [
+        SoldLease(str(offer_id), int(start), None if end is None else int(end))
+        for offer_id, start, end in session.execute(
+            select(Lease.offer_id, Lease.start_ms, Lease.end_ms).where(Lease.offer_id.in_([o.offer_id for o in offers]))
+        )
+    ]
+    return offers, sold
 
 
 def period_invoices(session: Session, period: str, include_drafts: bool) -> list[InvoiceRevenue]:
@@ -136,19 +168,20 @@ def period_invoices(session: Session, period: str, include_drafts: bool) -> list
         .order_by(Invoice.id)
     ).all()
     lines: dict[int, list[RevenueLine]] = {row.id: [] for row in invoices}
-    for invoice_id, kind, model, amount, quantity in session.execute(
+    for invoice_id, kind, model, amount, quantity, plan in session.execute(
         select(
             InvoiceLineRow.invoice_id,
             InvoiceLineRow.kind,
             InvoiceLineRow.model,
             InvoiceLineRow.amount,
             InvoiceLineRow.quantity_base,
+            InvoiceLineRow.plan,
         )
         .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
         .where(Invoice.period == period, Invoice.status.in_(statuses))
         .order_by(InvoiceLineRow.invoice_id, InvoiceLineRow.position)
     ):
-        lines[invoice_id].append(RevenueLine(kind, model or "", amount, int(quantity or 0) if model else 0))
+        lines[invoice_id].append(RevenueLine(kind, model or "", amount, int(quantity or 0) if model else 0, plan or ""))
     return [
         InvoiceRevenue(
             row.id,
@@ -214,6 +247,7 @@ def yield_report(
         calendar = choose_calendar(session, start, end, calendar_card, valley_periods or DEFAULT_VALLEY)
         usage = fleet_usage(session, start, end)
         invoices = period_invoices(session, period, include_drafts)
+        offers, sold = offers_in(session, start, end)
         notes = _coverage_notes(session, period, start, end)
         if not include_drafts:
             drafts = session.scalar(
@@ -235,6 +269,8 @@ def yield_report(
         calendar=calendar,
         basis="issued and draft" if include_drafts else "issued",
         notes=notes,
+        offers=offers,
+        sold=sold,
     )
 
 

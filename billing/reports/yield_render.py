@@ -13,7 +13,7 @@ from typing import Any
 
 from billing.common.instants import ms_to_iso
 from billing.pricing.money import minor_units, rate_places, round_half_even
-from billing.reports.yield_report import ModelYield, YieldReport
+from billing.reports.yield_report import ModelYield, OfferFill, YieldReport
 from schemas.csv_cells import csv_cell
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR
 
@@ -55,6 +55,7 @@ def row_json(row: ModelYield, currencies: Sequence[str]) -> dict[str, Any]:
             "available": row.available_ms,
             "leased": row.leased_ms,
             "idle": row.idle_ms,
+            "internal": row.internal_ms,
             "busy": row.busy_ms,
             "busy_leased": row.busy_leased_ms,
             "valley_available": row.valley_available_ms,
@@ -65,6 +66,7 @@ def row_json(row: ModelYield, currencies: Sequence[str]) -> dict[str, Any]:
             "available": hours_text(row.available_ms),
             "leased": hours_text(row.leased_ms),
             "idle": hours_text(row.idle_ms),
+            "internal": hours_text(row.internal_ms),
             "busy": hours_text(row.busy_ms),
             "valley_available": hours_text(row.valley_available_ms),
             "valley_leased": hours_text(row.valley_leased_ms),
@@ -108,7 +110,25 @@ def to_json(report: YieldReport) -> dict[str, Any]:
         "currencies": list(currencies),
         "models": [row_json(row, currencies) for row in report.models],
         "fleet": row_json(report.fleet, currencies),
+        "offers": [_offer_json(offer) for offer in report.offers],
+        "market_revenue_per_offered_gpu_hour": {
+            c: decimal_text(report.market_revenue_per_offered_gpu_hour(c), rate_places(c)) for c in currencies
+        }
+        if report.offers
+        else {},
         "notes": list(report.notes),
+    }
+
+
+def _offer_json(offer: OfferFill) -> dict[str, Any]:
+    return {
+        "offer_id": offer.offer_id,
+        "gpus": offer.gpus,
+        "offered_gpu_ms": offer.offered_ms,
+        "sold_gpu_ms": offer.sold_ms,
+        "offered_gpu_hours": hours_text(offer.offered_ms),
+        "sold_gpu_hours": hours_text(offer.sold_ms),
+        "fill_rate": decimal_text(offer.fill_rate, RATIO_PLACES),
     }
 
 
@@ -204,6 +224,7 @@ def _text_table(report: YieldReport) -> list[list[str]]:
         "avail GPU-h",
         "leased GPU-h",
         "idle GPU-h",
+        "internal GPU-h",
         "util",
         "kWh",
         "busy GPU-h/kWh",
@@ -219,6 +240,7 @@ def _text_table(report: YieldReport) -> list[list[str]]:
             _fixed(Fraction(row.available_ms, MS_PER_HOUR), 2),
             _fixed(Fraction(row.leased_ms, MS_PER_HOUR), 2),
             _fixed(Fraction(row.idle_ms, MS_PER_HOUR), 2),
+            _fixed(Fraction(row.internal_ms, MS_PER_HOUR), 2),
             _percent(row.utilization),
             _fixed(Fraction(row.energy_mj, MJ_PER_KWH), 2),
             _fixed(row.busy_hours_per_kwh, 3),
@@ -263,5 +285,16 @@ def text(report: YieldReport) -> str:
         lines.append("  ".join(cells).rstrip())
         if index in (0, len(table) - 2) and not (index == 0 and len(table) == 2):
             lines.append("  ".join("-" * w for w in widths))
+    for offer in report.offers:
+        lines.append(
+            f"offer {offer.offer_id}: {offer.gpus} GPUs, offered {_fixed(Fraction(offer.offered_ms, MS_PER_HOUR), 2)} "
+            f"GPU-h, sold {_fixed(Fraction(offer.sold_ms, MS_PER_HOUR), 2)}, fill rate {_percent(offer.fill_rate)}"
+        )
+    if report.offers:
+        for currency in report.currencies:
+            per_hour = report.market_revenue_per_offered_gpu_hour(currency)
+            lines.append(
+                f"valley market revenue per offered GPU-hour: {_fixed(per_hour, minor_units(currency) + 2)} {currency}"
+            )
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)

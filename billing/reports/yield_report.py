@@ -12,12 +12,13 @@ Definitions (docs/billing.md, "Yield report"):
 
 - window: the fleet period, a calendar month in the operator's time zone (UTC unless told),
   [start_ms, end_ms); the hourly rows whose hour starts in it count;
-- leased GPU time: allocated GPU-ms of rows with a tenant; idle: rows with tenant "" (metered time
-  on an unleased GPU); available = leased + idle (metered time only: a GPU with no samples
-  offers nothing that could be sold);
+- leased (rented) GPU time: allocated GPU-ms of rows with a tenant that is not internal; internal:
+  rows of an internal tenant (the owner's own training: not for sale, never invoiced); idle: rows
+  with tenant "" (metered time on an unleased GPU); available = leased + idle (metered time only:
+  a GPU with no samples offers nothing that could be sold; internal time was not offered);
 - GPUs: distinct GPU uuids with any row in the window;
 - utilization = busy GPU-ms of leased rows / leased GPU-ms;
-- energy: every metered mJ of the model's GPUs, leased and idle (the operator pays for both),
+- energy: every metered mJ of the model's GPUs, leased, internal and idle (the operator pays for all),
   without PUE; busy GPU-hours per kWh = every busy GPU-ms (leased and idle) / that energy;
 - valley: the minutes a fleet calendar (a rate card's TOU calendar) puts in a valley period;
   an hour counts as valley when all of it is, as not valley when none of it is; an hour astride
@@ -32,6 +33,11 @@ Definitions (docs/billing.md, "Yield report"):
   every invoice is shared out exactly; an invoice with no model line at all stays unallocated.
   Money in different currencies is never added: every money figure is per currency. Hence, per
   currency: sum over models of revenue + unallocated == sum of the invoices' subtotals, exactly.
+- offers (docs/market.md): per capacity offer, offered GPU-ms = its GPUs x its window inside the
+  report's; sold = the leased time of the leases sold in it, inside both; fill rate = sold /
+  offered. Revenue per offered GPU-hour is the market's: the pre-tax amounts of the valley and
+  interruptible plan lines (GPU time, rounding, and the preemption credits, which waive the
+  lease's energy too; energy lines carry no plan) over every offer's offered hours.
 """
 
 from __future__ import annotations
@@ -67,6 +73,59 @@ class HourRow:
     allocated_gpu_ms: int
     busy_gpu_ms: int
     energy_mj: int
+    internal: bool = False  # the tenant is internal: the owner's own use
+
+
+@dataclass(frozen=True, slots=True)
+class OfferWindow:
+    """A capacity offer: its GPUs and window [start_ms, end_ms)."""
+
+    offer_id: str
+    gpus: int
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SoldLease:
+    """A lease sold in an offer: [start_ms, end_ms) (end None: open)."""
+
+    offer_id: str
+    start_ms: int
+    end_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OfferFill:
+    offer_id: str
+    gpus: int
+    offered_ms: int
+    sold_ms: int
+
+    @property
+    def fill_rate(self) -> Fraction | None:
+        return None if not self.offered_ms else Fraction(self.sold_ms, self.offered_ms)
+
+
+def offer_fills(
+    offers: Iterable[OfferWindow], sold: Iterable[SoldLease], start_ms: int, end_ms: int
+) -> tuple[OfferFill, ...]:
+    """Each offer's offered and sold GPU-ms inside [start_ms, end_ms) (see the module docstring)."""
+    windows = {o.offer_id: o for o in offers}
+    sold_ms: dict[str, int] = defaultdict(int)
+    for lease in sold:
+        offer = windows.get(lease.offer_id)
+        if offer is None:
+            continue
+        lo = max(lease.start_ms, offer.start_ms, start_ms)
+        hi = min(lease.end_ms if lease.end_ms is not None else end_ms, offer.end_ms, end_ms)
+        sold_ms[lease.offer_id] += max(0, hi - lo)
+    out = []
+    for offer_id in sorted(windows):
+        offer = windows[offer_id]
+        span = max(0, min(offer.end_ms, end_ms) - max(offer.start_ms, start_ms))
+        out.append(OfferFill(offer_id, offer.gpus, offer.gpus * span, sold_ms.get(offer_id, 0)))
+    return tuple(out)
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -92,6 +151,8 @@ class ModelYield:
     valley_idle_ms: int
     split_ms: int  # metered GPU-ms in hours astride a valley boundary (in neither valley figure)
     revenue: Mapping[str, Decimal] = field(default_factory=dict)
+    internal_ms: int = 0  # the owner's own use (internal tenants): not for sale
+    energy_internal_mj: int = 0
 
     @property
     def available_ms(self) -> int:
@@ -103,7 +164,7 @@ class ModelYield:
 
     @property
     def energy_mj(self) -> int:
-        return self.energy_leased_mj + self.energy_idle_mj
+        return self.energy_leased_mj + self.energy_idle_mj + self.energy_internal_mj
 
     @property
     def valley_available_ms(self) -> int:
@@ -157,6 +218,12 @@ class YieldReport:
     valley_hours: int  # of them wholly valley by the fleet calendar
     split_hours: int  # of them astride a valley boundary
     notes: tuple[str, ...] = ()
+    offers: tuple[OfferFill, ...] = ()
+    market_revenue: Mapping[str, Decimal] = field(default_factory=dict)  # valley + interruptible plan lines
+
+    def market_revenue_per_offered_gpu_hour(self, currency: str) -> Fraction | None:
+        offered = sum(o.offered_ms for o in self.offers)
+        return _ratio(self.market_revenue.get(currency, zero(currency)), Fraction(offered, MS_PER_HOUR))
 
     @property
     def currencies(self) -> tuple[str, ...]:
@@ -183,6 +250,7 @@ class HourTotal:
     allocated_gpu_ms: int
     busy_gpu_ms: int
     energy_mj: int
+    internal: bool = False  # an internal tenant's (then not leased)
 
 
 @dataclass(frozen=True)
@@ -196,16 +264,19 @@ class FleetUsage:
 
 def summarize(rows: Iterable[HourRow]) -> FleetUsage:
     """Hourly rows (per GPU and tenant) -> the report's input: the same sums the adapter's SQL makes."""
-    sums: dict[tuple[str, bool, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    sums: dict[tuple[str, bool, int, bool], list[int]] = defaultdict(lambda: [0, 0, 0])
     gpus: dict[str, set[str]] = defaultdict(set)
     for row in rows:
-        acc = sums[(row.model, row.tenant_id != "", row.hour_start_ms)]
+        acc = sums[(row.model, row.tenant_id != "" and not row.internal, row.hour_start_ms, row.internal)]
         acc[0] += row.allocated_gpu_ms
         acc[1] += row.busy_gpu_ms
         acc[2] += row.energy_mj
         gpus[row.model].add(row.gpu_uuid)
     return FleetUsage(
-        totals=tuple(HourTotal(m, leased, hour, *acc) for (m, leased, hour), acc in sorted(sums.items())),
+        totals=tuple(
+            HourTotal(m, leased, hour, acc[0], acc[1], acc[2], internal)
+            for (m, leased, hour, internal), acc in sorted(sums.items())
+        ),
         gpus={model: len(ids) for model, ids in sorted(gpus.items())},
         fleet_gpus=len(set().union(*gpus.values())) if gpus else 0,
     )
@@ -213,10 +284,14 @@ def summarize(rows: Iterable[HourRow]) -> FleetUsage:
 
 @dataclass
 class _Acc:
-    values: list[int] = field(default_factory=lambda: [0] * 9)
+    values: list[int] = field(default_factory=lambda: [0] * 11)
 
     def add(self, row: HourTotal, hour_class: str) -> None:
         v = self.values
+        if row.internal:  # the owner's own use: neither sold nor for sale
+            v[9] += row.allocated_gpu_ms
+            v[10] += row.energy_mj
+            return
         if row.leased:
             v[0] += row.allocated_gpu_ms
             v[2] += row.busy_gpu_ms
@@ -232,7 +307,7 @@ class _Acc:
 
     def result(self, model: str, gpus: int, revenue: Mapping[str, Decimal]) -> ModelYield:
         v = self.values
-        return ModelYield(model, gpus, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], dict(revenue))
+        return ModelYield(model, gpus, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], dict(revenue), v[9], v[10])
 
 
 def _hour_classes(start_ms: int, end_ms: int, calendar: FleetCalendar | None) -> dict[int, str]:
@@ -308,9 +383,13 @@ def build_report(
     calendar: FleetCalendar | None,
     basis: str = "issued",
     notes: Sequence[str] = (),
+    offers: Sequence[OfferWindow] = (),
+    sold: Sequence[SoldLease] = (),
+    market_plans: Sequence[str] = ("valley", "interruptible"),
 ) -> YieldReport:
     """The report of the window [start_ms, end_ms) (whole UTC hours): hours outside it are ignored
     (`usage.gpus` must count the GPUs of the window's rows only)."""
+    invoices = tuple(invoices)
     classes = _hour_classes(start_ms, end_ms, calendar)
     per_model, fleet = _sum_usage(usage.totals, classes)
     revenue = attribute_revenue(invoices)
@@ -320,6 +399,11 @@ def build_report(
     )
     fleet_money = _fleet_revenue(revenue, models)
     split = sum(1 for c in classes.values() if c == SPLIT)
+    market: dict[str, Decimal] = {}
+    for invoice in invoices:
+        for line in invoice.lines:
+            if line.plan in market_plans and line.kind not in ("tax", "credit"):
+                market[invoice.currency] = market.get(invoice.currency, zero(invoice.currency)) + line.amount
     return YieldReport(
         period=period,
         timezone=timezone,
@@ -334,6 +418,8 @@ def build_report(
         valley_hours=sum(1 for c in classes.values() if c == VALLEY),
         split_hours=split,
         notes=(*notes, *_report_notes(calendar, split, revenue)),
+        offers=offer_fills(offers, sold, start_ms, end_ms),
+        market_revenue=dict(sorted(market.items())),
     )
 
 

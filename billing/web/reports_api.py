@@ -87,6 +87,7 @@ class GpuMsOut(BaseModel):
     available: int = Field(description="leased + idle metered GPU time, ms")
     leased: int
     idle: int
+    internal: int = Field(description="the owner's own use (internal tenants): not for sale, not in available")
     busy: int = Field(description="busy GPU time, leased and idle")
     busy_leased: int
     valley_available: int
@@ -98,6 +99,7 @@ class GpuHoursOut(BaseModel):
     available: str
     leased: str
     idle: str
+    internal: str
     busy: str
     valley_available: str
     valley_leased: str
@@ -141,6 +143,16 @@ class WindowOut(BaseModel):
     hours: int
 
 
+class OfferOut(BaseModel):
+    offer_id: str
+    gpus: int
+    offered_gpu_ms: int = Field(description="its GPUs x its window inside the report's")
+    sold_gpu_ms: int = Field(description="leased time of the leases sold in it, inside both windows")
+    offered_gpu_hours: str
+    sold_gpu_hours: str
+    fill_rate: str | None = Field(description="sold over offered, 0..1")
+
+
 class YieldOut(BaseModel):
     period: str
     timezone: str
@@ -150,6 +162,10 @@ class YieldOut(BaseModel):
     currencies: list[str]
     models: list[YieldRowOut]
     fleet: YieldRowOut
+    offers: list[OfferOut] = Field(description="capacity offers overlapping the window, with their fill rate")
+    market_revenue_per_offered_gpu_hour: dict[str, str | None] = Field(
+        description="per currency: valley and interruptible plan revenue over every offer's offered GPU-hours"
+    )
     notes: list[str]
 
 

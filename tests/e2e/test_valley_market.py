@@ -12,9 +12,13 @@
 - C leases g2 (node b) on demand for [0, 4 h); node b's agent is silent for 3 minutes from 1 h,
   so 180 s of C's 4 h are unmetered: availability 98.75 %, under 99.0: a 25 % credit.
 
+The yield report: internal 2 GPU-h (g0, g1 in the first hour); rented 2,400,000 + 10,830,500 +
+14,220,000 ms; idle the rest of the metered time; the offer: 2 GPUs x 5 h = 36,000,000 ms offered,
+2,400,000 + 10,830,500 sold; its plan's revenue 2.40 - 2.48 + 10.83 = 10.75 over 10 offered GPU-hours.
+
 By hand, at valley 3.60 and on_demand 7.20 per GPU-hour, energy 0.30 per kWh (PUE 1), no tax:
 - A: 2,400,000 ms -> 2.40; 924,000,000 mJ = 0.2566.. kWh -> 0.077 -> 0.08; waiver -2.48; total 0.00
-- B: 10,830,000 ms -> 10.83; 4,169,550,000 mJ = 1.1582.. kWh -> 0.3474625 -> 0.35; total 11.18
+- B: 10,830,500 ms -> 10.8305 -> 10.83; 4,169,742,500 mJ = 1.1582.. kWh -> 0.347478.. -> 0.35; total 11.18
 - C: 14,220,000 ms -> 28.44; 5,474,700,000 mJ = 1.52075 kWh -> 0.456225 -> 0.46;
      SLA 25 % of 28.44 = -7.11; total 21.79
 """
@@ -29,6 +33,7 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from agents.kafka_sink import KafkaSampleSink
@@ -241,4 +246,22 @@ def test_offer_preemption_and_sla_on_real_parts(kafka_broker, run_id, tmp_path: 
     }
     assert Decimal(steps[(a, "preempted by the owner: waived or credited")]["amount"]) == Decimal("-2.48")
     assert Decimal(steps[(c, "SLA credit")]["amount"]) == Decimal("-7.11")
+
+    # the yield report: internal, rented and idle hours, and the offer's fill rate
+    assert cli("rollup", "--period", "2026-11", "--usage-dir", str(usage_dir), *common) == 0
+    capsys.readouterr()
+    assert cli("yield", "--period", "2026-11", "--json", *common) == 0
+    fleet_yield = json.loads(capsys.readouterr().out)
+    ends = duckdb.sql(
+        f"SELECT gpu_uuid, max(window_start_ms) + 60000 FROM read_parquet('{usage_dir}/date=*/*.parquet') "
+        "GROUP BY gpu_uuid"
+    ).fetchall()
+    metered = sum(end - T0 for _, end in ends) - 2 * (GAP[1] - GAP[0])  # node b's two GPUs were silent
+    internal, rented = 2 * HOUR, 2_400_000 + 10_830_500 + 14_220_000
+    gpu_ms = fleet_yield["fleet"]["gpu_ms"]
+    assert (gpu_ms["internal"], gpu_ms["leased"], gpu_ms["idle"]) == (internal, rented, metered - internal - rented)
+    (offer,) = fleet_yield["offers"]
+    assert (offer["offered_gpu_ms"], offer["sold_gpu_ms"]) == (36_000_000, 2_400_000 + 10_830_500)
+    assert offer["fill_rate"] == str(round(Decimal(13_230_500) / Decimal(36_000_000), 6))
+    assert fleet_yield["market_revenue_per_offered_gpu_hour"] == {"USD": "1.0750"}
     ledger.dispose()
