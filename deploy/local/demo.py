@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from billing.pricing.ratecards import DEMO_CARD, RATECARDS_DIR, load_rate_card
 from deploy.local.fleet import FleetPlan, demo_plan, publish_samples
@@ -69,6 +72,48 @@ def windows_written(usage_dir: Path, start_ms: int, end_ms: int, gpus: list[str]
         & pc.field("gpu_uuid").isin(gpus),
     )
     return len(set(zip(table["gpu_uuid"].to_pylist(), table["window_start_ms"].to_pylist())))
+
+
+DEMO_WEBHOOK_SECRET = "whsec_demo_initech"
+
+
+class DemoReceiver:
+    """initech's webhook endpoint, on loopback: it checks each notice's signature and keeps it."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from billing.market import webhooks
+
+        events: list[dict[str, Any]] = []
+        self.events = events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                signature = self.headers.get(webhooks.SIGNATURE_HEADER, "")
+                good = webhooks.verify(DEMO_WEBHOOK_SECRET, signature, body, int(time.time()))
+                if good:
+                    events.append(json.loads(body))
+                self.send_response(200 if good else 400)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/wattmeter"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def stack_receiver(closing: list[Any]) -> DemoReceiver:
+    receiver = DemoReceiver()
+    closing.append(receiver.close)
+    return receiver
 
 
 def billing(*argv: str) -> None:
@@ -134,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, WATTMETER_BILLING_DB=database, WATTMETER_ACTOR="demo")
     services = []
     peers: list[StripePeer] = []
+    peers_closing: list[Any] = []
     try:
         from billing.common.periods import period_of
 
@@ -164,7 +210,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(plan.gpu_uuids())} GPUs on {len(plan.nodes)} nodes for {args.minutes} minutes ...",
             flush=True,
         )
+        valley = [lease for lease in plan.leases if lease.plan == "valley"]
+        offered = ",".join(sorted({lease.gpu_uuid for lease in valley}))
+        window = ("--start", str(start_ms), "--end", str(end_ms + 24 * MS_PER_HOUR))
+        billing("offers", "open", "demo-valley", "--gpus", offered, *window, "--notice-s", "120")
         billing("leases", "import", str(lease_file))
+        receiver = stack_receiver(peers_closing)
+        billing("webhooks", "set", "--tenant", "initech", "--url", receiver.url, "--secret", DEMO_WEBHOOK_SECRET)
+        taken = next(lease for lease in valley if lease.lease_id == "lease-initech-6")
+        assert taken.end_ms is not None
+        noticed = taken.start_ms + (taken.end_ms - taken.start_ms) // 4
+        print("    the owner takes a valley GPU back for its own training, on the offer's 2 minutes' notice:")
+        at = min(noticed + 120_000, taken.end_ms - 1000)
+        billing("leases", "preempt", taken.lease_id, "--noticed-at", str(noticed), "--at", str(at))
+        for event in receiver.events:
+            data = event["data"]
+            print(
+                f"    initech's endpoint got {event['type']} {event['id']} (signature verified): lease "
+                f"{data['lease_id']} ends {data['ends_at_ms']}, {data['notice_s']} s after the notice",
+                flush=True,
+            )
         sent = publish_samples(broker.bootstrap, plan)
         print(f"    {sent} node samples ({sent * plan.gpus_per_node} GPU-samples) sent to gpu.samples", flush=True)
         env = service_env(
@@ -248,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             service.stop()
         for peer in peers:
             peer.stop()
+        for closing in peers_closing:
+            closing()
         broker.stop()
         for key, value in saved_env.items():
             if value is None:
