@@ -33,5 +33,7 @@ def usage_arrow_schema() -> pa.Schema:
     columns += [
         pa.field("source_partition", pa.int32(), nullable=False),
         pa.field("schema_version", pa.int16(), nullable=False),
+        # version 2; last, and read by name (DuckDB union_by_name, Spark mergeSchema): version 1 files lack it
+        pa.field("unhealthy_ms", pa.int64(), nullable=False),
     ]
     return pa.schema(columns, metadata={b"wattmeter.units": b"ms, mJ, mW; UTC epoch ms"})

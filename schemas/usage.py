@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-USAGE_SCHEMA_VERSION = 1
+USAGE_SCHEMA_VERSION = 2  # 2: unhealthy_ms (version 1 records and files read it as 0)
 KIND_USAGE = "usage"  # leased time
 KIND_IDLE = "idle"  # time on an unleased GPU (tenant_id is "")
 KIND_ADJUSTMENT = "adjustment"  # late data after its window was emitted
@@ -36,6 +36,7 @@ class UsageRecord:
     source_partition: int
     source_offset_min: int
     source_offset_max: int
+    unhealthy_ms: int = 0  # of allocated_gpu_ms, the time the GPU reported NVML errors in (metered; the SLA's)
     schema_version: int = USAGE_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,11 @@ trapezoid of the two power readings over the interval. Busy time is the sample's
 utilization (NVML averages it over the last period) times the interval. An interval
 longer than `max_gap_ms` is not filled in: it is returned as unmetered time.
 
+A reading with an NVML error leaves the cursor where it was (the next good reading covers the
+failed stretch with the counter's exact delta) and marks it: the next interval's `unhealthy_ms`
+is the time from the first failed reading to that good one, leased time the SLA counts as
+unhealthy although it was metered (docs/market.md).
+
 Busy time is exact over any number of intervals: utilization x duration is in %·ms, and
 what a whole ms leaves over (`Cursor.busy_rem_pct_ms`, 0..99) is carried into the GPU's
 next interval, as the energy counter carries its sub-interval part. So the busy ms of a
@@ -30,6 +35,7 @@ class Cursor:
     energy_mj: int | None
     power_mw: int | None
     busy_rem_pct_ms: int = 0  # util % x ms not yet a whole busy ms (0..99), carried to the next interval
+    error_since_ms: int | None = None  # the first NVML error since this cursor's reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,7 @@ class Interval:
     power_mw: int  # the closing sample's reading, for peak power
     metered: bool  # False: a gap longer than the limit, time only
     from_counter: bool  # False when energy came from power x time
+    unhealthy_ms: int = 0  # the tail [end - unhealthy_ms, end) the GPU reported NVML errors in
 
 
 def _fallback_energy(prev: Cursor, reading: GpuReading, duration_ms: int) -> int:
@@ -59,7 +66,9 @@ def step(
     A reading at or before the cursor is stale and changes nothing.
     """
     if reading.error is not None:
-        return prev, None
+        if prev is None or prev.error_since_ms is not None or ts_ms <= prev.ts_ms:
+            return prev, None
+        return Cursor(prev.ts_ms, prev.energy_mj, prev.power_mw, prev.busy_rem_pct_ms, ts_ms), None
     if prev is None:
         return Cursor(ts_ms, reading.energy_mj, reading.power_mw), None
     duration = ts_ms - prev.ts_ms
@@ -81,4 +90,5 @@ def step(
     busy_pct_ms = prev.busy_rem_pct_ms + (duration * reading.util_gpu_pct if reading.util_gpu_pct is not None else 0)
     busy, remainder = divmod(busy_pct_ms, 100)
     cursor = Cursor(ts_ms, reading.energy_mj, reading.power_mw, remainder)
-    return cursor, Interval(prev.ts_ms, ts_ms, energy, busy, reading.power_mw or 0, True, counter_ok)
+    unhealthy = ts_ms - prev.error_since_ms if prev.error_since_ms is not None else 0
+    return cursor, Interval(prev.ts_ms, ts_ms, energy, busy, reading.power_mw or 0, True, counter_ok, unhealthy)

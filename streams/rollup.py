@@ -37,7 +37,7 @@ Window = dict[str, list[int]]  # an open window: accumulators by "kind|tenant|le
 Entry = list[Any]  # a pending sample of a GPU: [ts, energy, power, util, reset, error, offset]
 
 # accumulator slots
-ALLOC, BUSY, ENERGY, PEAK, SAMPLES, UNMETERED, OFF_MIN, OFF_MAX = range(8)
+ALLOC, BUSY, ENERGY, PEAK, SAMPLES, UNMETERED, OFF_MIN, OFF_MAX, UNHEALTHY = range(9)
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,13 @@ class NodeRollup:
             prev = deltas.Cursor(*gpu["cursor"]) if gpu["cursor"] is not None else None
             cursor, interval = deltas.step(prev, ts, _reading_from_entry(entry), self.config.max_gap_ms)
             if cursor is not None:
-                gpu["cursor"] = [cursor.ts_ms, cursor.energy_mj, cursor.power_mw, cursor.busy_rem_pct_ms]
+                gpu["cursor"] = [
+                    cursor.ts_ms,
+                    cursor.energy_mj,
+                    cursor.power_mw,
+                    cursor.busy_rem_pct_ms,
+                    cursor.error_since_ms,
+                ]
             if interval is not None:
                 self._accumulate(uuid, gpu, interval, entry[6])
         frontier = gpu["cursor"][0] if gpu["cursor"] is not None else None
@@ -204,9 +210,12 @@ class NodeRollup:
             window = gpu["windows"].setdefault(str(window_start(a, self.config.window_ms)), {})
             acc = window.get(key)
             if acc is None:
-                acc = window[key] = [0, 0, 0, 0, 0, 0, offset, offset]
+                acc = window[key] = [0, 0, 0, 0, 0, 0, offset, offset, 0]
+            elif len(acc) <= UNHEALTHY:  # a window of a state kept before the column existed
+                acc.append(0)
             if interval.metered:
                 acc[ALLOC] += b - a
+                acc[UNHEALTHY] += max(0, b - max(a, end - interval.unhealthy_ms))
                 acc[BUSY] += share(interval.busy_ms, a, b, start, end)
                 acc[ENERGY] += share(interval.energy_mj, a, b, start, end)
                 acc[PEAK] = max(acc[PEAK], interval.power_mw)
@@ -247,6 +256,7 @@ class NodeRollup:
                     sample_count=acc[SAMPLES],
                     observed_ms=acc[ALLOC],
                     unmetered_ms=acc[UNMETERED],
+                    unhealthy_ms=acc[UNHEALTHY] if len(acc) > UNHEALTHY else 0,
                     source_partition=self.partition,
                     source_offset_min=acc[OFF_MIN],
                     source_offset_max=acc[OFF_MAX],

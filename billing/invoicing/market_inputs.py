@@ -1,9 +1,11 @@
 """What the valley market's rules need from the ledger, for rating (billing.pricing.market_terms):
 the leases the owner preempted, and per plan the leased and unhealthy GPU time of a tenant.
 
-Unhealthy time (the SLA) is leased time that was not metered: per lease, its time inside the
-service period minus the GPU-ms the usage records hold for it (a GPU that vanished, an agent
-down, a gap: no records), less the part inside maintenance windows announced ahead on its GPU
+Unhealthy time (the SLA) is leased time that was not metered, or metered while the GPU reported
+NVML errors: per lease, its time inside the service period minus the GPU-ms the usage records hold
+for it (a GPU that vanished, an agent down, a gap: no records), plus their `unhealthy_ms` (the
+worker's NVML error stretches, usage records version 2), less the part inside maintenance windows
+announced ahead on its GPU
 (`billing.market.maintenance`), which counts neither as leased nor as unhealthy. Only time before
 `as_of_ms` counts (the run's clock less `SETTLE_MS`, the usage still on its way): a draft made
 mid-period does not count the last minutes, not yet in the lake, as an outage. Times are integer
@@ -66,8 +68,10 @@ def lease_health(
     """Per plan: the tenant's leased GPU-ms in [lo_ms, min(hi_ms, as_of_ms)) and how much of it was unhealthy."""
     hi_ms = min(hi_ms, as_of_ms)
     held: dict[str, int] = defaultdict(int)
+    errored: dict[str, int] = defaultdict(int)
     for quantity in metered:
         held[quantity.lease_id] += quantity.allocated_gpu_ms
+        errored[quantity.lease_id] += quantity.unhealthy_ms
     query = select(models.Lease).where(
         models.Lease.tenant_id == tenant_id,
         models.Lease.start_ms < hi_ms,
@@ -84,5 +88,6 @@ def lease_health(
         maintained = _maintained_ms(windows, row.gpu_uuid, start, end)
         span = (end - start) - maintained
         leased[row.plan] += span
-        unhealthy[row.plan] += min(span, max(0, span - held.get(row.lease_id, 0)))
+        unmetered = max(0, span - held.get(row.lease_id, 0))
+        unhealthy[row.plan] += min(span, unmetered + errored.get(row.lease_id, 0))
     return {plan: Availability(leased[plan], unhealthy[plan]) for plan in sorted(leased)}

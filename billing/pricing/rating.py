@@ -127,6 +127,7 @@ class LeaseQuantity:
     allocated_gpu_ms: int
     last_segment_start_ms: int
     lease_start_ms: int | None = None  # None: the lease started in this period (the minimum applies)
+    unhealthy_ms: int = 0  # of allocated_gpu_ms, metered while the GPU reported NVML errors (the SLA's)
 
 
 @dataclass(frozen=True, slots=True)

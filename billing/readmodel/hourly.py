@@ -25,7 +25,16 @@ from billing.leases.service import leases_overlapping
 from billing.ledger.db import Ledger, now_ms
 from billing.ledger.models import RollupRun, Tenant, UsageHourly
 from billing.usage.errors import UsageDataError
-from billing.usage.reader import Cutoff, UsageFile, attribute_idle, by_day, connect, list_files, read_cutoff
+from billing.usage.reader import (
+    PARQUET_OPTIONS,
+    Cutoff,
+    UsageFile,
+    attribute_idle,
+    by_day,
+    connect,
+    list_files,
+    read_cutoff,
+)
 from lake.store import LakeLocation
 from schemas.leases import Lease
 from schemas.units import MS_PER_DAY, MS_PER_HOUR
@@ -118,7 +127,7 @@ def _day_batches(
             SELECT * FROM (
                 SELECT record_id, tenant_id, gpu_uuid, model, plan, window_start_ms, allocated_gpu_ms, busy_gpu_ms,
                        energy_mj, 1 AS n, filename
-                FROM read_parquet(getvariable('paths'), filename = true, hive_partitioning = false){moved}
+                FROM read_parquet(getvariable('paths'), {PARQUET_OPTIONS}){moved}
             ) WHERE window_start_ms >= {int(lo_ms)} AND window_start_ms < {int(hi_ms)}""")
         con.execute(
             "CREATE TEMP TABLE shared AS SELECT h FROM (SELECT hash(record_id) AS h FROM raw) "

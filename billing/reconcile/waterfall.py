@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
 
@@ -424,12 +424,7 @@ def quantity_leg(
 
 def _with_starts(leases: Iterable[LeaseQuantity], starts: Mapping[str, int]) -> list[LeaseQuantity]:
     """Leases with their start from the ledger (a lease's minimum is charged in the period it starts)."""
-    return [
-        LeaseQuantity(
-            row.lease_id, row.plan, row.model, row.allocated_gpu_ms, row.last_segment_start_ms, starts.get(row.lease_id)
-        )
-        for row in leases
-    ]
+    return [replace(row, lease_start_ms=starts.get(row.lease_id)) for row in leases]
 
 
 def split_unpriced(pricing: PeriodPricing, quantities: Quantities) -> tuple[Quantities, Quantities]:

@@ -170,6 +170,10 @@ def connect(lake: LakeLocation | None = None) -> Any:
     return con
 
 
+# union_by_name: a version 1 file lacks unhealthy_ms (read as NULL), whatever the files' order
+PARQUET_OPTIONS = "filename = true, hive_partitioning = false, union_by_name = true"
+
+
 def _sql_list(values: Sequence[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
@@ -189,10 +193,10 @@ class ScanInput:
     apart: tuple[str, ...] = ()  # leases whose usage rows are also kept apart (preempted: billing.pricing.rating)
 
 
-# (tenant, plan, model, lease_id, lease_aggregated, segment start, allocated, busy, energy, records):
+# (tenant, plan, model, lease_id, lease_aggregated, segment start, allocated, busy, energy, records, unhealthy):
 # lease_aggregated 1 is a (tenant, plan, model, segment, apart) sum, where lease_id is "apart": the lease
 # for a lease of ScanInput.apart, else ""; 0 a (tenant, lease, plan, model) one
-GroupedRow = tuple[str, str, str, Any, int, int, int, int, int, int]
+GroupedRow = tuple[str, str, str, Any, int, int, int, int, int, int, int]
 Attribution = tuple[str, str, int]  # (tenant, lease, idle GPU-ms that count for the lease)
 Engine = Callable[[ScanInput], tuple[list[GroupedRow], list[Attribution]]]
 
@@ -258,7 +262,7 @@ def _aggregate_group(
     )
     rows, attribution = engine(scan)
     by_tenant = {r.tenant_id: results[r.key] for r in group}
-    for tenant, plan, model, lease_id, lease_aggregated, seg_start, allocated, busy, energy, count in rows:
+    for tenant, plan, model, lease_id, lease_aggregated, seg_start, allocated, busy, energy, count, unhealthy in rows:
         result = by_tenant[tenant]
         if lease_aggregated:  # the (tenant, plan, model, segment) set
             result.usage.append(
@@ -266,7 +270,7 @@ def _aggregate_group(
             )
             result.records += count
         else:
-            result.leases.append(LeaseQuantity(lease_id, plan, model, allocated, seg_start))
+            result.leases.append(LeaseQuantity(lease_id, plan, model, allocated, seg_start, unhealthy_ms=unhealthy))
     for tenant, lease_id, attributed in attribution:
         by_tenant[tenant].attributed[lease_id] = attributed
 
@@ -288,7 +292,7 @@ def duckdb_grouped(scan_input: ScanInput) -> tuple[list[GroupedRow], list[Attrib
         scan.execute(
             "CREATE TEMP TABLE day_groups(tenant_id VARCHAR, plan VARCHAR, model VARCHAR, lease_id VARCHAR, "
             "lease_aggregated INTEGER, bucket BIGINT, allocated HUGEINT, busy HUGEINT, energy HUGEINT, "
-            "records BIGINT, last_window BIGINT)"
+            "records BIGINT, last_window BIGINT, unhealthy HUGEINT)"
         )
         for day in by_day(scan_input.files):
             scan.use(day)
@@ -296,7 +300,8 @@ def duckdb_grouped(scan_input: ScanInput) -> tuple[list[GroupedRow], list[Attrib
                 f"""
                 INSERT INTO day_groups
                 SELECT tenant_id, plan, model, coalesce(lease_id, apart), GROUPING(lease_id), bucket,
-                       sum(allocated_gpu_ms), sum(busy_gpu_ms), sum(energy_mj), count(*), max(window_start_ms)
+                       sum(allocated_gpu_ms), sum(busy_gpu_ms), sum(energy_mj), count(*), max(window_start_ms),
+                       sum(unhealthy_ms)
                 FROM (SELECT c.*, c.window_start_ms - c.window_start_ms % c.grain AS bucket, {apart} AS apart
                       FROM {scan.counted_rows()} c)
                 GROUP BY GROUPING SETS ((tenant_id, plan, model, bucket, apart), (tenant_id, lease_id, plan, model))
@@ -307,12 +312,13 @@ def duckdb_grouped(scan_input: ScanInput) -> tuple[list[GroupedRow], list[Attrib
             WITH grouped AS (
                 SELECT tenant_id, plan, model, lease_id, lease_aggregated, bucket, sum(allocated) AS allocated,
                        sum(busy) AS busy, sum(energy) AS energy, sum(records) AS records,
-                       max(last_window) AS last_window
+                       max(last_window) AS last_window, sum(unhealthy) AS unhealthy
                 FROM day_groups
                 GROUP BY tenant_id, plan, model, lease_id, lease_aggregated, bucket
             )
             SELECT g.tenant_id, g.plan, g.model, g.lease_id, g.lease_aggregated, s.seg_start,
-                   sum(g.allocated)::BIGINT, sum(g.busy)::BIGINT, sum(g.energy)::BIGINT, sum(g.records)::BIGINT
+                   sum(g.allocated)::BIGINT, sum(g.busy)::BIGINT, sum(g.energy)::BIGINT, sum(g.records)::BIGINT,
+                   sum(g.unhealthy)::BIGINT
             FROM grouped g
             ASOF JOIN segs s ON g.tenant_id = s.tenant_id
                 AND (CASE WHEN g.lease_aggregated = 1 THEN g.bucket ELSE g.last_window END) >= s.seg_start
@@ -403,12 +409,13 @@ class _Scan:
         """Usage and adjustment rows of the request tenants inside their windows, from the files the
         variable `paths` names (an equality join on tenant, then the window filter: a range join per
         row costs twice as much), and the idle rows attributed to their ledger leases."""
-        source = "read_parquet(getvariable('paths'), filename = true, hive_partitioning = false)"
+        source = f"read_parquet(getvariable('paths'), {PARQUET_OPTIONS})"
         if self.any_attributed:
             source = f"""(
-                SELECT {_ROW_COLUMNS}, filename FROM {source} WHERE kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}')
+                SELECT {_ROW_COLUMNS}, unhealthy_ms, filename FROM {source}
+                WHERE kind IN ('{KIND_USAGE}', '{KIND_ADJUSTMENT}')
                 UNION ALL
-                SELECT {_ROW_COLUMNS}, filename FROM attributed WHERE list_contains(getvariable('paths'), filename)
+                SELECT {_ROW_COLUMNS}, 0, filename FROM attributed WHERE list_contains(getvariable('paths'), filename)
             )"""
         return f"""(
             SELECT {columns} FROM {source} u
@@ -427,7 +434,8 @@ class _Scan:
         """
         columns = (
             "u.record_id, u.tenant_id, u.lease_id, u.plan, u.model, u.gpu_uuid, u.window_start_ms, "
-            "u.allocated_gpu_ms, u.busy_gpu_ms, u.energy_mj, u.filename, t.grain"
+            "u.allocated_gpu_ms, u.busy_gpu_ms, u.energy_mj, coalesce(u.unhealthy_ms, 0) AS unhealthy_ms, "
+            "u.filename, t.grain"
         )
         plain = f"SELECT * EXCLUDE (filename) FROM {self._raw(columns)}"
         if not self.all_selected:
@@ -508,7 +516,7 @@ def attribute_idle(con: Any, leases: Sequence[Lease], lo_ms: int, hi_ms: int) ->
             for lease in leases
         ],
     )
-    parquet = "read_parquet(getvariable('paths'), filename = true, hive_partitioning = false)"
+    parquet = f"read_parquet(getvariable('paths'), {PARQUET_OPTIONS})"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE attributed AS

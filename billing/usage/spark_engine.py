@@ -98,11 +98,11 @@ idle AS (
     GROUP BY c.tenant_id, c.lease_id
     HAVING sum(c.allocated_gpu_ms) > 0
 ), source AS (
-    SELECT ROW_COLUMNS FROM {usage} WHERE kind IN (:usage, :adjustment)
+    SELECT ROW_COLUMNS, unhealthy_ms FROM {usage} WHERE kind IN (:usage, :adjustment)
     UNION ALL
-    SELECT ROW_COLUMNS FROM attributed
+    SELECT ROW_COLUMNS, 0 AS unhealthy_ms FROM attributed
     UNION ALL
-    SELECT ROW_COLUMNS FROM {usage}
+    SELECT ROW_COLUMNS, unhealthy_ms FROM {usage}
     WHERE kind = :idle AND (SELECT count(*) FROM (SELECT 1 FROM attributed LIMIT 1)) = 0
 )""".replace("ROW_COLUMNS", _ROW_COLUMNS)
 
@@ -112,7 +112,7 @@ _PLAIN_SOURCE_CTE = "source AS (SELECT * FROM {usage})"
 _GROUPED_CTES = """
 raw AS (
     SELECT u.record_id, u.tenant_id, u.lease_id, u.plan, u.model, u.window_start_ms, u.allocated_gpu_ms,
-           u.busy_gpu_ms, u.energy_mj, u.filename, t.grain
+           u.busy_gpu_ms, u.energy_mj, coalesce(u.unhealthy_ms, 0) AS unhealthy_ms, u.filename, t.grain
     FROM source u JOIN {tenants} t ON u.tenant_id = t.tenant_id
     WHERE u.kind IN (:usage, :adjustment, :idle)
       AND u.window_start_ms >= :lo AND u.window_start_ms < :hi
@@ -130,12 +130,13 @@ raw AS (
 ), grouped AS (
     SELECT tenant_id, plan, model, coalesce(lease_id, apart) AS lease_key, grouping(lease_id) AS lease_aggregated,
            bucket, sum(allocated_gpu_ms) AS allocated, sum(busy_gpu_ms) AS busy, sum(energy_mj) AS energy,
-           count(*) AS records, max(window_start_ms) AS last_window
+           count(*) AS records, max(window_start_ms) AS last_window, sum(unhealthy_ms) AS unhealthy
     FROM counted
     GROUP BY GROUPING SETS ((tenant_id, plan, model, bucket, apart), (tenant_id, lease_id, plan, model))
 ), placed AS (
     SELECT g.tenant_id, g.plan, g.model, g.lease_key AS lease_id, g.lease_aggregated, s.seg_start,
-           sum(g.allocated) AS allocated, sum(g.busy) AS busy, sum(g.energy) AS energy, sum(g.records) AS records
+           sum(g.allocated) AS allocated, sum(g.busy) AS busy, sum(g.energy) AS energy, sum(g.records) AS records,
+           sum(g.unhealthy) AS unhealthy
     FROM (SELECT *, CASE WHEN lease_aggregated = 1 THEN bucket ELSE last_window END AS placed_at FROM grouped) g
     JOIN {segs} s ON g.tenant_id = s.tenant_id AND g.placed_at >= s.seg_start
         AND (s.seg_end IS NULL OR g.placed_at < s.seg_end)
@@ -144,7 +145,8 @@ raw AS (
 
 _ROWS = "SELECT 'rows' AS part, * FROM placed"
 _ATTRIBUTION_ROWS = (
-    "SELECT 'attribution' AS part, tenant_id, NULL, NULL, lease_id, NULL, NULL, ms, NULL, NULL, NULL FROM attribution"
+    "SELECT 'attribution' AS part, tenant_id, NULL, NULL, lease_id, NULL, NULL, ms, NULL, NULL, NULL, NULL "
+    "FROM attribution"
 )
 
 
@@ -217,7 +219,11 @@ def _statement(spark: Any, scan: ScanInput) -> Any:
     from pyspark.sql.functions import input_file_name
 
     lo, hi = min(t[1] for t in scan.tenants), max(t[2] for t in scan.tenants)
-    read = spark.read.parquet(*(_spark_path(f.path) for f in scan.files))
+    read = spark.read.option("mergeSchema", "true").parquet(*(_spark_path(f.path) for f in scan.files))
+    if "unhealthy_ms" not in read.columns:  # only version 1 files (the column came with version 2)
+        from pyspark.sql.functions import lit
+
+        read = read.withColumn("unhealthy_ms", lit(0).cast("long"))
     tables = {
         "usage": read.withColumn("filename", input_file_name()),
         "files": _files_table(spark, scan, read.inputFiles()),
@@ -309,7 +315,7 @@ def _ledger_table(spark: Any, leases: Sequence[Lease], lo_ms: int, hi_ms: int) -
 
 
 def _grouped_row(row: Sequence[Any]) -> GroupedRow:
-    tenant, plan, model, lease_id, lease_aggregated, seg_start, allocated, busy, energy, records = row
+    tenant, plan, model, lease_id, lease_aggregated, seg_start, allocated, busy, energy, records, unhealthy = row
     return (
         tenant,
         plan,
@@ -321,6 +327,7 @@ def _grouped_row(row: Sequence[Any]) -> GroupedRow:
         _int_or_none(busy),
         _int_or_none(energy),
         int(records),
+        int(unhealthy or 0),
     )
 
 

@@ -58,12 +58,18 @@ def test_delta_uses_counter_then_falls_back_across_a_reset():
     assert interval.energy_mj == 300_000 and not interval.from_counter
 
 
-def test_error_keeps_cursor_so_the_counter_covers_the_failure():
+def test_error_keeps_cursor_so_the_counter_covers_the_failure_and_marks_it_unhealthy():
     cursor, _ = deltas.step(None, 0, reading(0), 30_000)
     same, interval = deltas.step(cursor, 1000, reading(None, error="NVML_ERROR_GPU_IS_LOST"), 30_000)
-    assert same == cursor and interval is None
-    _, interval = deltas.step(same, 3000, reading(600), 30_000)
-    assert (interval.start_ms, interval.end_ms, interval.energy_mj) == (0, 3000, 600)
+    assert (same.ts_ms, same.energy_mj, same.error_since_ms) == (cursor.ts_ms, cursor.energy_mj, 1000)
+    assert interval is None
+    again, _ = deltas.step(same, 2000, reading(None, error="NVML_ERROR_UNKNOWN"), 30_000)
+    assert again == same  # the stretch began at the first error
+    healed, interval = deltas.step(again, 3000, reading(600), 30_000)
+    assert (interval.start_ms, interval.end_ms, interval.energy_mj, interval.metered) == (0, 3000, 600, True)
+    assert interval.unhealthy_ms == 2000 and healed.error_since_ms is None  # [1000, 3000): the SLA's
+    _, later = deltas.step(healed, 4000, reading(700), 30_000)
+    assert later.unhealthy_ms == 0
 
 
 def test_gap_over_limit_is_unmetered():

@@ -101,3 +101,26 @@ def test_busy_over_many_sub_second_intervals_is_the_floor_of_the_exact_integral(
     assert sum(r.allocated_gpu_ms for r in records) == times[-1] - times[0]
     assert sum(r.energy_mj for r in records) == (len(times) - 1) * 37
     assert all(r.busy_gpu_ms <= r.allocated_gpu_ms for r in records)
+
+
+def test_nvml_errors_are_metered_and_marked_unhealthy_across_a_restart():
+    """GPU 0 reports NVML errors from 30 s to 50 s (21 ticks, inside the 30 s gap limit): its counter
+    covers the stretch, so the tenant's allocated time is whole, and [30 s, 51 s) is the records'
+    unhealthy_ms (version 2). A longer stretch is a gap: unmetered, which the SLA counts too."""
+    samples, backend = simulated_samples("n1", gpus=2, ticks=TICKS, util=50, seed=3)
+    gpu = backend.uuids[0]
+    leases = LeaseIndex()
+    leases.put(GpuLeaseTimeline(gpu, [Lease("a", "t1", gpu, T0, None)]))
+    clean = rollup_rows(samples, leases, set())
+    for sample in samples:
+        if T0 + 30_000 <= sample.ts_ms <= T0 + 50_000:
+            sample.gpus[0].error = "NVML_ERROR_UNKNOWN"
+    column = {name: i for i, name in enumerate(USAGE_FIELD_NAMES)}
+    for cuts in (set(), {31, 45, 52}):  # restarts inside and after the stretch change nothing
+        rows = rollup_rows(samples, leases, cuts)
+        mine = [r for r in rows if r[column["gpu_uuid"]] == gpu]
+        assert sum(r[column["unhealthy_ms"]] for r in mine) == 21_000
+        assert sum(r[column["allocated_gpu_ms"]] for r in mine) == sum(
+            r[column["allocated_gpu_ms"]] for r in clean if r[column["gpu_uuid"]] == gpu
+        )
+        assert all(r[column["schema_version"]] == 2 for r in rows)

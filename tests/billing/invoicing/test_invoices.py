@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from billing.cli import main as billing_main
 from billing.invoicing.errors import ImmutableInvoice
 from billing.invoicing.service import finalize, finalize_period, get_invoice, run_period, void
+from billing.leases.service import open_lease
 from billing.ledger.db import Ledger
 from billing.ledger.models import AuditEntry, Invoice, InvoiceLineRow, UsageConsumption
 from billing.ledger.store import grant_credit
@@ -83,6 +84,45 @@ def test_an_internal_tenant_is_metered_and_never_invoiced(billing_db_url: str, u
         assert session.scalar(select(func.count()).select_from(Invoice).where(Invoice.tenant_id == "owner")) == 0
     again = run_period(ledger, usage.root, "2026-11", "test")
     assert again.nothing_to_do
+
+
+SLA_CARD = SIMPLE_CARD.replace(
+    "[tax]",
+    """[sla.on_demand]
+availability = "99.9"
+credits = [{ below = "99.9", percent = "10" }, { below = "99.0", percent = "25" }]
+[tax]""",
+)
+
+
+def test_sla_credit_from_unmetered_and_nvml_error_time_over_v1_and_v2_files(billing_db_url: str, tmp_path: Path):
+    """acme leases GPU-1 on demand for 10 peak hours (Monday 08:00-18:00, 3.00/h = 30.00). The lake
+    holds a version 1 file (no unhealthy_ms column) and version 2 files: 5 minutes are missing
+    (unmetered) and 2 minutes were metered while NVML reported errors: 7 of 600 minutes unhealthy,
+    availability 98.833 %, under 99.0: 25 % of the GPU time charge. By hand: 595 min x 3.00/h =
+    29.75; credit 7.44 (7.4375, half even); subtotal 22.31."""
+    from schemas.parquet import usage_arrow_schema
+
+    start = MON_NOV_2 + 8 * HOUR
+    usage = UsageWriter(tmp_path / "usage")
+    old = usage_arrow_schema()
+    usage.sink.schema = old.remove(old.get_field_index("unhealthy_ms"))  # as a version 1 sink wrote
+    usage.write([{**row, "schema_version": 1} for row in minutes("acme", start, 300)])
+    usage.sink.schema = old
+    usage.write(minutes("acme", start + 305 * MINUTE, 100))
+    sick = minutes("acme", start + 405 * MINUTE, 2)
+    usage.write([{**row, "unhealthy_ms": MINUTE} for row in sick])
+    usage.write(minutes("acme", start + 407 * MINUTE, 193))
+    ledger = ledger_with(billing_db_url, SLA_CARD)
+    with ledger.transaction() as session:
+        open_lease(session, "acme", "GPU-1", start, start + 10 * HOUR, lease_id="lease-acme-GPU-1")
+    report = run_period(ledger, usage.root, "2026-11", "test")
+    with ledger.transaction() as session:
+        invoice = get_invoice(session, report.outcomes[0].invoice_id)
+        assert amounts(invoice) == [("gpu_time", "29.75"), ("sla_credit", "-7.44"), ("tax", "0.00")]
+        assert "availability 98.833% against 99.9% promised" in invoice.lines[1].description
+        assert invoice.subtotal == Decimal("22.31")
+    assert run_period(ledger, usage.root, "2026-11", "test").nothing_to_do  # the credit is stable
 
 
 def test_new_usage_regenerates_the_draft_deterministically(billing_db_url: str, usage: UsageWriter):

@@ -382,3 +382,25 @@ def test_lake_objects_are_read_through_s3a_and_local_files_by_absolute_path(tmp_
     monkeypatch.chdir(tmp_path)
     assert _spark_path("usage/date=2026-11-02/f.parquet") == f"{tmp_path}/usage/date=2026-11-02/f.parquet"
     assert _spark_path("file:///lake/f.parquet") == "file:///lake/f.parquet"
+
+
+def test_version_1_and_2_files_read_alike_and_nvml_error_time_sums_per_lease(spark: Any, tmp_path: Path):
+    """A version 1 file (no unhealthy_ms column) beside version 2 files, in either order of names:
+    both engines read them by name and give each lease its NVML error time."""
+    from schemas.parquet import usage_arrow_schema
+
+    writer = UsageWriter(tmp_path / "usage")
+    new = usage_arrow_schema()
+    writer.write([{**row, "unhealthy_ms": 20_000} for row in rows_of("acme", NOV_1 + HOUR, 3, lease="L-new")])
+    writer.sink.schema = new.remove(new.get_field_index("unhealthy_ms"))
+    writer.write([{**row, "schema_version": 1} for row in rows_of("acme", NOV_1 + 2 * HOUR, 2, lease="L-old")])
+    writer.sink.schema = new
+    cutoff = read_cutoff(writer.root)
+    request = UsageRequest("acme", "acme", NOV_1, DEC_1, (NOV_1,), (OffsetRange({}, cutoff),))
+    duck = aggregate(writer.root, [request])["acme"]
+    assert {q.lease_id: q.unhealthy_ms for q in duck.leases} == {"L-new": 60_000, "L-old": 0}
+    assert flattened({"acme": duck}) == flattened(aggregate(writer.root, [request], engine=spark_grouped))
+
+
+def rows_of(tenant: str, start_ms: int, count: int, lease: str) -> list[dict[str, Any]]:
+    return [usage_row(tenant, start_ms + i * MINUTE, lease=lease, gpu=f"GPU-{lease}") for i in range(count)]
