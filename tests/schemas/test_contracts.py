@@ -93,3 +93,18 @@ def test_lease_timeline_round_trip_and_overlap_refused():
     overlapping = GpuLeaseTimeline("g", [Lease("a", "t1", "g", T0, T0 + 20), Lease("b", "t2", "g", T0 + 10, None)])
     with pytest.raises(InvalidMessage, match="overlap"):
         parse_lease_timeline(overlapping.to_json_bytes())
+
+
+def test_usage_records_are_version_2_and_a_version_1_record_still_reads():
+    from schemas.usage import USAGE_FIELD_NAMES, UsageRecord
+    from tests.support.billing_fixtures import usage_row
+
+    record = usage_row("acme", T0)
+    jsonschema.validate(record, load_schema("usage_record.v2.json"))
+    assert record["schema_version"] == 2 and record["unhealthy_ms"] == 0
+    v1 = {k: v for k, v in record.items() if k != "unhealthy_ms"} | {"schema_version": 1}
+    jsonschema.validate(v1, load_schema("usage_record.v1.json"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(v1, load_schema("usage_record.v2.json"))
+    read = UsageRecord.from_dict(v1)
+    assert (read.unhealthy_ms, read.schema_version) == (0, 1) and "unhealthy_ms" in USAGE_FIELD_NAMES
