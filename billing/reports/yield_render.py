@@ -129,6 +129,15 @@ def _offer_json(offer: OfferFill) -> dict[str, Any]:
         "offered_gpu_hours": hours_text(offer.offered_ms),
         "sold_gpu_hours": hours_text(offer.sold_ms),
         "fill_rate": decimal_text(offer.fill_rate, RATIO_PLACES),
+        "hours": [
+            {
+                "hour": ms_to_iso(hour.hour_start_ms),
+                "offered_gpu_ms": hour.offered_ms,
+                "sold_gpu_ms": hour.sold_ms,
+                "fill_rate": decimal_text(hour.fill_rate, RATIO_PLACES),
+            }
+            for hour in offer.hours
+        ],
     }
 
 

@@ -35,7 +35,7 @@ Definitions (docs/billing.md, "Yield report"):
   currency: sum over models of revenue + unallocated == sum of the invoices' subtotals, exactly.
 - offers (docs/market.md): per capacity offer, offered GPU-ms = its GPUs x its window inside the
   report's; sold = the leased time of the leases sold in it, inside both; fill rate = sold /
-  offered. Revenue per offered GPU-hour is the market's: the pre-tax amounts of the valley and
+  offered, in all and per UTC hour. Revenue per offered GPU-hour is the market's: the pre-tax amounts of the valley and
   interruptible plan lines (GPU time, rounding, and the preemption credits, which waive the
   lease's energy too; energy lines carry no plan) over every offer's offered hours.
 """
@@ -96,11 +96,25 @@ class SoldLease:
 
 
 @dataclass(frozen=True, slots=True)
+class HourFill:
+    """One UTC hour of an offer: offered and sold GPU-ms."""
+
+    hour_start_ms: int
+    offered_ms: int
+    sold_ms: int
+
+    @property
+    def fill_rate(self) -> Fraction | None:
+        return None if not self.offered_ms else Fraction(self.sold_ms, self.offered_ms)
+
+
+@dataclass(frozen=True, slots=True)
 class OfferFill:
     offer_id: str
     gpus: int
     offered_ms: int
     sold_ms: int
+    hours: tuple[HourFill, ...] = ()  # per UTC hour the offer is open in the window
 
     @property
     def fill_rate(self) -> Fraction | None:
@@ -112,20 +126,37 @@ def offer_fills(
 ) -> tuple[OfferFill, ...]:
     """Each offer's offered and sold GPU-ms inside [start_ms, end_ms) (see the module docstring)."""
     windows = {o.offer_id: o for o in offers}
-    sold_ms: dict[str, int] = defaultdict(int)
+    sold_by_hour: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for lease in sold:
         offer = windows.get(lease.offer_id)
         if offer is None:
             continue
         lo = max(lease.start_ms, offer.start_ms, start_ms)
         hi = min(lease.end_ms if lease.end_ms is not None else end_ms, offer.end_ms, end_ms)
-        sold_ms[lease.offer_id] += max(0, hi - lo)
+        for hour, ms in _by_hour(lo, hi):
+            sold_by_hour[lease.offer_id][hour] += ms
     out = []
     for offer_id in sorted(windows):
         offer = windows[offer_id]
-        span = max(0, min(offer.end_ms, end_ms) - max(offer.start_ms, start_ms))
-        out.append(OfferFill(offer_id, offer.gpus, offer.gpus * span, sold_ms.get(offer_id, 0)))
+        lo, hi = max(offer.start_ms, start_ms), min(offer.end_ms, end_ms)
+        sold_here = sold_by_hour.get(offer_id, {})
+        hours = tuple(HourFill(hour, offer.gpus * ms, sold_here.get(hour, 0)) for hour, ms in _by_hour(lo, hi))
+        out.append(
+            OfferFill(offer_id, offer.gpus, sum(h.offered_ms for h in hours), sum(h.sold_ms for h in hours), hours)
+        )
     return tuple(out)
+
+
+def _by_hour(lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut at UTC hours: (hour start, ms of it inside)."""
+    out = []
+    hour = lo_ms - lo_ms % MS_PER_HOUR
+    while hour < hi_ms:
+        part = min(hi_ms, hour + MS_PER_HOUR) - max(lo_ms, hour)
+        if part > 0:
+            out.append((hour, part))
+        hour += MS_PER_HOUR
+    return out
 
 
 # -- the report --------------------------------------------------------------------------------

@@ -143,6 +143,13 @@ class WindowOut(BaseModel):
     hours: int
 
 
+class OfferHourOut(BaseModel):
+    hour: str = Field(description="the UTC hour's start")
+    offered_gpu_ms: int
+    sold_gpu_ms: int
+    fill_rate: str | None
+
+
 class OfferOut(BaseModel):
     offer_id: str
     gpus: int
@@ -151,6 +158,7 @@ class OfferOut(BaseModel):
     offered_gpu_hours: str
     sold_gpu_hours: str
     fill_rate: str | None = Field(description="sold over offered, 0..1")
+    hours: list[OfferHourOut] = Field(description="per UTC hour the offer is open in the window")
 
 
 class YieldOut(BaseModel):

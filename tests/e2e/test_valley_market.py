@@ -263,5 +263,14 @@ def test_offer_preemption_and_sla_on_real_parts(kafka_broker, run_id, tmp_path: 
     (offer,) = fleet_yield["offers"]
     assert (offer["offered_gpu_ms"], offer["sold_gpu_ms"]) == (36_000_000, 2_400_000 + 10_830_500)
     assert offer["fill_rate"] == str(round(Decimal(13_230_500) / Decimal(36_000_000), 6))
+    # per hour: 1 h-2 h both sold 40 min of A and 60 of B; 2 h-4 h B alone; 4 h-5 h B's 30.5 s; 5 h-6 h none
+    sold_by_hour = [(h["hour"][11:16], h["offered_gpu_ms"], h["sold_gpu_ms"]) for h in offer["hours"]]
+    assert sold_by_hour == [
+        ("01:00", 2 * HOUR, HOUR + 40 * MINUTE),
+        ("02:00", 2 * HOUR, HOUR),
+        ("03:00", 2 * HOUR, HOUR),
+        ("04:00", 2 * HOUR, 30_500),
+        ("05:00", 2 * HOUR, 0),
+    ]
     assert fleet_yield["market_revenue_per_offered_gpu_hour"] == {"USD": "1.0750"}
     ledger.dispose()
