@@ -35,8 +35,8 @@ Definitions (docs/billing.md, "Yield report"):
   currency: sum over models of revenue + unallocated == sum of the invoices' subtotals, exactly.
 - offers (docs/market.md): per capacity offer, offered GPU-ms = its GPUs x its window inside the
   report's; sold = the leased time of the leases sold in it, inside both; fill rate = sold /
-  offered, in all and per UTC hour. Revenue per offered GPU-hour is the market's: the pre-tax amounts of the valley and
-  interruptible plan lines (GPU time, rounding, and the preemption credits, which waive the
+  offered, in all and per UTC hour. Revenue per offered GPU-hour is the market's: the pre-tax
+  amounts of the valley and interruptible plan lines (GPU time, rounding, and the preemption credits, which waive the
   lease's energy too; energy lines carry no plan) over every offer's offered hours.
 """
 
