@@ -232,3 +232,52 @@ def test_market_credits_never_exceed_the_charge_and_rerating_is_idempotent(lease
         assert plan_charge >= 0  # the SLA credit is capped at what is left of the plan's charge
     assert rate(list(reversed(usage)), quantities, owner, health, end=MON + 48 * HOUR) == invoice
     assert replace(invoice) == rate(usage, quantities, owner, health, end=MON + 48 * HOUR)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    used_minutes=st.lists(st.integers(1, 120), min_size=1, max_size=5),
+    late_share=st.integers(0, 100),
+    unhealthy_permille=st.integers(0, 100),
+)
+def test_waivers_and_credits_are_idempotent_across_reruns_and_corrections(used_minutes, late_share, unhealthy_permille):
+    """Bill part of the usage, then correct with all of it: the invoice and its corrections sum to the
+    complete rating, line for line; correcting again gives nothing."""
+    spans = card_spans([CARD], MON, MON + 24 * HOUR)
+    segments = pricing_segments(spans, MON, MON + 24 * HOUR)
+    owner, complete, first, leases_all, leases_first = {}, [], [], [], []
+    for number, minutes in enumerate(used_minutes):
+        lease, plan = f"L{number}", ("valley", "on_demand")[number % 2]
+        ms = minutes * MINUTE
+        early = ms * (100 - late_share) // 100
+        owner[lease] = Preemption(lease, MON, MON + ms - 60_000, MON + ms)  # a minute's notice: short
+        complete.append(lease_use(lease, ms, plan, mj=ms * 385))
+        leases_all.append(LeaseQuantity(lease, plan, "H100", ms, MON, MON))
+        if early:
+            first.append(lease_use(lease, early, plan, mj=early * 385))
+            leases_first.append(LeaseQuantity(lease, plan, "H100", early, MON, MON))
+    leased = sum(q.allocated_gpu_ms for q in leases_all if q.plan == "on_demand")
+    health = {"on_demand": Availability(leased, leased * unhealthy_permille // 1000)}
+
+    def correct(billed):
+        return rate_correction(
+            tenant_id="acme",
+            usage=complete,
+            leases=leases_all,
+            segments=segments,
+            spans=spans,
+            service_start_ms=MON,
+            service_end_ms=MON + 24 * HOUR,
+            billed=billed,
+            preemptions=owner,
+            health=health,
+        )
+
+    billed = rate(first, leases_first, owner, health).lines
+    correction = correct(billed)
+    assert correct([*billed, *correction]) == []  # never waived or credited twice
+    whole = rate(complete, leases_all, owner, health)
+    pretax = [line for line in whole.lines if line.kind != "tax"]
+    assert sum(line.amount for line in [*billed, *correction] if line.kind != "tax") == sum(
+        line.amount for line in pretax
+    )
