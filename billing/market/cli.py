@@ -23,9 +23,9 @@ from typing import Any
 
 from billing.common.instants import ms_to_iso
 from billing.leases import offers
-from billing.leases.errors import InvalidOffer
+from billing.leases.errors import InvalidOffer, PublishFailed
 from billing.leases.importers import parse_time
-from billing.leases.outbox import bootstrap_servers
+from billing.leases.outbox import BOOTSTRAP_TIMEOUT_S, bootstrap_servers
 from billing.ledger.db import Ledger
 from billing.market import maintenance, webhooks
 from billing.market.notices import publish_events
@@ -150,10 +150,15 @@ def _maintenance(args: argparse.Namespace, ledger: Ledger) -> int:
     return 0
 
 
-def deliver_once(ledger: Ledger, kafka: bool = True) -> tuple[int, int, int]:
+FOLLOW_BOOTSTRAP_TIMEOUT_S = 5.0  # `deliver --follow`: a broker away holds up the webhooks this long at most
+KAFKA_RETRY_S = 30.0  # `deliver --follow`: how often a broker that was away is tried again
+
+
+def deliver_once(ledger: Ledger, kafka: bool = True, bootstrap_timeout_s: float | None = None) -> tuple[int, int, int]:
     """Send pending events to gpu.lease.events (unless `kafka` is False), then due webhooks:
     (events sent, webhooks delivered, failed attempts)."""
-    sent = publish_events(ledger, bootstrap_servers()) if kafka else 0
+    timeout = BOOTSTRAP_TIMEOUT_S if bootstrap_timeout_s is None else bootstrap_timeout_s
+    sent = publish_events(ledger, bootstrap_servers(), bootstrap_timeout_s=timeout) if kafka else 0
     delivered, failed = webhooks.deliver_due(ledger)
     return sent, delivered, failed
 
@@ -161,10 +166,28 @@ def deliver_once(ledger: Ledger, kafka: bool = True) -> tuple[int, int, int]:
 def _webhooks(args: argparse.Namespace, ledger: Ledger) -> int:
     command = args.webhook_command
     if command == "deliver":
+        kafka_down, kafka_next = False, 0.0
         while True:
-            sent, delivered, failed = deliver_once(ledger, not args.no_kafka)
+            use_kafka = not args.no_kafka and time.monotonic() >= kafka_next
+            try:
+                sent, delivered, failed = deliver_once(
+                    ledger, use_kafka, FOLLOW_BOOTSTRAP_TIMEOUT_S if args.follow else None
+                )
+                if use_kafka and kafka_down:
+                    print("gpu.lease.events: the broker is back", flush=True)
+                    kafka_down = False
+            except PublishFailed as exc:
+                if not args.follow:
+                    raise
+                if not kafka_down:  # once per outage: the events wait in the ledger, webhooks go on
+                    print(f"gpu.lease.events: {exc}; the events wait and are sent when it is back", flush=True)
+                kafka_down, kafka_next = True, time.monotonic() + KAFKA_RETRY_S
+                sent, (delivered, failed) = 0, webhooks.deliver_due(ledger)
             if sent or delivered or failed or not args.follow:
-                print(f"{sent} event(s) to gpu.lease.events, {delivered} webhook(s) delivered, {failed} failed")
+                print(
+                    f"{sent} event(s) to gpu.lease.events, {delivered} webhook(s) delivered, {failed} failed",
+                    flush=True,
+                )
             if not args.follow:
                 return 0
             time.sleep(1)

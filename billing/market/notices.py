@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from billing.leases.errors import PublishFailed
-from billing.leases.outbox import SEND_TIMEOUT_S, lock_publisher, make_producer
+from billing.leases.outbox import BOOTSTRAP_TIMEOUT_S, SEND_TIMEOUT_S, lock_publisher, make_producer
 from billing.ledger import models
 from billing.ledger.db import Ledger, now_ms
 from schemas.topics import GPU_LEASE_EVENTS
@@ -73,7 +73,14 @@ def event_bytes(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
-def publish_events(ledger: Ledger, bootstrap: str, *, topic: str = GPU_LEASE_EVENTS, batch: int = 1000) -> int:
+def publish_events(
+    ledger: Ledger,
+    bootstrap: str,
+    *,
+    topic: str = GPU_LEASE_EVENTS,
+    batch: int = 1000,
+    bootstrap_timeout_s: float = BOOTSTRAP_TIMEOUT_S,
+) -> int:
     """Send every event not yet on the topic, then mark them; returns how many were sent.
     Raises PublishFailed (they stay pending) when the broker does not acknowledge."""
     from kafka.errors import KafkaError
@@ -95,7 +102,7 @@ def publish_events(ledger: Ledger, bootstrap: str, *, topic: str = GPU_LEASE_EVE
                 if not rows:
                     return sent
                 if producer is None:
-                    producer = make_producer(bootstrap)
+                    producer = make_producer(bootstrap, bootstrap_timeout_s)
                 try:
                     futures = [
                         producer.send(topic, key=row.key.encode(), value=event_bytes(row.payload)) for row in rows

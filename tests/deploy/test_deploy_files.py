@@ -132,3 +132,15 @@ def test_manifests_parse_and_workers_fit_the_partitions():
     worker = next(d for d in streams if d["metadata"]["name"] == "wattmeter-streams-worker")
     partitions = next(s.partitions for s in TOPIC_SPECS if s.name == GPU_SAMPLES)
     assert worker["spec"]["replicas"] <= partitions
+
+
+def test_the_webhook_deliverer_unit_follows_and_is_hardened():
+    unit = read_unit("wattmeter-webhooks.service")
+    service = unit["Service"]
+    assert service["ExecStart"] == "/opt/wattmeter/bin/wattmeter-billing webhooks deliver --follow"
+    assert service["Restart"] == "always" and service["RestartPreventExitStatus"] == "2"
+    assert service["EnvironmentFile"] == "/etc/wattmeter/billing.env"
+    for option, value in HARDENING.items():
+        assert service[option] == value, option
+    env = env_file(DEPLOY / "systemd" / "billing.env.example")
+    assert {"WATTMETER_BILLING_DB", "KAFKA_BOOTSTRAP_SERVERS"} <= set(env)

@@ -5,19 +5,27 @@ receiver processes each id once, nothing is lost, and a delivery that keeps fail
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from billing.ledger import models
 from billing.ledger.db import Ledger, now_ms
 from billing.market import webhooks
 from billing.market.notices import PREEMPTION_NOTICE, event_bytes, event_id, record_event
 from tests.billing.leases.test_leases import add_tenant
 
+ROOT = Path(__file__).resolve().parents[3]
 SECRET = "whsec_receiver"
 FAR = 10**15  # an attempt instant past every backoff
 
@@ -171,3 +179,44 @@ def test_a_refused_connection_counts_an_attempt_and_loses_nothing(ledger: Ledger
 def test_the_body_sent_is_the_events_one_serialization(ledger: Ledger) -> None:
     payload = {"b": 1, "a": [2, "x"]}
     assert event_bytes(payload) == b'{"a":[2,"x"],"b":1}'
+
+
+def test_the_follow_deliverer_sends_webhooks_while_the_broker_is_away(
+    tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """`webhooks deliver --follow` as the service runs it, with no broker at its address: it says so
+    once, keeps delivering webhooks, and keeps the events for the topic (not sent, not lost)."""
+    state, url = receiver
+    db = f"sqlite:///{tmp_path}/billing.db"
+    ledger = Ledger(db)
+    with ledger.transaction() as session:
+        add_tenant(session, "acme")
+        webhooks.set_endpoint(session, "acme", url, secret=SECRET)
+    (event,) = record(ledger, 1)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WATTMETER_BILLING_DB": db}
+    env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{closed}"
+    service = subprocess.Popen(
+        [sys.executable, "-m", "billing.cli", "webhooks", "deliver", "--follow"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not state.processed and time.monotonic() < deadline and service.poll() is None:
+            time.sleep(0.2)
+        assert state.processed == Counter([event]), "the webhook was not delivered"
+        assert service.poll() is None  # a broker away is not a reason to exit
+    finally:
+        service.terminate()
+        output, _ = service.communicate(timeout=30)
+    assert output.count("the events wait and are sent when it is back") == 1, output
+    assert "Traceback" not in output
+    with ledger.transaction() as session:
+        (kept,) = session.scalars(select(models.TenantEvent)).all()
+    assert kept.event_id == event and kept.kafka_published_ms is None  # waits for the broker
+    ledger.dispose()
