@@ -40,7 +40,7 @@ def artifacts_root() -> Path:
 
 def _missing_chromium() -> str:
     return (
-        f"Debian's Chromium is missing: {CHROMIUM} does not exist. Install it with `make system-deps` "
+        f"Debian's Chromium is missing: {CHROMIUM} does not exist. Install it with `make browser-deps` "
         "(apt-get install chromium); the browser tests never download a browser"
     )
 
