@@ -12,6 +12,7 @@ from bench import (
     close_bench,
     fleet_bench,
     lease_bench,
+    market_bench,
     slice_throughput,
     streams_bench,
 )
@@ -33,6 +34,7 @@ def main() -> int:
             + lease_bench.run(broker.bootstrap)
         )
         broker.stop()  # the billing bench needs no broker: give its cores to DuckDB
+        results += market_bench.run()  # an offer taken back, its notices delivered, beside the bare work
         results += billing_bench.run()
         results += close_bench.run()  # push to stripe-mock, reconcile the 10 M records
         results += api_bench.run()  # a tenant's month over HTTP, 8.76 M hourly rows, beside DuckDB
