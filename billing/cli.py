@@ -491,6 +491,20 @@ def cmd_explain(args: argparse.Namespace, ledger: Ledger) -> int:
 def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:
     from billing.readmodel.hourly import rollup_period
 
+    if args.follow:
+        from billing.readmodel.follow import FollowStep, follow
+
+        def say(step: FollowStep) -> None:
+            cutoff = ", ".join(f"p{p}<{o}" for p, o in sorted(step.cutoff.items()))
+            print(
+                f"rollup follow: {step.files} new file(s), {step.hours} hour(s) rebuilt, {step.rows} hourly rows "
+                f"(cut-off {cutoff})",
+                flush=True,
+            )
+
+        print(f"rollup follow: following {args.usage_dir} every {args.interval_s:g} s", flush=True)
+        follow(ledger, args.usage_dir, interval_s=args.interval_s, steps=args.steps, report=say)
+        return 0
     report = rollup_period(ledger, args.usage_dir, args.period)
     _emit(
         args,
@@ -593,7 +607,15 @@ def build_parser() -> argparse.ArgumentParser:
     notes.set_defaults(handler=cmd_credit_notes)
 
     rollup = sub.add_parser("rollup", parents=[common], help="rebuild a period's hourly usage rows (API, portal)")
-    rollup.add_argument("--period", required=True, help="YYYY-MM: its hours in every tenant's time zone")
+    which = rollup.add_mutually_exclusive_group(required=True)
+    which.add_argument("--period", help="YYYY-MM: its hours in every tenant's time zone")
+    which.add_argument(
+        "--follow",
+        action="store_true",
+        help="a service: rebuild the hours each newly durable Parquet file touches, as the sink writes them",
+    )
+    rollup.add_argument("--interval-s", type=float, default=1.0, help="--follow: how often the manifests are read")
+    rollup.add_argument("--steps", type=int, help="--follow: stop after this many polls (tests)")
     rollup.set_defaults(handler=cmd_rollup)
 
     explain = sub.add_parser("explain", parents=[common], help="the usage behind an invoice line")

@@ -165,20 +165,33 @@ def rebuild(ledger: Ledger, usage_root: LakeLocation, label: str, start_ms: int,
         leases = leases_overlapping(session, start_ms, end_ms)
     cutoff = read_cutoff(usage_root)  # read once: the run records the cut-off its rows were built from
     with ledger.transaction() as session:
-        session.execute(
-            delete(UsageHourly).where(UsageHourly.hour_start_ms >= start_ms, UsageHourly.hour_start_ms < end_ms)
-        )
-        rows, records = bulk_load(session, hourly_batches(usage_root, start_ms, end_ms, leases, cutoff))
-        recorded = {str(p): o for p, o in cutoff.items()}
-        run = session.get(RollupRun, label)
-        if run is None:
-            session.add(RollupRun(period=label, cutoff=recorded, rows=rows, built_ms=now_ms()))
-        else:
-            run.cutoff, run.rows, run.built_ms = recorded, rows, now_ms()
+        rows, records = replace_hours(session, usage_root, start_ms, end_ms, leases, cutoff)
+        record_run(session, label, cutoff, rows)
     if ledger.engine.dialect.name == "postgresql":
         with ledger.transaction() as session:  # fresh planner statistics for the hours just replaced
             session.execute(text("ANALYZE usage_hourly"))
     return RollupReport(label, start_ms, end_ms, rows, records)
+
+
+def replace_hours(
+    session: Session, usage_root: LakeLocation, start_ms: int, end_ms: int, leases: Sequence[Lease], cutoff: Cutoff
+) -> tuple[int, int]:
+    """In the session's transaction: the hourly rows of [start_ms, end_ms) replaced with those of the
+    files up to `cutoff`; (rows, records) written."""
+    session.execute(
+        delete(UsageHourly).where(UsageHourly.hour_start_ms >= start_ms, UsageHourly.hour_start_ms < end_ms)
+    )
+    return bulk_load(session, hourly_batches(usage_root, start_ms, end_ms, leases, cutoff))
+
+
+def record_run(session: Session, label: str, cutoff: Cutoff, rows: int) -> None:
+    """Remember when `label` was built and from which cut-off (what "as of" and a resumed follow read)."""
+    recorded = {str(p): o for p, o in cutoff.items()}
+    run = session.get(RollupRun, label)
+    if run is None:
+        session.add(RollupRun(period=label, cutoff=recorded, rows=rows, built_ms=now_ms()))
+    else:
+        run.cutoff, run.rows, run.built_ms = recorded, rows, now_ms()
 
 
 def bulk_load(session: Session, batches: Iterable[list[HourlyRow]]) -> tuple[int, int]:

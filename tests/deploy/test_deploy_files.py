@@ -134,13 +134,28 @@ def test_manifests_parse_and_workers_fit_the_partitions():
     assert worker["spec"]["replicas"] <= partitions
 
 
-def test_the_webhook_deliverer_unit_follows_and_is_hardened():
-    unit = read_unit("wattmeter-webhooks.service")
+@pytest.mark.parametrize(
+    "name, command",
+    [("wattmeter-webhooks.service", "webhooks deliver --follow"), ("wattmeter-rollup.service", "rollup --follow")],
+)
+def test_the_billing_services_follow_and_are_hardened(name, command):
+    unit = read_unit(name)
     service = unit["Service"]
-    assert service["ExecStart"] == "/opt/wattmeter/bin/wattmeter-billing webhooks deliver --follow"
+    assert service["ExecStart"].startswith(f"/opt/wattmeter/bin/wattmeter-billing {command}")
     assert service["Restart"] == "always" and service["RestartPreventExitStatus"] == "2"
     assert service["EnvironmentFile"] == "/etc/wattmeter/billing.env"
     for option, value in HARDENING.items():
         assert service[option] == value, option
     env = env_file(DEPLOY / "systemd" / "billing.env.example")
     assert {"WATTMETER_BILLING_DB", "KAFKA_BOOTSTRAP_SERVERS"} <= set(env)
+
+
+def test_the_billing_services_manifest_runs_both_followers():
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "billing-services.yaml").read_text()) if d]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    args = {name: d["spec"]["template"]["spec"]["containers"][0]["args"] for name, d in deployments.items()}
+    assert args["wattmeter-rollup-follow"][:2] == ["rollup", "--follow"]
+    assert args["wattmeter-webhooks"] == ["webhooks", "deliver", "--follow"]
+    for deployment in deployments.values():
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]

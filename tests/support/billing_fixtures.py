@@ -110,3 +110,26 @@ def ledger_with(url: str, card_text: str = SIMPLE_CARD, tenants: dict[str, dict[
             upsert_tenant(session, "test", tenant_id, currency=card.currency, **fields)
             add_contract(session, "test", tenant_id, card.name, card.effective_from_ms)
     return ledger
+
+
+def hourly_table(ledger: Ledger) -> list[tuple[Any, ...]]:
+    """The usage_hourly table as sorted HourlyRow tuples (what `hourly_rows` rebuilds in full)."""
+    from sqlalchemy import select
+
+    from billing.ledger.models import UsageHourly
+
+    with ledger.transaction() as session:
+        rows = session.execute(
+            select(
+                UsageHourly.tenant_id,
+                UsageHourly.gpu_uuid,
+                UsageHourly.model,
+                UsageHourly.plan,
+                UsageHourly.hour_start_ms,
+                UsageHourly.allocated_gpu_ms,
+                UsageHourly.busy_gpu_ms,
+                UsageHourly.energy_mj,
+                UsageHourly.records,
+            )
+        ).all()
+    return sorted(tuple(row) for row in rows)
