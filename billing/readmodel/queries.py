@@ -56,6 +56,7 @@ from billing.ledger.models import (
     CreditNote,
     Invoice,
     RateCard,
+    RollupRun,
     StripeInvoiceSync,
     Tenant,
 )
@@ -483,6 +484,14 @@ def _hours_query(session: Session, tenant_id: str, start_ms: int, end_ms: int) -
 
 
 # -- tenants and windows --------------------------------------------------------------------------
+
+
+def as_of_ms(session: Session, period: str | None = None) -> int | None:
+    """How fresh the hourly rows are: when the rollup follower (`rollup --follow`) last caught up, or
+    when `period` was last rebuilt whole, whichever is later; None when neither ever ran."""
+    labels = ["follow"] if period is None else ["follow", period]
+    built = session.scalars(select(RollupRun.built_ms).where(RollupRun.period.in_(labels))).all()
+    return max(built) if built else None
 
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant:

@@ -255,6 +255,9 @@ class UsageOut(BaseModel):
     total: MeasuresOut
     periods: dict[str, MeasuresOut]
     buckets: list[BucketOut]
+    as_of: str | None = Field(
+        description="how fresh the figures are: the hourly rollup's last catch-up (null: never rolled up)"
+    )
 
 
 class GpuOut(MeasuresOut):
@@ -523,6 +526,7 @@ def get_usage(
             raise invalid("to", f"a window of {grain}s spans at most {limit // MS_PER_DAY} days")
         zone = queries.get_tenant(session, tenant_id).timezone
         buckets = queries.tenant_usage(session, tenant_id, lo, hi, grain, by_gpu=by == "gpu")
+        fresh = queries.as_of_ms(session, period)
     total = queries.usage_total(buckets)
     return UsageOut(
         tenant_id=tenant_id,
@@ -536,6 +540,7 @@ def get_usage(
         total=MeasuresOut.of(total.total),
         periods=_periods(total.periods),
         buckets=[_bucket(b) for b in buckets],
+        as_of=iso(fresh),
     )
 
 

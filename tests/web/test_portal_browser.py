@@ -13,6 +13,7 @@ Screenshots of every page: test-artifacts/screenshots/<test>/ (see tests/support
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -78,6 +79,7 @@ def test_tenant_signs_in_sees_its_month_opens_an_invoice_and_downloads_the_state
         page.click(".period-picker form button[type=submit]")
         page.wait_for_url(f"**/?period={PERIOD}")
         assert page.inner_text("#page-title") == "November 2026"
+        assert re.fullmatch(r"as of \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", page.inner_text("[data-testid=as-of]"))
 
         # the key figures: the rollup's exact quantities, formatted; the invoice's total
         gpu_value = page.locator("#kpi-gpu-hours .value")

@@ -13,9 +13,11 @@ import duckdb
 import httpx
 import pytest
 
+from billing.ledger.models import RollupRun
 from billing.ledger.store import add_contract, upsert_tenant
 from billing.readmodel import queries
 from billing.readmodel.hourly import rollup_period
+from billing.web.api import iso
 from tests.support.billing_fixtures import HOUR, NOV_1, SIMPLE_CARD, UsageWriter, ledger_with, minutes
 from tests.support.web_support import PERIOD, TENANTS, World, build_world, serve
 
@@ -81,6 +83,9 @@ def test_days_are_the_tenants_own(world: World) -> None:
     acme = get(world, "acme", "/usage", period=PERIOD)
     assert acme["timezone"] == "America/New_York"
     assert len(acme["buckets"]) == 30
+    with world.ledger.transaction() as session:  # how fresh: when the period's rollup was built
+        built = session.get(RollupRun, PERIOD).built_ms
+    assert acme["as_of"] == iso(built)
     days = {b["label"]: b for b in acme["buckets"]}
     # Mon 2 Nov 02:00-05:00Z is Sunday 1 Nov 21:00-24:00 in New York, whose 1 Nov has 25 hours
     first = days["2026-11-01"]

@@ -33,11 +33,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.common.errors import PeriodError
+from billing.common.instants import ms_to_iso
 from billing.common.periods import period_of
 from billing.invoicing.errors import InvoicingError
 from billing.ledger.db import now_ms
 from billing.ledger.models import Tenant
-from billing.readmodel.queries import gpu_table, invoice_detail, tenant_invoices, tenant_usage, usage_total
+from billing.readmodel.queries import (
+    as_of_ms,
+    gpu_table,
+    invoice_detail,
+    tenant_invoices,
+    tenant_usage,
+    usage_total,
+)
 from billing.statements import charts
 from billing.statements import statement as statements
 from billing.web.auth import (
@@ -291,6 +299,7 @@ def _dashboard(request: Request, principal: Principal, period: str | None, reque
         _check_period(period)
         statement = _build_statement(session, tenant_id, period, principal)
         invoices = tenant_invoices(session, tenant_id, include_drafts=not principal.is_tenant)
+        fresh = as_of_ms(session, period)
         ctx = _base_context(request, principal, session)
     fmt = statements.Formatter(locale, statement.currency, statement.timezone)
     pair = statements.usage_charts(
@@ -308,6 +317,7 @@ def _dashboard(request: Request, principal: Principal, period: str | None, reque
         following=_shift(period, 1) if period < current else None,
         link=lambda path, **q: _with_tenant(principal, tenant_id, path, **q),
         finance_view=not principal.is_tenant,
+        as_of=None if fresh is None else ms_to_iso(fresh)[:16].replace("T", " ") + " UTC",
     )
     return _page(request, "dashboard.html", ctx)
 
