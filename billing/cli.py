@@ -27,7 +27,9 @@ The wattmeter billing service: tenants, rate cards, contracts, leases, credits, 
   stripe        push, status, poll, webhook   (issued invoices to Stripe; payment state back)
   reconcile     metered <-> invoiced <-> collected for a period (exit 1: something unexplained)
   close         the month close: rate, review, finalize, push, reconcile (resumable)
-  rollup        rebuild a period's hourly usage rows (what the API, portal and statements read)
+  rollup        rebuild a period's hourly usage rows (what the API, portal and statements read);
+                --follow keeps them up with the sink (--spend: and the month-to-date spend)
+  spend         a tenant's month-to-date spend (its draft invoice) and the forecast to period end
   keys          create, revoke, list API keys   serve   the API and the portal
   statement     a tenant's statement for a period: HTML, PDF, CSV
   yield         the fleet yield report for a period (operator): text, --csv, --json
@@ -495,6 +497,14 @@ def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:
         from billing.readmodel.follow import FollowStep, follow
 
         def say(step: FollowStep) -> None:
+            if args.spend and step.tenants:
+                from billing.common.errors import BillingError
+                from billing.spend.service import refresh
+
+                try:  # the hours are rebuilt already; a tenant that cannot be rated is said, not fatal
+                    refresh(ledger, args.usage_dir, step.tenants)
+                except BillingError as exc:
+                    print(f"rollup follow: month-to-date spend not refreshed: {exc}", flush=True)
             cutoff = ", ".join(f"p{p}<{o}" for p, o in sorted(step.cutoff.items()))
             print(
                 f"rollup follow: {step.files} new file(s), {step.hours} hour(s) rebuilt, {step.rows} hourly rows "
@@ -616,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollup.add_argument("--interval-s", type=float, default=1.0, help="--follow: how often the manifests are read")
     rollup.add_argument("--steps", type=int, help="--follow: stop after this many polls (tests)")
+    rollup.add_argument(
+        "--spend",
+        action="store_true",
+        help="--follow: after each step, re-rate the month-to-date spend of the tenants it touched",
+    )
     rollup.set_defaults(handler=cmd_rollup)
 
     explain = sub.add_parser("explain", parents=[common], help="the usage behind an invoice line")
@@ -629,11 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
     from billing.payments.cli import add_stripe_commands
     from billing.reconcile.cli import add_reconcile_commands
     from billing.reports.cli import add_yield_commands
+    from billing.spend.cli import add_spend_commands
     from billing.web.cli import add_web_commands
     from billing.web.statement_cli import add_statement_commands
 
     add_lease_commands(sub)
     add_market_commands(sub, common)
+    add_spend_commands(sub, common)
     add_stripe_commands(sub, common)
     add_reconcile_commands(sub, common)
     add_close_commands(sub, common)

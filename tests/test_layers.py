@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("billing.usage", "billing.leases"),
     ("billing.market",),
     ("billing.invoicing",),
-    ("billing.payments", "billing.readmodel"),
+    ("billing.payments", "billing.readmodel", "billing.spend"),
     ("billing.reconcile", "billing.statements"),
     ("billing.reports", "billing.close"),
     ("billing.web",),

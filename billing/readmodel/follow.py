@@ -39,6 +39,7 @@ class FollowStep:
     hours: int  # UTC hours rebuilt
     rows: int  # hourly rows written for them
     cutoff: Cutoff
+    tenants: tuple[str, ...] = ()  # the tenants with records in the new files
 
 
 def followed_cutoff(ledger: Ledger) -> Cutoff:
@@ -52,22 +53,22 @@ def new_files(files: Sequence[UsageFile], followed: Cutoff, cutoff: Cutoff) -> l
     return [f for f in files if followed.get(f.partition, 0) <= f.first < cutoff.get(f.partition, 0)]
 
 
-def touched_hours(files: Sequence[UsageFile], lake: LakeLocation) -> list[int]:
-    """The UTC hours (start ms) the records of `files` fall in."""
+def touched(files: Sequence[UsageFile], lake: LakeLocation) -> tuple[list[int], list[str]]:
+    """The UTC hours (start ms) the records of `files` fall in, and their tenants (not idle time's "")."""
     if not files:
-        return []
+        return [], []
     con = connect(lake)
     try:
         con.execute("SET VARIABLE paths = ?", [[f.path for f in files]])
         rows = con.execute(
-            f"SELECT DISTINCT window_start_ms - window_start_ms % {MS_PER_HOUR} "
-            f"FROM read_parquet(getvariable('paths'), {PARQUET_OPTIONS}) ORDER BY 1"
+            f"SELECT DISTINCT window_start_ms - window_start_ms % {MS_PER_HOUR}, tenant_id "
+            f"FROM read_parquet(getvariable('paths'), {PARQUET_OPTIONS})"
         ).fetchall()
     except Exception as exc:  # duckdb.Error: a damaged or foreign file
         raise UsageDataError(f"cannot read the usage Parquet: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
-    return [int(row[0]) for row in rows]
+    return sorted({int(row[0]) for row in rows}), sorted({str(row[1]) for row in rows if row[1]})
 
 
 def hour_spans(hours: Sequence[int]) -> list[tuple[int, int]]:
@@ -88,7 +89,8 @@ def follow_step(ledger: Ledger, usage_root: LakeLocation) -> FollowStep | None:
     if all(cutoff.get(p, 0) <= followed.get(p, 0) for p in cutoff):
         return None
     fresh = new_files(list_files(usage_root), followed, cutoff)
-    spans = hour_spans(touched_hours(fresh, usage_root))
+    hours, tenants = touched(fresh, usage_root)
+    spans = hour_spans(hours)
     rows = 0
     with ledger.transaction() as session:
         for lo, hi in spans:
@@ -96,7 +98,7 @@ def follow_step(ledger: Ledger, usage_root: LakeLocation) -> FollowStep | None:
             written, _ = replace_hours(session, usage_root, lo, hi, leases, cutoff)
             rows += written
         record_run(session, FOLLOW_LABEL, cutoff, rows)
-    return FollowStep(len(fresh), sum((hi - lo) // MS_PER_HOUR for lo, hi in spans), rows, cutoff)
+    return FollowStep(len(fresh), sum((hi - lo) // MS_PER_HOUR for lo, hi in spans), rows, cutoff, tuple(tenants))
 
 
 def follow(

@@ -32,7 +32,7 @@ class WattmeterApp(FastAPI):
 
 
 def create_app(ledger: Ledger, usage_root: LakeLocation, webhook_secret: str | None = None) -> FastAPI:
-    from billing.web import api, market_api, reports_api
+    from billing.web import api, market_api, reports_api, spend_api
     from billing.web.portal import operator, pages
 
     app = WattmeterApp(
@@ -48,6 +48,7 @@ def create_app(ledger: Ledger, usage_root: LakeLocation, webhook_secret: str | N
     app.include_router(api.router, prefix="/api/v1")
     app.include_router(reports_api.router, prefix="/api/v1")
     app.include_router(market_api.router, prefix="/api/v1")
+    app.include_router(spend_api.router, prefix="/api/v1")
     app.include_router(pages.router)
     app.include_router(operator.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -380,3 +380,16 @@ def test_usage_behind_lines_is_exact_for_a_gpu_with_two_models_and_two_plans(
         if line.kind == "gpu_time":
             assert {(g.model, g.plan) for g in line.usage.by_gpu} == {(line.model, line.plan)}
     ledger.dispose()
+
+
+def test_spend_is_the_tenants_own_and_issued_months_have_no_forecast(world: World) -> None:
+    spend = get(world, "acme", "/spend", period=PERIOD)
+    assert (spend["tenant_id"], spend["period"], spend["status"]) == ("acme", PERIOD, "finalized")
+    assert spend["forecast_subtotal"] is None and spend["lines"] and spend["as_of"]
+    assert Decimal(spend["total"]) == sum(Decimal(line["amount"]) for line in spend["lines"])
+    with world.client("finance") as client:
+        assert client.get(API + "/spend", params={"period": PERIOD}).status_code == 422  # names the tenant
+        assert client.get(API + "/spend", params={"tenant": "nobody"}).status_code == 404
+        assert client.get(API + "/spend", params={"tenant": "acme", "period": PERIOD}).json() == spend
+    with world.client("operator") as client:
+        assert client.get(API + "/spend", params={"tenant": "acme"}).status_code == 403

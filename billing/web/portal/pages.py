@@ -46,6 +46,7 @@ from billing.readmodel.queries import (
     tenant_usage,
     usage_total,
 )
+from billing.spend.service import month_to_date
 from billing.statements import charts
 from billing.statements import statement as statements
 from billing.web.auth import (
@@ -300,6 +301,7 @@ def _dashboard(request: Request, principal: Principal, period: str | None, reque
         statement = _build_statement(session, tenant_id, period, principal)
         invoices = tenant_invoices(session, tenant_id, include_drafts=not principal.is_tenant)
         fresh = as_of_ms(session, period)
+        spend = month_to_date(session, tenant_id, period) if period == current else None
         ctx = _base_context(request, principal, session)
     fmt = statements.Formatter(locale, statement.currency, statement.timezone)
     pair = statements.usage_charts(
@@ -318,6 +320,7 @@ def _dashboard(request: Request, principal: Principal, period: str | None, reque
         link=lambda path, **q: _with_tenant(principal, tenant_id, path, **q),
         finance_view=not principal.is_tenant,
         as_of=None if fresh is None else ms_to_iso(fresh)[:16].replace("T", " ") + " UTC",
+        spend=spend,
     )
     return _page(request, "dashboard.html", ctx)
 
