@@ -499,10 +499,10 @@ def cmd_rollup(args: argparse.Namespace, ledger: Ledger) -> int:
         def say(step: FollowStep) -> None:
             if args.spend and step.tenants:
                 from billing.common.errors import BillingError
-                from billing.spend.service import refresh
+                from billing.spend.budgets import refresh_and_alert
 
                 try:  # the hours are rebuilt already; a tenant that cannot be rated is said, not fatal
-                    refresh(ledger, args.usage_dir, step.tenants)
+                    refresh_and_alert(ledger, args.usage_dir, step.tenants)
                 except BillingError as exc:
                     print(f"rollup follow: month-to-date spend not refreshed: {exc}", flush=True)
             cutoff = ", ".join(f"p{p}<{o}" for p, o in sorted(step.cutoff.items()))

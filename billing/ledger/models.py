@@ -201,8 +201,26 @@ class TenantEvent(Base):
     kafka_published_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class Budget(Base):
+    """A spend budget of a tenant for each period, set by the tenant itself or by finance (each its
+    own), with the percentages that alert and where the alerts go (billing.spend.budgets)."""
+
+    __tablename__ = "budgets"
+
+    budget_id: Mapped[str] = mapped_column(String(160), primary_key=True)  # "<tenant>/<owner>"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), index=True)
+    owner: Mapped[str] = mapped_column(String(16))  # tenant | finance
+    amount: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(String(3))
+    thresholds: Mapped[list[int]] = mapped_column(JSON)  # percentages, ascending
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(String(128))
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class WebhookDelivery(Base):
-    """One event's delivery to its tenant's endpoint: pending until acknowledged (2xx), retried with backoff."""
+    """One event's delivery to its tenant's endpoint (or a budget's own): pending until acknowledged
+    (2xx), retried with backoff."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_ms"),)
@@ -217,6 +235,7 @@ class WebhookDelivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     delivered_ms: Mapped[int | None] = mapped_column(BigInteger)
     created_ms: Mapped[int] = mapped_column(BigInteger)
+    budget_id: Mapped[str | None] = mapped_column(ForeignKey("budgets.budget_id"))  # set: the budget's URL and secret
 
 
 class LeaseOutbox(Base):

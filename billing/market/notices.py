@@ -34,9 +34,18 @@ def event_id(kind: str, *parts: object) -> str:
 
 
 def record_event(
-    session: Session, kind: str, tenant_id: str, key: str, payload: dict[str, Any], event: str, at_ms: int
+    session: Session,
+    kind: str,
+    tenant_id: str,
+    key: str,
+    payload: dict[str, Any],
+    event: str,
+    at_ms: int,
+    budget: models.Budget | None = None,
 ) -> bool:
-    """Write an event (and its webhook delivery, when the tenant has an endpoint); False if it exists."""
+    """Write an event (and its webhook delivery: to the tenant's endpoint, or to `budget`'s own when
+    it has one); False if it exists. A finance budget without a URL of its own alerts no one's
+    endpoint: its alerts are on the topic and in the portal only."""
     if session.get(models.TenantEvent, event) is not None:
         return False
     body = {"id": event, "type": kind, "created_ms": at_ms, "tenant_id": tenant_id, "data": payload}
@@ -51,17 +60,24 @@ def record_event(
             kafka_published_ms=None,
         )
     )
-    endpoint = session.get(models.WebhookEndpoint, tenant_id)
-    if endpoint is not None:
+    own = budget is not None and budget.webhook_url is not None
+    endpoint = (
+        None
+        if own or (budget is not None and budget.owner != "tenant")
+        else session.get(models.WebhookEndpoint, tenant_id)
+    )
+    url = budget.webhook_url if own and budget is not None else (endpoint.url if endpoint is not None else None)
+    if url is not None:
         session.add(
             models.WebhookDelivery(
                 event_id=event,
                 tenant_id=tenant_id,
-                url=endpoint.url,
+                url=url,
                 state="pending",
                 attempts=0,
                 next_attempt_ms=at_ms,
                 created_ms=at_ms,
+                budget_id=budget.budget_id if own and budget is not None else None,
             )
         )
     session.flush()

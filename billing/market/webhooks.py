@@ -144,6 +144,17 @@ class _Claim:
     body: bytes
 
 
+def _target(session: Session, row: models.WebhookDelivery) -> tuple[str, str] | None:
+    """(URL, signing secret) of a delivery: its budget's own, or its tenant's endpoint."""
+    if row.budget_id is not None:
+        budget = session.get(models.Budget, row.budget_id)
+        if budget is None or budget.webhook_url is None or budget.secret is None:
+            return None
+        return budget.webhook_url, budget.secret
+    endpoint = session.get(models.WebhookEndpoint, row.tenant_id)
+    return None if endpoint is None else (endpoint.url, endpoint.secret)
+
+
 def _claim(ledger: Ledger, at_ms: int, limit: int, timeout_s: float) -> list[_Claim]:
     with ledger.transaction() as session:
         query = (
@@ -156,13 +167,13 @@ def _claim(ledger: Ledger, at_ms: int, limit: int, timeout_s: float) -> list[_Cl
             query = query.with_for_update(skip_locked=True)
         claims = []
         for row in session.scalars(query):
-            endpoint = session.get(models.WebhookEndpoint, row.tenant_id)
+            target = _target(session, row)
             event = session.get(models.TenantEvent, row.event_id)
-            if endpoint is None or event is None:
-                row.state, row.last_error = FAILED, "the tenant has no webhook endpoint any more"
+            if target is None or event is None:
+                row.state, row.last_error = FAILED, "the webhook endpoint is gone"
                 continue
             row.next_attempt_ms = at_ms + int(timeout_s * 1000) + 1000  # claimed: no one else sends it now
-            claims.append(_Claim(row.event_id, endpoint.url, endpoint.secret, event_bytes(event.payload)))
+            claims.append(_Claim(row.event_id, target[0], target[1], event_bytes(event.payload)))
         return claims
 
 
