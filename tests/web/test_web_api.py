@@ -393,3 +393,21 @@ def test_spend_is_the_tenants_own_and_issued_months_have_no_forecast(world: Worl
         assert client.get(API + "/spend", params={"tenant": "acme", "period": PERIOD}).json() == spend
     with world.client("operator") as client:
         assert client.get(API + "/spend", params={"tenant": "acme"}).status_code == 403
+
+
+def test_budgets_a_tenant_sets_its_own_and_finance_its_own(world: World) -> None:
+    with world.client("acme") as client:
+        own = client.post(API + "/budgets", json={"amount": "5000.00", "thresholds": [80, 50, 100]})
+        assert own.status_code == 201, own.text
+        assert (own.json()["owner"], own.json()["thresholds"], own.json()["secret"]) == ("tenant", [50, 80, 100], None)
+        bad = client.post(API + "/budgets", json={"amount": "50.001"})
+        assert bad.status_code == 422 and "budget amount '50.001'" in bad.json()["error"]
+    with world.client("finance") as client:
+        hook = {"tenant_id": "acme", "amount": "9000.00", "webhook_url": "https://finance.example/hooks"}
+        theirs = client.post(API + "/budgets", json=hook)
+        assert theirs.status_code == 201 and theirs.json()["owner"] == "finance"
+        assert theirs.json()["secret"].startswith("whsec_")
+        both = client.get(API + "/budgets", params={"tenant": "acme"}).json()["budgets"]
+        assert [b["owner"] for b in both] == ["finance", "tenant"]
+    mine = get(world, "acme", "/budgets")["budgets"]
+    assert [b["owner"] for b in mine] == ["tenant"]  # finance's budget is finance's

@@ -46,6 +46,7 @@ from billing.readmodel.queries import (
     tenant_usage,
     usage_total,
 )
+from billing.spend.budgets import OWNERS, alerts_of
 from billing.spend.service import month_to_date
 from billing.statements import charts
 from billing.statements import statement as statements
@@ -302,6 +303,7 @@ def _dashboard(request: Request, principal: Principal, period: str | None, reque
         invoices = tenant_invoices(session, tenant_id, include_drafts=not principal.is_tenant)
         fresh = as_of_ms(session, period)
         spend = month_to_date(session, tenant_id, period) if period == current else None
+        alerts = alerts_of(session, tenant_id, period, ("tenant",) if principal.is_tenant else OWNERS)
         ctx = _base_context(request, principal, session)
     fmt = statements.Formatter(locale, statement.currency, statement.timezone)
     pair = statements.usage_charts(
@@ -321,6 +323,7 @@ def _dashboard(request: Request, principal: Principal, period: str | None, reque
         finance_view=not principal.is_tenant,
         as_of=None if fresh is None else ms_to_iso(fresh)[:16].replace("T", " ") + " UTC",
         spend=spend,
+        alerts=alerts,
     )
     return _page(request, "dashboard.html", ctx)
 

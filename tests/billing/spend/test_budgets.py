@@ -88,6 +88,18 @@ def test_three_thresholds_three_signed_webhooks_in_order_and_never_again(
         listed = alerts_of(session, "acme", "2026-11")
         finance = alerts_of(session, "acme", "2026-11", owners=("finance",))
     assert [a["threshold_percent"] for a in listed] == [50, 80, 100] and finance == []
+    # the portal's month page lists them for the tenant
+    from fastapi.testclient import TestClient
+
+    from billing.web.app import create_app
+    from billing.web.auth import create_key
+
+    with ledger.transaction() as session:
+        key = create_key(session, "test", "tenant", "acme")
+    with TestClient(create_app(ledger, usage.root)) as client:
+        page = client.get("/", params={"period": "2026-11"}, headers={"Authorization": f"Bearer {key}"})
+    assert page.status_code == 200, page.text
+    assert page.text.count("of the tenant budget (10.00 USD) was reached") == 3
     ledger.dispose()
 
 
