@@ -35,6 +35,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from sqlalchemy import delete
 
 from agents.kafka_sink import KafkaSampleSink
 from billing.cli import main as billing_main
@@ -42,6 +43,7 @@ from billing.leases import offers
 from billing.leases.outbox import lease_horizon_ms, publish_pending
 from billing.leases.service import open_lease
 from billing.ledger.db import Ledger
+from billing.ledger.models import UsageHourly
 from billing.ledger.store import upsert_tenant
 from billing.market import webhooks
 from billing.market.notices import publish_events
@@ -250,12 +252,16 @@ def test_offer_preemption_and_sla_on_real_parts(kafka_broker, run_id, tmp_path: 
     # the yield report: internal, rented and idle hours, and the offer's fill rate
     assert cli("rollup", "--period", "2026-11", "--usage-dir", str(usage_dir), *common) == 0
     capsys.readouterr()
+    fleet = plan.gpu_uuids()
+    with ledger.transaction() as session:  # the session's broker is shared: other tests' GPUs are not this fleet
+        session.execute(delete(UsageHourly).where(UsageHourly.gpu_uuid.not_in(fleet)))
     assert cli("yield", "--period", "2026-11", "--json", *common) == 0
     fleet_yield = json.loads(capsys.readouterr().out)
     ends = duckdb.sql(
         f"SELECT gpu_uuid, max(window_start_ms) + 60000 FROM read_parquet('{usage_dir}/date=*/*.parquet') "
-        "GROUP BY gpu_uuid"
+        f"WHERE gpu_uuid IN ({', '.join(repr(g) for g in fleet)}) GROUP BY gpu_uuid"
     ).fetchall()
+    assert len(ends) == 4
     metered = sum(end - T0 for _, end in ends) - 2 * (GAP[1] - GAP[0])  # node b's two GPUs were silent
     internal, rented = 2 * HOUR, 2_400_000 + 10_830_500 + 14_220_000
     gpu_ms = fleet_yield["fleet"]["gpu_ms"]
