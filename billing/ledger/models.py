@@ -85,6 +85,22 @@ class Tenant(Base):
     internal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
+class UtilityTariff(Base):
+    """One version of the operator's utility tariff: the canonical JSON of `billing.pricing.tariffs.Tariff`."""
+
+    __tablename__ = "utility_tariffs"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_utility_tariff_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    effective_from_ms: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class RateCard(Base):
     """One version of a rate card: the canonical JSON of `billing.pricing.ratecards.RateCardVersion`."""
 

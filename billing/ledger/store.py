@@ -15,12 +15,13 @@ from sqlalchemy.orm import Session
 from billing.common.instants import ms_to_iso as iso
 from billing.ledger.db import audit, now_ms
 from billing.ledger.errors import Conflict, LedgerError, NotFound
-from billing.ledger.models import Contract, Credit, CreditDrawdown, Invoice, RateCard, Tenant
+from billing.ledger.models import Contract, Credit, CreditDrawdown, Invoice, RateCard, Tenant, UtilityTariff
 from billing.ledger.tenant_rules import check_tenant_id, check_tenant_name, check_timezone
 from billing.pricing.money import minor_units
 from billing.pricing.ratecards import RateCardVersion
 from billing.pricing.segments import CardSpan
 from billing.pricing.segments import card_spans as versions_to_spans
+from billing.pricing.tariffs import Tariff, tariff_from_dict
 
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant:
@@ -116,6 +117,42 @@ def store_rate_card(session: Session, actor: str, card: RateCardVersion, source:
     session.add(row)
     audit(session, actor, "rate_card.add", "rate_card", f"{card.name}@{card.version}", content_hash=digest)
     return row, True
+
+
+def store_tariff(session: Session, actor: str, tariff: Tariff) -> tuple[UtilityTariff, bool]:
+    """Store a utility tariff version, as a rate card's: the same content again is a no-op, other
+    content under an existing (name, version) is refused."""
+    existing = session.scalar(
+        select(UtilityTariff).where(UtilityTariff.name == tariff.name, UtilityTariff.version == tariff.version)
+    )
+    digest = tariff.content_hash()
+    if existing is not None:
+        if existing.content_hash != digest:
+            raise Conflict(
+                f"tariff {tariff.name} version {tariff.version} exists with other content: "
+                "give the change a new version and an effective_from"
+            )
+        return existing, False
+    row = UtilityTariff(
+        name=tariff.name,
+        version=tariff.version,
+        effective_from_ms=tariff.effective_from_ms,
+        currency=tariff.currency,
+        content_hash=digest,
+        body=tariff.to_dict(),
+        created_ms=now_ms(),
+    )
+    session.add(row)
+    audit(session, actor, "tariff.add", "tariff", f"{tariff.name}@{tariff.version}", content_hash=digest)
+    return row, True
+
+
+def tariff_versions(session: Session, name: str | None = None) -> list[Tariff]:
+    """Every version of the tariff `name` (default: every tariff's), oldest first."""
+    query = select(UtilityTariff).order_by(UtilityTariff.effective_from_ms, UtilityTariff.version)
+    if name is not None:
+        query = query.where(UtilityTariff.name == name)
+    return [tariff_from_dict(row.body, f"tariff {row.name} v{row.version}") for row in session.scalars(query)]
 
 
 def rate_card_versions(session: Session, name: str) -> list[RateCardVersion]:

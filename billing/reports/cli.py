@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from billing.common.instants import ms_to_iso
 from billing.ledger.db import Ledger
 from billing.reports.errors import ReportError
 
@@ -47,7 +48,32 @@ def add_yield_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
     )
     parser.add_argument("--include-drafts", action="store_true", help="count draft invoices as revenue too")
     parser.add_argument("--csv", type=Path, help="also write one row per model and currency to this CSV file")
+    parser.add_argument("--tariff", help="the utility tariff for energy cost and margin (default: the only one)")
     parser.set_defaults(handler=run_yield_command)
+
+    tariffs = subparsers.add_parser("tariffs", help="the operator's utility tariffs (energy cost, margin)")
+    tsub = tariffs.add_subparsers(dest="tariff_command", required=True)
+    loading = tsub.add_parser("load", parents=[common], help="load a tariff version from TOML")
+    loading.add_argument("file", type=Path)
+    tsub.add_parser("list", parents=[common], help="list tariff versions")
+    tariffs.set_defaults(handler=run_tariff_command)
+
+
+def run_tariff_command(args: argparse.Namespace, ledger: Ledger) -> int:
+    from billing.ledger.store import store_tariff, tariff_versions
+    from billing.pricing.ratecards import read_rate_card_text
+    from billing.pricing.tariffs import parse_tariff
+
+    with ledger.transaction() as session:
+        if args.tariff_command == "load":
+            tariff = parse_tariff(read_rate_card_text(args.file), str(args.file))
+            _, added = store_tariff(session, args.actor, tariff)
+            print(f"tariff {tariff.label} ({tariff.currency}, PUE {tariff.pue}): {'loaded' if added else 'unchanged'}")
+            return 0
+        for tariff in tariff_versions(session):
+            prices = ", ".join(f"{period} {price}" for period, price in sorted(tariff.energy_kwh.items()))
+            print(f"{tariff.label:<24} from {ms_to_iso(tariff.effective_from_ms)}  {tariff.currency}/kWh {prices}")
+    return 0
 
 
 def run_yield_command(args: argparse.Namespace, ledger: Ledger) -> int:
@@ -62,6 +88,7 @@ def run_yield_command(args: argparse.Namespace, ledger: Ledger) -> int:
             calendar_card=args.calendar_card,
             valley_periods=tuple(args.valley_period or ("valley",)),
             include_drafts=args.include_drafts,
+            tariff=args.tariff,
         )
         if args.csv:
             args.csv.write_text(core.csv_text(report), encoding="utf-8")

@@ -30,6 +30,7 @@ class RevenueLine:
     amount: Decimal
     quantity_ms: int = 0
     plan: str = ""
+    tou_period: str = ""  # the rate card's time-of-use period of a GPU time or energy line
 
 
 @dataclass(frozen=True)

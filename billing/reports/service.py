@@ -37,7 +37,8 @@ from billing.ledger.models import (
     Tenant,
     UsageHourly,
 )
-from billing.ledger.store import rate_card_versions
+from billing.ledger.store import rate_card_versions, tariff_versions
+from billing.pricing.tariffs import TariffSpan, tariff_spans
 from billing.reports.errors import ReportError
 from billing.reports.fleet_calendar import CalendarSpan, FleetCalendar, calendar_spans
 from billing.reports.revenue import InvoiceRevenue, RevenueLine
@@ -168,7 +169,7 @@ def period_invoices(session: Session, period: str, include_drafts: bool) -> list
         .order_by(Invoice.id)
     ).all()
     lines: dict[int, list[RevenueLine]] = {row.id: [] for row in invoices}
-    for invoice_id, kind, model, amount, quantity, plan in session.execute(
+    for invoice_id, kind, model, amount, quantity, plan, tou in session.execute(
         select(
             InvoiceLineRow.invoice_id,
             InvoiceLineRow.kind,
@@ -176,12 +177,15 @@ def period_invoices(session: Session, period: str, include_drafts: bool) -> list
             InvoiceLineRow.amount,
             InvoiceLineRow.quantity_base,
             InvoiceLineRow.plan,
+            InvoiceLineRow.tou_period,
         )
         .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
         .where(Invoice.period == period, Invoice.status.in_(statuses))
         .order_by(InvoiceLineRow.invoice_id, InvoiceLineRow.position)
     ):
-        lines[invoice_id].append(RevenueLine(kind, model or "", amount, int(quantity or 0) if model else 0, plan or ""))
+        lines[invoice_id].append(
+            RevenueLine(kind, model or "", amount, int(quantity or 0) if model else 0, plan or "", tou or "")
+        )
     return [
         InvoiceRevenue(
             row.id,
@@ -239,6 +243,7 @@ def yield_report(
     calendar_card: str | None = None,
     valley_periods: Sequence[str] = DEFAULT_VALLEY,
     include_drafts: bool = False,
+    tariff: str | None = None,
 ) -> YieldReport:
     """The fleet yield report of `period` (a month in `timezone`); revenue from the invoices labelled
     `period` (issued; drafts too with include_drafts). Bad input raises ReportError."""
@@ -248,7 +253,9 @@ def yield_report(
         usage = fleet_usage(session, start, end)
         invoices = period_invoices(session, period, include_drafts)
         offers, sold = offers_in(session, start, end)
-        notes = _coverage_notes(session, period, start, end)
+        notes: list[str] = []
+        tariffs = _tariffs(session, tariff, start, end, notes)
+        notes += _coverage_notes(session, period, start, end)
         if not include_drafts:
             drafts = session.scalar(
                 select(func.count())
@@ -271,7 +278,27 @@ def yield_report(
         notes=notes,
         offers=offers,
         sold=sold,
+        tariffs=tariffs,
     )
+
+
+def _tariffs(session: Session, name: str | None, start: int, end: int, notes: list[str]) -> list[TariffSpan]:
+    """The utility tariff's versions over the window: the one named, or the only one there is."""
+    versions = tariff_versions(session, name)
+    if name is not None and not versions:
+        raise ReportError(
+            f"no utility tariff {name!r} (load one with `wattmeter-billing tariffs load`)", subject="tariff"
+        )
+    names = sorted({t.name for t in versions})
+    if len(names) > 1:
+        notes.append(
+            f"{len(names)} utility tariffs are loaded ({', '.join(names)}): name one with --tariff for margins"
+        )
+        return []
+    spans = tariff_spans(versions, start, end)
+    if versions and not spans:
+        notes.append(f"the utility tariff {names[0]} takes effect after {ms_to_iso(end)}: no energy cost")
+    return spans
 
 
 class YieldCache:

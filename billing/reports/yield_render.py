@@ -13,7 +13,7 @@ from typing import Any
 
 from billing.common.instants import ms_to_iso
 from billing.pricing.money import minor_units, rate_places, round_half_even
-from billing.reports.yield_report import ModelYield, OfferFill, YieldReport
+from billing.reports.yield_report import Margin, ModelYield, OfferFill, YieldReport
 from schemas.csv_cells import csv_cell
 from schemas.units import MJ_PER_KWH, MS_PER_HOUR
 
@@ -110,6 +110,15 @@ def to_json(report: YieldReport) -> dict[str, Any]:
         "currencies": list(currencies),
         "models": [row_json(row, currencies) for row in report.models],
         "fleet": row_json(report.fleet, currencies),
+        "energy": None
+        if not report.margins
+        else {
+            "tariff": report.tariff,
+            "demand_per_kw_month": None
+            if report.demand_per_kw_month is None
+            else str(report.demand_per_kw_month),  # reported only: never in the energy cost
+            "models": {name or "fleet": margin_json(margin) for name, margin in report.margins.items()},
+        },
         "offers": [_offer_json(offer) for offer in report.offers],
         "market_revenue_per_offered_gpu_hour": {
             c: decimal_text(report.market_revenue_per_offered_gpu_hour(c), rate_places(c)) for c in currencies
@@ -162,7 +171,35 @@ CSV_COLUMNS = (
     "revenue_per_gpu",
     "revenue_per_gpu_hour_available",
     "revenue_per_kwh",
+    "energy_cost",
+    "gross_margin",
+    "margin_per_gpu_hour",
+    "margin_per_kwh",
+    "valley_energy_cost",
+    "valley_gross_margin",
+    "valley_margin_per_gpu_hour",
+    "valley_margin_per_kwh",
 )
+
+
+def margin_json(margin: Margin) -> dict[str, Any]:
+    """A model's energy cost and margin, money rounded once to the minor unit, ratios to rate places."""
+    places, rate = minor_units(margin.currency), rate_places(margin.currency)
+    return {
+        "currency": margin.currency,
+        "energy_cost": decimal_text(margin.energy_cost, places),
+        "revenue": str(margin.revenue),
+        "gross_margin": decimal_text(margin.gross_margin, places),
+        "margin_per_gpu_hour": decimal_text(margin.margin_per_gpu_hour, rate),
+        "margin_per_kwh": decimal_text(margin.margin_per_kwh, rate),
+        "valley": {
+            "energy_cost": decimal_text(margin.valley_energy_cost, places),
+            "revenue": str(margin.valley_revenue),
+            "gross_margin": decimal_text(margin.valley_gross_margin, places),
+            "margin_per_gpu_hour": decimal_text(margin.valley_margin_per_gpu_hour, rate),
+            "margin_per_kwh": decimal_text(margin.valley_margin_per_kwh, rate),
+        },
+    }
 
 
 def csv_rows(report: YieldReport) -> list[dict[str, str]]:
@@ -195,7 +232,16 @@ def csv_rows(report: YieldReport) -> list[dict[str, str]]:
                 "revenue_per_gpu": "",
                 "revenue_per_gpu_hour_available": "",
                 "revenue_per_kwh": "",
+                **dict.fromkeys(CSV_COLUMNS[CSV_COLUMNS.index("energy_cost") :], ""),
             }
+            margin = report.margins.get(row.model)
+            if margin is not None and margin.currency == currency:
+                shown = margin_json(margin)
+                money.update({key: shown[key] or "" for key in ("energy_cost", "gross_margin")})
+                money.update(margin_per_gpu_hour=shown["margin_per_gpu_hour"] or "")
+                money.update(margin_per_kwh=shown["margin_per_kwh"] or "")
+                for key in ("energy_cost", "gross_margin", "margin_per_gpu_hour", "margin_per_kwh"):
+                    money[f"valley_{key}"] = shown["valley"][key] or ""
             if currency:
                 places = rate_places(currency)
                 money.update(
@@ -294,6 +340,15 @@ def text(report: YieldReport) -> str:
         lines.append("  ".join(cells).rstrip())
         if index in (0, len(table) - 2) and not (index == 0 and len(table) == 2):
             lines.append("  ".join("-" * w for w in widths))
+    if report.margins:
+        fleet = report.margins[""]
+        shown = margin_json(fleet)
+        lines.append(
+            f"energy cost ({report.tariff}): {shown['energy_cost']} {fleet.currency}; gross margin "
+            f"{shown['gross_margin']}, {shown['margin_per_gpu_hour']} per GPU-hour, {shown['margin_per_kwh']} per kWh; "
+            f"valley: cost {shown['valley']['energy_cost']}, margin {shown['valley']['gross_margin']}, "
+            f"{shown['valley']['margin_per_gpu_hour']} per GPU-hour"
+        )
     for offer in report.offers:
         lines.append(
             f"offer {offer.offer_id}: {offer.gpus} GPUs, offered {_fixed(Fraction(offer.offered_ms, MS_PER_HOUR), 2)} "

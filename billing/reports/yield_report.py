@@ -33,6 +33,13 @@ Definitions (docs/billing.md, "Yield report"):
   every invoice is shared out exactly; an invoice with no model line at all stays unallocated.
   Money in different currencies is never added: every money figure is per currency. Hence, per
   currency: sum over models of revenue + unallocated == sum of the invoices' subtotals, exactly.
+- energy cost and margin (with the operator's utility tariff, `billing.pricing.tariffs`): energy
+  cost = every metered mJ of the model's GPUs (leased, internal and idle) x the tariff's PUE x its
+  price in the period each hour starts in, by the tariff version in force that hour, exact, in the
+  tariff's currency; gross margin = revenue in that currency - energy cost; per GPU-hour (leased)
+  and per kWh (metered, before PUE). Valley alone: the same over the valley hours, with the
+  revenue of the invoice lines priced in a valley period (GPU time to its model; energy lines, which
+  have no model, to the fleet only). A demand charge is reported, never in the cost;
 - offers (docs/market.md): per capacity offer, offered GPU-ms = its GPUs x its window inside the
   report's; sold = the leased time of the leases sold in it, inside both; fill rate = sold /
   offered, in all and per UTC hour. Revenue per offered GPU-hour is the market's: the pre-tax
@@ -51,6 +58,7 @@ from typing import Any
 
 from billing.common.instants import ms_to_iso
 from billing.pricing.money import zero
+from billing.pricing.tariffs import TariffSpan
 from billing.reports.errors import ReportError
 from billing.reports.fleet_calendar import OTHER, SPLIT, VALLEY, FleetCalendar, hour_classes, valley_intervals
 from billing.reports.revenue import InvoiceRevenue, Revenue, attribute_revenue
@@ -159,6 +167,105 @@ def _by_hour(lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
     return out
 
 
+@dataclass(frozen=True)
+class Margin:
+    """One model's (or the fleet's, model "") energy cost and gross margin in the tariff's currency."""
+
+    currency: str
+    energy_cost: Fraction
+    revenue: Decimal
+    leased_ms: int
+    energy_mj: int
+    valley_energy_cost: Fraction
+    valley_revenue: Decimal
+    valley_leased_ms: int
+    valley_energy_mj: int
+
+    @property
+    def gross_margin(self) -> Fraction:
+        return Fraction(self.revenue) - self.energy_cost
+
+    @property
+    def margin_per_gpu_hour(self) -> Fraction | None:
+        return _ratio(self.gross_margin, Fraction(self.leased_ms, MS_PER_HOUR))
+
+    @property
+    def margin_per_kwh(self) -> Fraction | None:
+        return _ratio(self.gross_margin, Fraction(self.energy_mj, MJ_PER_KWH))
+
+    @property
+    def valley_gross_margin(self) -> Fraction:
+        return Fraction(self.valley_revenue) - self.valley_energy_cost
+
+    @property
+    def valley_margin_per_gpu_hour(self) -> Fraction | None:
+        return _ratio(self.valley_gross_margin, Fraction(self.valley_leased_ms, MS_PER_HOUR))
+
+    @property
+    def valley_margin_per_kwh(self) -> Fraction | None:
+        return _ratio(self.valley_gross_margin, Fraction(self.valley_energy_mj, MJ_PER_KWH))
+
+
+def _tariff_at(spans: Sequence[TariffSpan], hour_ms: int) -> TariffSpan | None:
+    for span in spans:
+        if span.start_ms <= hour_ms < span.end_ms:
+            return span
+    return None
+
+
+def margins(
+    totals: Iterable[HourTotal],
+    classes: Mapping[int, str],
+    tariffs: Sequence[TariffSpan],
+    models: Sequence[ModelYield],
+    fleet: ModelYield,
+    invoices: Sequence[InvoiceRevenue],
+    valley_periods: frozenset[str],
+) -> dict[str, Margin]:
+    """Energy cost and margin per model and for the fleet ("") (see the module docstring); empty
+    without a tariff."""
+    if not tariffs:
+        return {}
+    currency = tariffs[-1].tariff.currency
+    cost: dict[str, list[Fraction]] = defaultdict(lambda: [Fraction(0), Fraction(0)])
+    valley_mj: dict[str, int] = defaultdict(int)
+    for row in totals:
+        hour_class = classes.get(row.hour_start_ms)
+        span = _tariff_at(tariffs, row.hour_start_ms)
+        if hour_class is None or span is None or span.tariff.currency != currency:
+            continue
+        value = span.tariff.energy_cost(row.hour_start_ms, row.energy_mj)
+        for name in (row.model, FLEET):
+            cost[name][0] += value
+            if hour_class == VALLEY:
+                cost[name][1] += value
+                valley_mj[name] += row.energy_mj
+    valley_revenue: dict[str, Decimal] = defaultdict(lambda: zero(currency))
+    for invoice in invoices:
+        if invoice.currency != currency:
+            continue
+        for line in invoice.lines:
+            if line.tou_period in valley_periods and line.kind not in ("tax", "credit"):
+                valley_revenue[FLEET] += line.amount
+                if line.model:
+                    valley_revenue[line.model] += line.amount
+    out = {}
+    for model in (*models, fleet):
+        spent = cost[model.model]
+        out[model.model] = Margin(
+            currency,
+            spent[0],
+            model.revenue_of(currency),
+            model.leased_ms,
+            model.energy_mj,
+            spent[1],
+            valley_revenue[model.model],
+            model.valley_leased_ms,
+            valley_mj[model.model],
+        )
+    return out
+
+
 # -- the report --------------------------------------------------------------------------------
 
 
@@ -249,6 +356,9 @@ class YieldReport:
     valley_hours: int  # of them wholly valley by the fleet calendar
     split_hours: int  # of them astride a valley boundary
     notes: tuple[str, ...] = ()
+    margins: Mapping[str, Margin] = field(default_factory=dict)  # model ("" the fleet) -> cost and margin
+    tariff: str | None = None  # the tariff versions that priced the energy
+    demand_per_kw_month: Decimal | None = None  # the tariff's demand charge: reported only
     offers: tuple[OfferFill, ...] = ()
     market_revenue: Mapping[str, Decimal] = field(default_factory=dict)  # valley + interruptible plan lines
 
@@ -417,6 +527,7 @@ def build_report(
     offers: Sequence[OfferWindow] = (),
     sold: Sequence[SoldLease] = (),
     market_plans: Sequence[str] = ("valley", "interruptible"),
+    tariffs: Sequence[TariffSpan] = (),
 ) -> YieldReport:
     """The report of the window [start_ms, end_ms) (whole UTC hours): hours outside it are ignored
     (`usage.gpus` must count the GPUs of the window's rows only)."""
@@ -429,6 +540,9 @@ def build_report(
         per_model[name].result(name, usage.gpus.get(name, 0), revenue.by_model.get(name, {})) for name in names
     )
     fleet_money = _fleet_revenue(revenue, models)
+    fleet_row = fleet.result(FLEET, usage.fleet_gpus, fleet_money)
+    valley_names = frozenset(calendar.valley_periods) if calendar is not None else frozenset()
+    costed = margins(usage.totals, classes, tariffs, models, fleet_row, invoices, valley_names)
     split = sum(1 for c in classes.values() if c == SPLIT)
     market: dict[str, Decimal] = {}
     for invoice in invoices:
@@ -441,7 +555,7 @@ def build_report(
         start_ms=start_ms,
         end_ms=end_ms,
         models=models,
-        fleet=fleet.result(FLEET, usage.fleet_gpus, fleet_money),
+        fleet=fleet_row,
         revenue=revenue,
         basis=basis,
         calendar=calendar,
@@ -450,6 +564,9 @@ def build_report(
         split_hours=split,
         notes=(*notes, *_report_notes(calendar, split, revenue)),
         offers=offer_fills(offers, sold, start_ms, end_ms),
+        margins=costed,
+        tariff=", ".join(span.tariff.label for span in tariffs) or None,
+        demand_per_kw_month=tariffs[-1].tariff.demand_per_kw_month if tariffs else None,
         market_revenue=dict(sorted(market.items())),
     )
 

@@ -170,6 +170,9 @@ class YieldOut(BaseModel):
     currencies: list[str]
     models: list[YieldRowOut]
     fleet: YieldRowOut
+    energy: dict[str, Any] | None = Field(
+        description="with a utility tariff: its energy cost and the gross margin per model and fleet, and valley alone"
+    )
     offers: list[OfferOut] = Field(description="capacity offers overlapping the window, with their fill rate")
     market_revenue_per_offered_gpu_hour: dict[str, str | None] = Field(
         description="per currency: valley and interruptible plan revenue over every offer's offered GPU-hours"
