@@ -11,6 +11,7 @@ from bench import (
     billing_bench,
     close_bench,
     fleet_bench,
+    follow_bench,
     lease_bench,
     market_bench,
     slice_throughput,
@@ -32,6 +33,7 @@ def main() -> int:
             + streams_bench.run(broker.bootstrap)
             + agent_bench.run(broker.bootstrap)
             + lease_bench.run(broker.bootstrap)
+            + follow_bench.run(broker.bootstrap)  # usage_hourly behind the sink, beside the sink's own lag
         )
         broker.stop()  # the billing bench needs no broker: give its cores to DuckDB
         results += market_bench.run()  # an offer taken back, its notices delivered, beside the bare work

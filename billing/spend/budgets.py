@@ -177,10 +177,11 @@ def refresh_and_alert(
     *,
     at_ms: int | None = None,
     engine: Engine | None = None,
+    period: str | None = None,
 ) -> list[str]:
     """Re-rate the tenants' month to date (`billing.spend.service.refresh`), then record the budget
     alerts it calls for; returns the alert ids recorded now."""
-    reports = refresh(ledger, usage_root, tenant_ids, at_ms=at_ms, engine=engine)
+    reports = refresh(ledger, usage_root, tenant_ids, at_ms=at_ms, engine=engine, period=period)
     recorded: list[str] = []
     for report in reports:
         for outcome in report.outcomes:

@@ -78,7 +78,7 @@ def spend_text(mtd: MonthToDate) -> str:
 
 def run_spend_command(args: argparse.Namespace, ledger: Ledger) -> int:
     if args.refresh:
-        refresh_and_alert(ledger, args.usage_dir, [args.tenant])
+        refresh_and_alert(ledger, args.usage_dir, [args.tenant], period=args.period)
     with ledger.transaction() as session:
         mtd = month_to_date(session, args.tenant, args.period)
     print(json.dumps(spend_json(mtd), indent=2) if args.json else spend_text(mtd))

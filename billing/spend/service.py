@@ -126,8 +126,10 @@ def refresh(
     *,
     at_ms: int | None = None,
     engine: Engine | None = None,
+    period: str | None = None,
 ) -> list[RunReport]:
-    """Re-rate the current period of these tenants (default: every tenant that is not internal)."""
+    """Re-rate the current period (or `period`) of these tenants (default: every tenant that is not
+    internal)."""
     now = now_ms() if at_ms is None else at_ms
     with ledger.transaction() as session:
         query = select(Tenant).where(Tenant.internal.is_(False))
@@ -135,8 +137,8 @@ def refresh(
             query = query.where(Tenant.tenant_id.in_(sorted(set(tenant_ids))))
         by_period: dict[str, list[str]] = defaultdict(list)
         for tenant in session.scalars(query):
-            by_period[period_of(now, tenant.timezone)].append(tenant.tenant_id)
+            by_period[period or period_of(now, tenant.timezone)].append(tenant.tenant_id)
     return [
-        run_period(ledger, usage_root, period, "spend", tenant_ids=sorted(tenants), engine=engine)
-        for period, tenants in sorted(by_period.items())
+        run_period(ledger, usage_root, label, "spend", tenant_ids=sorted(tenants), engine=engine)
+        for label, tenants in sorted(by_period.items())
     ]

@@ -253,11 +253,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {expected} GPU-minutes rolled up and written", flush=True)
         for service in services:
             service.stop()
+        print("    before the close, initech watches its month to date against a budget of its own:", flush=True)
+        usage = ("--usage-dir", str(usage_dir))
+        billing(
+            "budgets", "set", "--tenant", "initech", "--owner", "tenant", "--amount", "30.00", "--thresholds", "100"
+        )
+        heard = len(receiver.events)
+        billing("spend", "--tenant", "initech", "--period", period, "--refresh", *usage)
+        billing("webhooks", "deliver")
+        for event in receiver.events[heard:]:
+            data = event["data"]
+            print(
+                f"    initech's endpoint got {event['type']} (signature verified): {data['threshold_percent']} % of "
+                f"{data['budget_amount']} {data['currency']} reached, spend {data['spend']}",
+                flush=True,
+            )
         print(
             f"5/6 finance closes {period} against a local stripe-mock: rate, review, finalize, push, reconcile",
             flush=True,
         )
-        usage = ("--usage-dir", str(usage_dir))
         billing("run", "--period", period, *usage)
         billing("run", "--period", period, *usage)  # again: nothing to do
         stripe_mock = launch_stripe_mock()
