@@ -97,9 +97,11 @@ def run_budget_command(args: argparse.Namespace, ledger: Ledger) -> int:
                 args.webhook,
                 args.actor,
             )
-            where = (
-                f"alerts to {view.webhook_url}, signed with {secret}" if view.webhook_url else "alerts in the portal"
-            )
+            where = "alerts in the portal"
+            if view.webhook_url:
+                where = f"alerts to {view.webhook_url}, signed with {secret}"
+            elif view.owner == "tenant":
+                where = "alerts to the tenant's webhook endpoint and in the portal"
             print(
                 f"budget {view.budget_id}: {view.amount} {view.currency} a period, at "
                 f"{', '.join(f'{t} %' for t in view.thresholds)}; {where}"
