@@ -250,7 +250,7 @@ def _ledger_facts(owners: list[tuple[int, str, str, str, str]]) -> dict[str, str
                         card_version=line.card_version,
                         plan=line.plan,
                         model=line.model,
-                        tou_period=line.period,
+                        tou_period=line.tou_period,
                         tier=line.tier,
                         quantity_base=line.quantity_base,
                         base_unit=line.base_unit,
