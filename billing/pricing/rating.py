@@ -300,6 +300,20 @@ def _seconds(ms: int) -> str:
     return format(Decimal(ms).scaleb(-3).normalize(), "f")
 
 
+def _gpu_amount(quantity_ms: int, unit_price: Decimal, currency: str) -> Decimal:
+    """GPU-ms at a price per GPU-hour, rounded once: every GPU-time amount, a line's or a credit's."""
+    return round_money(Fraction(quantity_ms) * Fraction(unit_price) / MS_PER_HOUR, currency)
+
+
+def _billed_kwh(card: RateCardVersion, mj: int) -> Fraction:
+    return Fraction(mj, MJ_PER_KWH) * Fraction(card.pue)
+
+
+def _energy_amount(card: RateCardVersion, period: str, mj: int, currency: str) -> Decimal:
+    """Metered mJ x PUE at the card's price of `period`, rounded once: every energy amount."""
+    return round_money(_billed_kwh(card, mj) * Fraction(card.energy_price(period)), currency)
+
+
 def _gpu_line(
     ctx: _Context,
     key: tuple[int, str, str, str],
@@ -330,7 +344,7 @@ def _gpu_line(
         quantity=_hours(quantity_ms),
         unit="GPU-hour",
         unit_price=unit_price,
-        amount=round_money(Fraction(quantity_ms) * Fraction(unit_price) / MS_PER_HOUR, ctx.currency),
+        amount=_gpu_amount(quantity_ms, unit_price, ctx.currency),
         tier=tier,
         segments=segments,
         basis=basis,
@@ -459,7 +473,7 @@ def _usage_lines(
             continue
         lo, hi = ctx.span_range(span_index)
         unit_price = card.energy_price(period)
-        billed_kwh = Fraction(mj, MJ_PER_KWH) * Fraction(card.pue)
+        billed_kwh = _billed_kwh(card, mj)
         lines.append(
             InvoiceLine(
                 kind="energy",
@@ -476,7 +490,7 @@ def _usage_lines(
                 quantity=round_half_even(billed_kwh, QUANTITY_PLACES),
                 unit="kWh",
                 unit_price=unit_price,
-                amount=round_money(billed_kwh * Fraction(unit_price), ctx.currency),
+                amount=_energy_amount(card, period, mj, ctx.currency),
                 tier=None,
                 segments=ranges(energy_segments[(span_index, period)]),
             )
@@ -505,12 +519,11 @@ def _preemption_line(
     for key, ms in sorted(used.items()):
         span_index, model, plan, period = key
         _, unit_price = _marginal(ctx.spans[span_index].card.gpu_price(model, plan, period), pooled_ms[key])
-        value += round_money(Fraction(ms) * Fraction(unit_price) / MS_PER_HOUR, ctx.currency)
+        value += _gpu_amount(ms, unit_price, ctx.currency)
     for (span_index, period), mj in sorted(used_energy.items()):
         span_card = ctx.spans[span_index].card
         if mj and span_card.bills_energy:
-            kwh = Fraction(mj, MJ_PER_KWH) * Fraction(span_card.pue)
-            value += round_money(kwh * Fraction(span_card.energy_price(period)), ctx.currency)
+            value += _energy_amount(span_card, period, mj, ctx.currency)
     rate = -percent.scaleb(-2)
     amount = -value if rule == "waiver" else round_money(Fraction(value) * Fraction(rate), ctx.currency)
     if amount == 0:
@@ -743,12 +756,12 @@ def line_key(line: InvoiceLine) -> LineKey:
         line.model,
         line.tou_period,
         line.tier or 0,
-        _credit_subject(line) if line.kind in MARKET_CREDIT_KINDS else "",
+        _uncorrected(line) if line.kind in MARKET_CREDIT_KINDS else "",
     )
 
 
-def _credit_subject(line: InvoiceLine) -> str:
-    """A market credit's description without a correction's "Correction for <period>: " prefix."""
+def _uncorrected(line: InvoiceLine) -> str:
+    """A line's description without a correction's "Correction for <period>: " prefix."""
     if line.correction and line.description.startswith("Correction for "):
         return line.description.split(": ", 1)[1]
     return line.description
@@ -790,9 +803,7 @@ def rate_correction(
         if amount == 0 and base == 0:
             continue
         model = new if new is not None else min(old, key=lambda line: (line.correction, line.description))
-        description = model.description
-        if model.correction and description.startswith("Correction for "):
-            description = description.split(": ", 1)[1]
+        description = _uncorrected(model)
         if model.kind == "commitment_true_up":
             quantity, unit_price = ONE, amount
         else:
