@@ -46,10 +46,6 @@ def preempted_leases(session: Session, lo_ms: int, hi_ms: int, tenant_ids: Itera
     }
 
 
-def _overlap(lo: int, hi: int, start: int, end: int) -> int:
-    return max(0, min(hi, end) - max(lo, start))
-
-
 def _maintained_ms(windows: list[Window], gpu: str, lo: int, hi: int) -> int:
     """How much of [lo, hi) maintenance windows on `gpu` cover (windows merged: no double count)."""
     spans = sorted((max(lo, w.start_ms), min(hi, w.end_ms)) for w in windows if gpu in w.gpus)

@@ -67,16 +67,26 @@ def backoff_ms(attempts: int) -> int:
     return int(min(1000 * 2 ** max(attempts - 1, 0), MAX_BACKOFF_MS))
 
 
+def is_webhook_url(url: str) -> bool:
+    """Whether `url` is an absolute http(s) URL a delivery can be POSTed to."""
+    parsed = urlparse(url)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+
+
+def new_secret() -> str:
+    """A fresh signing secret, in Stripe's `whsec_` form."""
+    return "whsec_" + secrets.token_hex(24)
+
+
 def set_endpoint(
     session: Session, tenant_id: str, url: str, secret: str | None = None, actor: str | None = None
 ) -> str:
     """Set a tenant's endpoint; returns its signing secret (a new one unless given)."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    if not is_webhook_url(url):
         raise DeliveryError(f"webhook URL {url!r} is not an http(s) URL")
     if session.get(models.Tenant, tenant_id) is None:
         raise DeliveryError(f"unknown tenant {tenant_id!r}")
-    secret = secret or "whsec_" + secrets.token_hex(24)
+    secret = secret or new_secret()
     row = session.get(models.WebhookEndpoint, tenant_id)
     if row is None:
         session.add(models.WebhookEndpoint(tenant_id=tenant_id, url=url, secret=secret, created_ms=now_ms()))

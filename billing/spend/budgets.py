@@ -10,11 +10,9 @@ for a tenant's budget without one, and to `gpu.lease.events`; the portal lists i
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from urllib.parse import urlparse
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,6 +22,7 @@ from billing.ledger import models
 from billing.ledger.db import Ledger, audit, default_actor, now_ms
 from billing.ledger.errors import LedgerError, NotFound
 from billing.market.notices import event_id, record_event
+from billing.market.webhooks import is_webhook_url, new_secret
 from billing.pricing.money import to_minor
 from billing.spend.alerts import due_alerts
 from billing.spend.service import MonthToDate, month_to_date, refresh
@@ -92,16 +91,14 @@ def set_budget(
         raise BudgetError(f"budget amount {amount!r}: {exc}") from None
     if value <= 0:
         raise BudgetError(f"budget amount {amount!r} must be above zero")
-    if webhook_url is not None:
-        parsed = urlparse(webhook_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise BudgetError(f"webhook URL {webhook_url!r} is not an http(s) URL")
+    if webhook_url is not None and not is_webhook_url(webhook_url):
+        raise BudgetError(f"webhook URL {webhook_url!r} is not an http(s) URL")
     levels = sorted(set(int(t) for t in thresholds))
     budget_id = f"{tenant_id}/{owner}"
     row = session.get(models.Budget, budget_id)
     secret = None
     if row is None:
-        secret = "whsec_" + secrets.token_hex(24) if webhook_url else None
+        secret = new_secret() if webhook_url else None
         row = models.Budget(
             budget_id=budget_id,
             tenant_id=tenant_id,
@@ -116,7 +113,7 @@ def set_budget(
         session.add(row)
     else:
         if webhook_url != row.webhook_url:
-            row.secret = "whsec_" + secrets.token_hex(24) if webhook_url else None
+            row.secret = new_secret() if webhook_url else None
         secret = row.secret
         row.amount, row.thresholds, row.webhook_url, row.updated_ms = value, levels, webhook_url, now_ms()
     audit(session, actor or default_actor(), "budget.set", "budget", budget_id, amount=str(value), thresholds=levels)
