@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -92,59 +93,54 @@ def list_tenants(session: Session) -> list[Tenant]:
     return list(session.scalars(select(Tenant).order_by(Tenant.tenant_id)))
 
 
-def store_rate_card(session: Session, actor: str, card: RateCardVersion, source: str = "") -> tuple[RateCard, bool]:
-    """Store a rate card version; the same content again is a no-op, different content under
-    an existing (name, version) is refused: versions are never edited, a change is a new version."""
-    existing = session.scalar(select(RateCard).where(RateCard.name == card.name, RateCard.version == card.version))
-    digest = card.content_hash()
+VersionRow = TypeVar("VersionRow", RateCard, UtilityTariff)
+
+
+def _store_version(
+    session: Session,
+    actor: str,
+    model: type[VersionRow],
+    what: str,
+    document: RateCardVersion | Tariff,
+    **extra: Any,
+) -> tuple[VersionRow, bool]:
+    """Store a versioned document (a rate card, a tariff): the same content again is a no-op,
+    different content under an existing (name, version) is refused: versions are never edited, a
+    change is a new version."""
+    name, version = document.name, document.version
+    existing = session.scalar(select(model).where(model.name == name, model.version == version))
+    digest = document.content_hash()
     if existing is not None:
         if existing.content_hash != digest:
             raise Conflict(
-                f"rate card {card.name} version {card.version} exists with other content: "
+                f"{what} {name} version {version} exists with other content: "
                 "give the change a new version and an effective_from"
             )
         return existing, False
-    row = RateCard(
-        name=card.name,
-        version=card.version,
-        effective_from_ms=card.effective_from_ms,
-        currency=card.currency,
+    row = model(
+        name=name,
+        version=version,
+        effective_from_ms=document.effective_from_ms,
+        currency=document.currency,
         content_hash=digest,
-        body=card.to_dict(),
-        source=source,
+        body=document.to_dict(),
         created_ms=now_ms(),
+        **extra,
     )
     session.add(row)
-    audit(session, actor, "rate_card.add", "rate_card", f"{card.name}@{card.version}", content_hash=digest)
+    kind = what.replace(" ", "_")
+    audit(session, actor, f"{kind}.add", kind, f"{name}@{version}", content_hash=digest)
     return row, True
+
+
+def store_rate_card(session: Session, actor: str, card: RateCardVersion, source: str = "") -> tuple[RateCard, bool]:
+    """Store a rate card version (`_store_version`'s rules)."""
+    return _store_version(session, actor, RateCard, "rate card", card, source=source)
 
 
 def store_tariff(session: Session, actor: str, tariff: Tariff) -> tuple[UtilityTariff, bool]:
-    """Store a utility tariff version, as a rate card's: the same content again is a no-op, other
-    content under an existing (name, version) is refused."""
-    existing = session.scalar(
-        select(UtilityTariff).where(UtilityTariff.name == tariff.name, UtilityTariff.version == tariff.version)
-    )
-    digest = tariff.content_hash()
-    if existing is not None:
-        if existing.content_hash != digest:
-            raise Conflict(
-                f"tariff {tariff.name} version {tariff.version} exists with other content: "
-                "give the change a new version and an effective_from"
-            )
-        return existing, False
-    row = UtilityTariff(
-        name=tariff.name,
-        version=tariff.version,
-        effective_from_ms=tariff.effective_from_ms,
-        currency=tariff.currency,
-        content_hash=digest,
-        body=tariff.to_dict(),
-        created_ms=now_ms(),
-    )
-    session.add(row)
-    audit(session, actor, "tariff.add", "tariff", f"{tariff.name}@{tariff.version}", content_hash=digest)
-    return row, True
+    """Store a utility tariff version, by the rate cards' rules (`_store_version`)."""
+    return _store_version(session, actor, UtilityTariff, "tariff", tariff)
 
 
 def tariff_versions(session: Session, name: str | None = None) -> list[Tariff]:
