@@ -358,6 +358,7 @@ def _usage_lines(
     preemptions: Mapping[str, Preemption],
 ) -> list[InvoiceLine]:
     gpu_ms: dict[tuple[int, str, str, str], int] = defaultdict(int)
+    charged: dict[tuple[int, str, str, str], Decimal] = defaultdict(lambda: zero(ctx.currency))  # its gpu_time lines
     gpu_segments: dict[tuple[int, str, str, str], set[int]] = defaultdict(set)
     energy: dict[tuple[int, str], int] = defaultdict(int)
     energy_segments: dict[tuple[int, str], set[int]] = defaultdict(set)
@@ -453,7 +454,9 @@ def _usage_lines(
                 if isinstance(price, Tiered):
                     lower = bounds[number - 1]
                     basis = QuantityBasis("tier", price.mode, 0 if lower is None else lower, bounds[number])
-                lines.append(_gpu_line(ctx, key, "gpu_time", description, tier_ms, unit_price, tier, segments, basis))
+                line = _gpu_line(ctx, key, "gpu_time", description, tier_ms, unit_price, tier, segments, basis)
+                charged[key] += line.amount
+                lines.append(line)
         extra = uplift.get(key, 0)
         if extra > 0:
             tier, unit_price = _marginal(price, ms)
@@ -495,10 +498,17 @@ def _usage_lines(
                 segments=ranges(energy_segments[(span_index, period)]),
             )
         )
+    charged_energy = {
+        (span_index, period): _energy_amount(ctx.spans[span_index].card, period, mj, ctx.currency)
+        for (span_index, period), mj in energy.items()
+        if mj > 0 and ctx.spans[span_index].card.bills_energy
+    }
     for lease_id in sorted(apart_gpu):
-        line = _preemption_line(ctx, preemptions[lease_id], apart_gpu[lease_id], apart_energy[lease_id], gpu_ms)
-        if line is not None:
-            lines.append(line)
+        preempted = _preemption_line(
+            ctx, preemptions[lease_id], apart_gpu[lease_id], apart_energy[lease_id], gpu_ms, charged, charged_energy
+        )
+        if preempted is not None:
+            lines.append(preempted)
     return lines
 
 
@@ -508,8 +518,12 @@ def _preemption_line(
     used: Mapping[tuple[int, str, str, str], int],
     used_energy: Mapping[tuple[int, str], int],
     pooled_ms: Mapping[tuple[int, str, str, str], int],
+    charged: dict[tuple[int, str, str, str], Decimal],
+    charged_energy: dict[tuple[int, str], Decimal],
 ) -> InvoiceLine | None:
-    """The waiver or short-notice credit of one preempted lease (None when no rule applies)."""
+    """The waiver or short-notice credit of one preempted lease (None when no rule applies). What the
+    lease used is taken from what its lines still hold (`charged`, `charged_energy`, consumed here):
+    the leases' own amounts, each rounded, never add up to more than the pooled lines charged."""
     card = ctx.spans[max(key[0] for key in used)].card
     ruled = preemption_rule(card.interruption, preemption)
     if ruled is None or card.interruption is None:
@@ -519,11 +533,15 @@ def _preemption_line(
     for key, ms in sorted(used.items()):
         span_index, model, plan, period = key
         _, unit_price = _marginal(ctx.spans[span_index].card.gpu_price(model, plan, period), pooled_ms[key])
-        value += _gpu_amount(ms, unit_price, ctx.currency)
+        taken = min(_gpu_amount(ms, unit_price, ctx.currency), charged[key])
+        charged[key] -= taken
+        value += taken
     for (span_index, period), mj in sorted(used_energy.items()):
         span_card = ctx.spans[span_index].card
         if mj and span_card.bills_energy:
-            value += _energy_amount(span_card, period, mj, ctx.currency)
+            taken = min(_energy_amount(span_card, period, mj, ctx.currency), charged_energy[(span_index, period)])
+            charged_energy[(span_index, period)] -= taken
+            value += taken
     rate = -percent.scaleb(-2)
     amount = -value if rule == "waiver" else round_money(Fraction(value) * Fraction(rate), ctx.currency)
     if amount == 0:
