@@ -159,20 +159,28 @@ def make_producer(bootstrap: str, bootstrap_timeout_s: float = BOOTSTRAP_TIMEOUT
         ) from None
 
 
-def send_timelines(producer: Any, topic: str, timelines: Sequence[GpuLeaseTimeline]) -> None:
-    """Send each timeline keyed by its GPU, flush, and check every acknowledgement."""
+def send_acknowledged(producer: Any, topic: str, messages: Sequence[tuple[bytes, bytes]], failed: str) -> None:
+    """Send each (key, value), flush, and check every acknowledgement; PublishFailed otherwise, its
+    message `failed` with the broker's error in place of {exc}."""
     from kafka.errors import KafkaError
 
-    futures = []
     try:
-        for timeline in timelines:
-            value = timeline.to_json_bytes()
-            futures.append(producer.send(topic, key=timeline.gpu_uuid.encode(), value=value))
+        futures = [producer.send(topic, key=key, value=value) for key, value in messages]
         producer.flush(timeout=SEND_TIMEOUT_S)
         for future in futures:
             future.get(timeout=SEND_TIMEOUT_S)
     except KafkaError as exc:
-        raise PublishFailed(f"{topic} did not acknowledge a lease timeline ({exc!r}); the outbox keeps it") from None
+        raise PublishFailed(failed.format(exc=repr(exc))) from None
+
+
+def send_timelines(producer: Any, topic: str, timelines: Sequence[GpuLeaseTimeline]) -> None:
+    """Send each timeline keyed by its GPU, flush, and check every acknowledgement."""
+    send_acknowledged(
+        producer,
+        topic,
+        [(timeline.gpu_uuid.encode(), timeline.to_json_bytes()) for timeline in timelines],
+        f"{topic} did not acknowledge a lease timeline ({{exc}}); the outbox keeps it",
+    )
 
 
 def lock_publisher(session: Session) -> None:

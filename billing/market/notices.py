@@ -18,8 +18,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from billing.leases.errors import PublishFailed
-from billing.leases.outbox import BOOTSTRAP_TIMEOUT_S, SEND_TIMEOUT_S, lock_publisher, make_producer
+from billing.leases.outbox import (
+    BOOTSTRAP_TIMEOUT_S,
+    SEND_TIMEOUT_S,
+    lock_publisher,
+    make_producer,
+    send_acknowledged,
+)
 from billing.ledger import models
 from billing.ledger.db import Ledger, now_ms
 from schemas.topics import GPU_LEASE_EVENTS
@@ -99,8 +104,6 @@ def publish_events(
 ) -> int:
     """Send every event not yet on the topic, then mark them; returns how many were sent.
     Raises PublishFailed (they stay pending) when the broker does not acknowledge."""
-    from kafka.errors import KafkaError
-
     producer = None
     sent = 0
     try:
@@ -119,15 +122,12 @@ def publish_events(
                     return sent
                 if producer is None:
                     producer = make_producer(bootstrap, bootstrap_timeout_s)
-                try:
-                    futures = [
-                        producer.send(topic, key=row.key.encode(), value=event_bytes(row.payload)) for row in rows
-                    ]
-                    producer.flush(timeout=SEND_TIMEOUT_S)
-                    for future in futures:
-                        future.get(timeout=SEND_TIMEOUT_S)
-                except KafkaError as exc:
-                    raise PublishFailed(f"{topic} did not acknowledge an event ({exc!r}); it stays pending") from None
+                send_acknowledged(
+                    producer,
+                    topic,
+                    [(row.key.encode(), event_bytes(row.payload)) for row in rows],
+                    f"{topic} did not acknowledge an event ({{exc}}); it stays pending",
+                )
                 ids = [row.event_id for row in rows]
                 session.execute(
                     update(models.TenantEvent)
