@@ -72,6 +72,7 @@ from billing.usage.reader import (
     read_cutoff,
 )
 from lake.store import LakeLocation
+from schemas.leases import Lease as LeaseContract
 
 INVOICE_SEQUENCE = "invoice"
 CREDIT_NOTE_SEQUENCE = "credit_note"
@@ -698,26 +699,13 @@ def run_period(
                 continue
             plans.append(plan)
         requests = _usage_requests(plans, cutoff)
-        leases = (
-            leases_overlapping(
-                session,
-                min(r.start_ms for r in requests),
-                max(r.end_ms for r in requests),
-                {r.tenant_id for r in requests},
-            )
-            if requests
-            else []
-        )
-        preempted = (
-            preempted_leases(
-                session,
-                min(r.start_ms for r in requests),
-                max(r.end_ms for r in requests),
-                {r.tenant_id for r in requests},
-            )
-            if requests
-            else {}
-        )
+        leases: list[LeaseContract] = []
+        preempted: dict[str, Preemption] = {}
+        if requests:  # the ledger's leases over the requests' windows, and which of them the owner ended
+            window = (min(r.start_ms for r in requests), max(r.end_ms for r in requests))
+            asking = {r.tenant_id for r in requests}
+            leases = leases_overlapping(session, *window, asking)
+            preempted = preempted_leases(session, *window, asking)
     if progress:
         progress(f"aggregating usage for {len(plans)} tenants")
     results = aggregate(usage_root, requests, leases, engine=engine, apart=sorted(preempted)) if plans else {}

@@ -88,6 +88,7 @@ from billing.usage.reader import (
     read_cutoff,
 )
 from lake.store import LakeLocation
+from schemas.leases import Lease as LeaseContract
 
 Progress = Callable[[str], None]
 _CHUNK = 500
@@ -416,26 +417,13 @@ def reconcile(
     if progress:
         progress(f"aggregating usage of {len(facts)} tenant(s): {len(requests.requests)} request(s), one call")
     with ledger.transaction() as session:
-        ledger_leases = (
-            leases_overlapping(
-                session,
-                min(f.start_ms for f in facts),
-                max(f.end_ms for f in facts),
-                {f.tenant.tenant_id for f in facts},
-            )
-            if facts
-            else []
-        )
-        preempted = (
-            preempted_leases(
-                session,
-                min(f.start_ms for f in facts),
-                max(f.end_ms for f in facts),
-                {f.tenant.tenant_id for f in facts},
-            )
-            if facts
-            else {}
-        )
+        ledger_leases: list[LeaseContract] = []
+        preempted: dict[str, Preemption] = {}
+        if facts:  # the ledger's leases over the tenants' periods, and which of them the owner ended
+            window = (min(f.start_ms for f in facts), max(f.end_ms for f in facts))
+            asking = {f.tenant.tenant_id for f in facts}
+            ledger_leases = leases_overlapping(session, *window, asking)
+            preempted = preempted_leases(session, *window, asking)
     results = (
         aggregate(root, requests.requests, ledger_leases, engine, apart=sorted(preempted))
         if requests.requests and cutoff
