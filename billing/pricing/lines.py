@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, get_args
 
 from billing.pricing.errors import PricingError
 
@@ -30,17 +30,7 @@ LineKind = Literal[
     "tax",
     "credit",
 ]
-KIND_ORDER: tuple[LineKind, ...] = (
-    "gpu_time",
-    "gpu_time_rounding",
-    "energy",
-    "preemption_credit",
-    "sla_credit",
-    "discount",
-    "commitment_true_up",
-    "tax",
-    "credit",
-)
+KIND_ORDER: tuple[LineKind, ...] = get_args(LineKind)  # the order lines are listed in
 USAGE_KINDS = frozenset({"gpu_time", "gpu_time_rounding", "energy"})
 MARKET_CREDIT_KINDS = frozenset({"preemption_credit", "sla_credit"})  # the valley market's (billing.pricing.rating)
 PRETAX_KINDS = USAGE_KINDS | MARKET_CREDIT_KINDS | {"discount", "commitment_true_up"}
