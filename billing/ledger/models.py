@@ -85,37 +85,34 @@ class Tenant(Base):
     internal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
-class UtilityTariff(Base):
+class VersionedDocument:
+    """The columns of a versioned document (a rate card, a utility tariff): one (name, version) each,
+    its canonical JSON `body` and that JSON's sha256 (billing.ledger.store._store_version)."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    effective_from_ms: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class UtilityTariff(VersionedDocument, Base):
     """One version of the operator's utility tariff: the canonical JSON of `billing.pricing.tariffs.Tariff`."""
 
     __tablename__ = "utility_tariffs"
     __table_args__ = (UniqueConstraint("name", "version", name="uq_utility_tariff_version"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(128))
-    version: Mapped[int] = mapped_column(Integer)
-    effective_from_ms: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
-    content_hash: Mapped[str] = mapped_column(String(64))
-    body: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_ms: Mapped[int] = mapped_column(BigInteger)
 
-
-class RateCard(Base):
+class RateCard(VersionedDocument, Base):
     """One version of a rate card: the canonical JSON of `billing.pricing.ratecards.RateCardVersion`."""
 
     __tablename__ = "rate_cards"
     __table_args__ = (UniqueConstraint("name", "version", name="uq_rate_card_version"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(128))
-    version: Mapped[int] = mapped_column(Integer)
-    effective_from_ms: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
-    content_hash: Mapped[str] = mapped_column(String(64))
-    body: Mapped[dict[str, Any]] = mapped_column(JSON)
     source: Mapped[str] = mapped_column(Text, default="")
-    created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class Contract(Base):
