@@ -52,6 +52,23 @@ def rate(usage, leases=(), preemptions=None, health=None, start=MON, end=MON + 2
     )
 
 
+def correct(usage, leases, billed, preemptions, health=None):
+    """The day's correction lines: its complete usage re-rated against what was billed."""
+    spans = card_spans([CARD], MON, MON + 24 * HOUR)
+    return rate_correction(
+        tenant_id="acme",
+        usage=usage,
+        leases=leases,
+        segments=pricing_segments(spans, MON, MON + 24 * HOUR),
+        spans=spans,
+        service_start_ms=MON,
+        service_end_ms=MON + 24 * HOUR,
+        billed=billed,
+        preemptions=preemptions,
+        health=health,
+    )
+
+
 def lease_use(lease: str, ms: int, plan: str = "valley", mj: int = 0, at: int = MON) -> UsageQuantity:
     return UsageQuantity("acme", plan, "H100", at, ms, 0, mj, 1, lease)
 
@@ -162,33 +179,13 @@ def test_a_late_correction_rerates_the_waiver_once():
     leases = [LeaseQuantity("L1", "valley", "H100", 20 * MINUTE, MON, MON)]
     billed = rate(first, leases, owner).lines
     complete = [*first, lease_use("L1", 20 * MINUTE)]
-    spans = card_spans([CARD], MON, MON + 24 * HOUR)
-    correction = rate_correction(
-        tenant_id="acme",
-        usage=complete,
-        leases=[LeaseQuantity("L1", "valley", "H100", 40 * MINUTE, MON, MON)],
-        segments=pricing_segments(spans, MON, MON + 24 * HOUR),
-        spans=spans,
-        service_start_ms=MON,
-        service_end_ms=MON + 24 * HOUR,
-        billed=billed,
-        preemptions=owner,
-    )
+    whole = [LeaseQuantity("L1", "valley", "H100", 40 * MINUTE, MON, MON)]
+    correction = correct(complete, whole, billed, owner)
     assert [(line.kind, str(line.amount)) for line in correction] == [
         ("gpu_time", "1.20"),
         ("preemption_credit", "-1.20"),
     ]
-    again = rate_correction(
-        tenant_id="acme",
-        usage=complete,
-        leases=[LeaseQuantity("L1", "valley", "H100", 40 * MINUTE, MON, MON)],
-        segments=pricing_segments(spans, MON, MON + 24 * HOUR),
-        spans=spans,
-        service_start_ms=MON,
-        service_end_ms=MON + 24 * HOUR,
-        billed=[*billed, *correction],
-        preemptions=owner,
-    )
+    again = correct(complete, whole, [*billed, *correction], owner)
     assert again == []  # waived once: a re-run changes nothing
 
 
@@ -246,8 +243,6 @@ def test_market_credits_never_exceed_the_charge_and_rerating_is_idempotent(lease
 def test_waivers_and_credits_are_idempotent_across_reruns_and_corrections(used_minutes, late_share, unhealthy_permille):
     """Bill part of the usage, then correct with all of it: the invoice and its corrections sum to the
     complete rating, line for line; correcting again gives nothing."""
-    spans = card_spans([CARD], MON, MON + 24 * HOUR)
-    segments = pricing_segments(spans, MON, MON + 24 * HOUR)
     owner, complete, first, leases_all, leases_first = {}, [], [], [], []
     for number, minutes in enumerate(used_minutes):
         lease, plan = f"L{number}", ("valley", "on_demand")[number % 2]
@@ -262,23 +257,9 @@ def test_waivers_and_credits_are_idempotent_across_reruns_and_corrections(used_m
     leased = sum(q.allocated_gpu_ms for q in leases_all if q.plan == "on_demand")
     health = {"on_demand": Availability(leased, leased * unhealthy_permille // 1000)}
 
-    def correct(billed):
-        return rate_correction(
-            tenant_id="acme",
-            usage=complete,
-            leases=leases_all,
-            segments=segments,
-            spans=spans,
-            service_start_ms=MON,
-            service_end_ms=MON + 24 * HOUR,
-            billed=billed,
-            preemptions=owner,
-            health=health,
-        )
-
     billed = rate(first, leases_first, owner, health).lines
-    correction = correct(billed)
-    assert correct([*billed, *correction]) == []  # never waived or credited twice
+    correction = correct(complete, leases_all, billed, owner, health)
+    assert correct(complete, leases_all, [*billed, *correction], owner, health) == []  # never waived or credited twice
     whole = rate(complete, leases_all, owner, health)
     pretax = [line for line in whole.lines if line.kind != "tax"]
     assert sum(line.amount for line in [*billed, *correction] if line.kind != "tax") == sum(
