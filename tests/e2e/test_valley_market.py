@@ -26,11 +26,8 @@ By hand, at valley 3.60 and on_demand 7.20 per GPU-hour, energy 0.30 per kWh (PU
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
@@ -52,6 +49,7 @@ from deploy.local.demo import windows_written
 from deploy.local.fleet import FleetPlan, fleet_samples
 from deploy.local.pipeline import service_env, start_sink, start_worker, wait_for
 from tests.support.helpers import T0
+from tests.support.webhook_receiver import SignedReceiver, signed_receiver
 
 pytestmark = pytest.mark.broker
 
@@ -87,39 +85,10 @@ credits = [
 GAP = (T0 + HOUR, T0 + HOUR + 3 * MINUTE)  # node b sends nothing strictly inside this
 
 
-class Receiver:
-    """A tenant's webhook endpoint: checks the signature with the tenant's secret, keeps each event once."""
-
-    def __init__(self) -> None:
-        self.secrets: dict[str, str] = {}
-        self.events: dict[str, dict] = {}
-        self.bad = 0
-
-
 @pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, str]]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            tenant = self.path.rsplit("/", 1)[-1]
-            ok = webhooks.verify(state.secrets[tenant], self.headers[webhooks.SIGNATURE_HEADER], body, int(time.time()))
-            if ok:
-                state.events.setdefault(self.headers[webhooks.EVENT_ID_HEADER], json.loads(body))
-            else:
-                state.bad += 1
-            self.send_response(200 if ok else 400)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state, f"http://127.0.0.1:{server.server_address[1]}/hooks"
-    server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[SignedReceiver]:
+    with signed_receiver() as state:
+        yield state
 
 
 def send_samples(bootstrap: str, plan: FleetPlan) -> int:
@@ -142,7 +111,7 @@ def cli(*args: str) -> int:
 
 
 def test_offer_preemption_and_sla_on_real_parts(kafka_broker, run_id, tmp_path: Path, receiver, capsys):
-    state, hooks = receiver
+    state, hooks = receiver, receiver.url
     plan = FleetPlan(
         nodes=[f"vm-{run_id}-a", f"vm-{run_id}-b"], gpus_per_node=2, start_ms=T0, ticks=4 * 360 + 15, interval_ms=10_000
     )
@@ -174,10 +143,10 @@ def test_offer_preemption_and_sla_on_real_parts(kafka_broker, run_id, tmp_path: 
     # the notices reach the tenants: signed webhooks, and the compacted gpu.lease.events topic
     assert webhooks.deliver_due(ledger) == (2, 0)
     assert state.bad == 0 and len(state.events) == 2
-    by_lease = {event["data"]["lease_id"]: event for event in state.events.values()}
+    by_lease = {event["data"]["lease_id"]: event for event in state.events}
     assert by_lease[f"a-{run_id}"]["data"]["ends_at_ms"] == a_end
     assert by_lease[f"b-{run_id}"]["data"]["noticed_at_ms"] == b_end - 120_000
-    assert {e["data"]["notice_s"] for e in state.events.values()} == {120}
+    assert {e["data"]["notice_s"] for e in state.events} == {120}
     assert publish_events(ledger, kafka_broker.bootstrap) == 2
     assert publish_events(ledger, kafka_broker.bootstrap) == 0
 

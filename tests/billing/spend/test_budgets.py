@@ -5,11 +5,8 @@ correction that lowers the spend and raises it again send none again."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,45 +18,28 @@ from billing.spend.alerts import due_alerts
 from billing.spend.budgets import BudgetError, alerts_of, parse_thresholds, refresh_and_alert, set_budget
 from schemas.usage import KIND_ADJUSTMENT
 from tests.support.billing_fixtures import HOUR, MINUTE, NOV_1, UsageWriter, ledger_with, minutes, usage_row
+from tests.support.webhook_receiver import SignedReceiver, signed_receiver
 
 MONDAY = NOV_1 + 24 * HOUR + 8 * HOUR  # Monday 2026-11-02 08:00 UTC: peak, 3.00 per GPU-hour
 AFTER = NOV_1 + 30 * 24 * HOUR - 1  # November's last ms: the forecast is what was used
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[list[dict], str, dict[str, str]]]:
-    got: list[dict] = []
-    secrets: dict[str, str] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            ok = webhooks.verify(secrets["budget"], self.headers[webhooks.SIGNATURE_HEADER], body, int(time.time()))
-            if ok:
-                got.append(json.loads(body))
-            self.send_response(200 if ok else 400)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield got, f"http://127.0.0.1:{server.server_address[1]}/budget", secrets
-    server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[SignedReceiver]:
+    with signed_receiver() as state:
+        yield state
 
 
 def test_three_thresholds_three_signed_webhooks_in_order_and_never_again(
     billing_db_url: str, tmp_path: Path, receiver
 ) -> None:
-    got, url, secrets = receiver
+    got, url = receiver.events, f"{receiver.url}/budget"
     usage = UsageWriter(tmp_path / "usage")
     ledger: Ledger = ledger_with(billing_db_url)
     with ledger.transaction() as session:
         view, secret = set_budget(session, "acme", "tenant", "10.00", [50, 80, 100], url)
     assert secret is not None and view.budget_id == "acme/tenant"
-    secrets["budget"] = secret
+    receiver.secrets["budget"] = secret
 
     def step(count_minutes: int, at: int) -> list[str]:
         usage.write(minutes("acme", at, count_minutes))
